@@ -1,0 +1,3 @@
+from geofleet.cli import main
+
+main()

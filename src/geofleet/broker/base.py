@@ -1,0 +1,77 @@
+"""The broker port.
+
+The broker owns sockets, TLS and MQTT framing; the region owns every decision. The broker asks
+its ``Gate`` whether a client may connect and whether each publish, subscribe and delivery is
+allowed, and tells it about connections, disconnections and messages. The region drives the
+broker back through ``publish`` and ``disconnect``. A second adapter (mosquitto) plugs in here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from geofleet.domain.policy import Action
+
+
+class DisconnectReason(StrEnum):
+    """AWS IoT's ``disconnectReason`` values for the lifecycle event."""
+
+    CLIENT_INITIATED_DISCONNECT = "CLIENT_INITIATED_DISCONNECT"
+    CONNECTION_LOST = "CONNECTION_LOST"
+    DUPLICATE_CLIENTID = "DUPLICATE_CLIENTID"
+    FORBIDDEN_ACCESS = "FORBIDDEN_ACCESS"
+    AUTH_ERROR = "AUTH_ERROR"
+    MQTT_KEEP_ALIVE_TIMEOUT = "MQTT_KEEP_ALIVE_TIMEOUT"
+    SERVER_INITIATED_DISCONNECT = "SERVER_INITIATED_DISCONNECT"
+
+
+@dataclass(slots=True)
+class Connection:
+    """One admitted MQTT connection, as the region sees it."""
+
+    client_id: str
+    session_id: str
+    certificate_id: str
+    thing_name: str | None
+    ip: str
+    connected_ms: int
+    reason: DisconnectReason | None = None
+    """Set by whoever ends the connection on purpose, before it is closed."""
+
+
+class Gate(Protocol):
+    def admit(self, client_id: str, certificate_der: bytes | None, ip: str) -> Connection | None:
+        """A Connection if this certificate may connect with this client id, else None."""
+        ...
+
+    def authorize(self, connection: Connection, action: Action, topic: str) -> bool: ...
+
+    async def connected(self, connection: Connection) -> None: ...
+
+    async def disconnected(self, connection: Connection) -> None: ...
+
+    async def message(self, connection: Connection, topic: str, payload: bytes) -> None:
+        """A permitted publish from a client (after the broker has routed it)."""
+        ...
+
+
+class Broker(Protocol):
+    @property
+    def port(self) -> int: ...
+
+    async def start(self, gate: Gate) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def publish(self, topic: str, payload: bytes, qos: int = 0) -> None:
+        """Publish as the service itself (shadow responses, lifecycle events)."""
+        ...
+
+    async def disconnect(self, select: Callable[[Connection], bool], reason: DisconnectReason) -> int:
+        """Close every live connection ``select`` picks; returns how many were closed."""
+        ...
+
+    def connections(self) -> list[Connection]: ...

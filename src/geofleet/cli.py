@@ -1,0 +1,208 @@
+"""The ``geofleet`` command.
+
+Every command that prints data takes ``--json``. Errors print one line on stderr and exit with
+2 for bad input (unknown region, malformed file) and 1 when the fleet refused or failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from geofleet.client import AdminClient
+from geofleet.config import DataDir, FleetConfig, default_config, write_private, write_public
+from geofleet.domain.errors import ConfigError, GeofleetError
+from geofleet.domain.names import check_thing_name
+from geofleet.domain.policy import DEFAULT_POLICY_NAME
+from geofleet.pki.ca import key_pem, make_csr, new_key
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help="Run an IoT fleet across regions as one fleet.")
+region_app = typer.Typer(no_args_is_help=True, help="Run one region node.")
+device_app = typer.Typer(no_args_is_help=True, help="Create device credentials.")
+thing_app = typer.Typer(no_args_is_help=True, help="Read the thing registry.")
+cert_app = typer.Typer(no_args_is_help=True, help="Manage certificates.")
+shadow_app = typer.Typer(no_args_is_help=True, help="Read and update device shadows.")
+app.add_typer(region_app, name="region")
+app.add_typer(device_app, name="device")
+app.add_typer(thing_app, name="thing")
+app.add_typer(cert_app, name="cert")
+app.add_typer(shadow_app, name="shadow")
+
+DataDirOpt = Annotated[Path, typer.Option("--data-dir", help="The fleet's data directory.")]
+RegionOpt = Annotated[str, typer.Option("--region", help="Which region to ask.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    typer.echo(f"geofleet: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _print(data: Any, as_json: bool, text: str | None = None) -> None:
+    if as_json or text is None:
+        typer.echo(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        typer.echo(text)
+
+
+def _client(data_dir: Path, region: str) -> AdminClient:
+    return AdminClient(DataDir(data_dir), region)
+
+
+@app.command()
+def init(
+    data_dir: DataDirOpt,
+    config: Annotated[Path | None, typer.Option("--config", help="Fleet config (JSON); default: 3 regions.")] = None,
+    passphrase_env: Annotated[str, typer.Option(help="Env var holding a passphrase for the root key.")]
+    = "GEOFLEET_ROOT_PASSPHRASE",
+) -> None:
+    """Create a fleet: its config, root CA, one intermediate CA and server certificate per region."""
+    from geofleet.pki.fleet import initialize
+
+    if config is None:
+        fleet = default_config()
+    else:
+        try:
+            fleet = FleetConfig.from_json(json.loads(config.read_text()))
+        except (OSError, ValueError) as exc:
+            _fail(f"cannot read {config}: {exc}", 2)
+    passphrase = os.environ.get(passphrase_env)
+    initialize(DataDir(data_dir), fleet, passphrase.encode() if passphrase else None)
+    names = ", ".join(f"{r.name} (mqtts :{r.mqtt_port}, https :{r.http_port})" for r in fleet.regions)
+    typer.echo(f"fleet {fleet.fleet!r} created in {data_dir}: {names}")
+    if not passphrase:
+        typer.echo(f"note: the root CA key is not encrypted; set {passphrase_env} to encrypt it", err=True)
+
+
+@region_app.command("run")
+def region_run(
+    name: str,
+    data_dir: DataDirOpt,
+    log_level: Annotated[str, typer.Option(help="Python log level.")] = "INFO",
+) -> None:
+    """Run one region node in the foreground until SIGINT or SIGTERM."""
+    from geofleet.region.node import RegionNode
+
+    logging.basicConfig(level=log_level.upper(), format=f"%(asctime)s {name} %(name)s %(levelname)s %(message)s")
+    for noisy in ("amqtt", "transitions", "uvicorn.error"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    node = RegionNode(DataDir(data_dir), name)
+    asyncio.run(node.run())
+
+
+@app.command()
+def up(data_dir: DataDirOpt) -> None:
+    """Run every region of the fleet on this machine, each its own process, until SIGINT/SIGTERM."""
+    from geofleet.cluster import run_fleet
+
+    raise typer.Exit(run_fleet(DataDir(data_dir)))
+
+
+@device_app.command("create")
+def device_create(
+    name: str,
+    data_dir: DataDirOpt,
+    region: RegionOpt,
+    out: Annotated[Path, typer.Option("--out", help="Where to write NAME.cert.pem, NAME.key.pem, root-ca.pem.")],
+    policy: Annotated[str, typer.Option(help="Policy to attach.")] = DEFAULT_POLICY_NAME,
+    as_json: JsonOpt = False,
+) -> None:
+    """Make a key and CSR here, have REGION sign it, create the thing and attach the policy."""
+    check_thing_name(name)
+    data = DataDir(data_dir)
+    key = new_key()
+    with _client(data_dir, region) as api:
+        api.call("POST", f"/things/{name}", json={})
+        cert = api.call("POST", "/certificates/from-csr",
+                        json={"certificateSigningRequest": make_csr(key, name).decode(), "setAsActive": True})
+        cert_id = cert["certificateId"]
+        api.call("PUT", f"/policies/{policy}/targets/{cert_id}")
+        api.call("PUT", f"/things/{name}/principals/{cert_id}")
+    write_private(out / f"{name}.key.pem", key_pem(key))
+    write_public(out / f"{name}.cert.pem", cert["certificatePem"].encode())
+    write_public(out / "root-ca.pem", data.root_ca.read_bytes())
+    result = {"thingName": name, "certificateId": cert_id, "region": region,
+              "certificate": str(out / f"{name}.cert.pem"), "key": str(out / f"{name}.key.pem"),
+              "rootCa": str(out / "root-ca.pem")}
+    _print(result, as_json, f"device {name} created in {region}: certificate {cert_id[:16]}..., files in {out}")
+
+
+@thing_app.command("list")
+def thing_list(data_dir: DataDirOpt, region: RegionOpt, as_json: JsonOpt = False) -> None:
+    """List the things a region knows."""
+    with _client(data_dir, region) as api:
+        things = api.call("GET", "/things")["things"]
+    text = "\n".join(f"{t['thingName']}\t{t.get('thingTypeName') or '-'}\tv{t['version']}" for t in things)
+    _print(things, as_json, text or "(no things)")
+
+
+@thing_app.command("get")
+def thing_get(name: str, data_dir: DataDirOpt, region: RegionOpt, as_json: JsonOpt = False) -> None:
+    """Show one thing."""
+    with _client(data_dir, region) as api:
+        _print(api.call("GET", f"/things/{name}"), True)
+
+
+@cert_app.command("revoke")
+def cert_revoke(
+    data_dir: DataDirOpt,
+    region: RegionOpt,
+    cert_id: Annotated[str | None, typer.Argument(help="Certificate id (hex SHA-256).")] = None,
+    thing: Annotated[str | None, typer.Option("--thing", help="Revoke every certificate of this thing.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Revoke a certificate (for good): its live sessions are closed at once."""
+    if (cert_id is None) == (thing is None):
+        _fail("give either a CERT_ID or --thing NAME", 2)
+    with _client(data_dir, region) as api:
+        ids = [cert_id] if cert_id else api.call("GET", f"/things/{thing}/principals")["principals"]
+        if not ids:
+            _fail(f"thing {thing!r} has no certificates attached")
+        revoked = [api.call("POST", f"/certificates/{i}/revoke") for i in ids]
+    summary = [{"certificateId": r["certificateId"], "status": r["status"]} for r in revoked]
+    _print(summary, as_json, "\n".join(f"revoked {r['certificateId']}" for r in revoked))
+
+
+@shadow_app.command("get")
+def shadow_get(
+    thing: str,
+    data_dir: DataDirOpt,
+    region: RegionOpt,
+    name: Annotated[str, typer.Option("--name", help="Named shadow; default the classic shadow.")] = "",
+) -> None:
+    """Print a shadow document."""
+    with _client(data_dir, region) as api:
+        _print(api.call("GET", f"/things/{thing}/shadow", params={"name": name} if name else None), True)
+
+
+@shadow_app.command("update")
+def shadow_update(
+    thing: str,
+    data_dir: DataDirOpt,
+    region: RegionOpt,
+    state: Annotated[str, typer.Option("--state", help='Update document, e.g. \'{"state":{"desired":{"on":true}}}\'.')],
+    name: Annotated[str, typer.Option("--name", help="Named shadow; default the classic shadow.")] = "",
+) -> None:
+    """Update a shadow with an AWS update document."""
+    with _client(data_dir, region) as api:
+        answer = api.call("POST", f"/things/{thing}/shadow", params={"name": name} if name else None,
+                          content=state.encode(), headers={"Content-Type": "application/json"})
+    _print(answer, True)
+
+
+def main() -> None:
+    try:
+        app()
+    except ConfigError as error:
+        typer.echo(f"geofleet: {error.message}", err=True)
+        sys.exit(2)
+    except GeofleetError as error:
+        typer.echo(f"geofleet: {error.message}", err=True)
+        sys.exit(2 if error.status in (400, 404) else 1)

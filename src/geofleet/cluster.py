@@ -1,0 +1,108 @@
+"""``geofleet up``: every region of a fleet on this machine, each in its own OS process.
+
+A region killed (even with SIGKILL) is not restarted here: that is what drills are for, and
+``geofleet region run`` starts it again by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from geofleet.config import DataDir, write_public
+from geofleet.domain.errors import ConfigError
+
+READY_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 15.0
+
+
+def spawn_region(data: DataDir, name: str, log_file: Path | None = None) -> subprocess.Popen[bytes]:
+    log_file = log_file or data.region(name).root / "node.log"
+    with open(log_file, "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "geofleet", "region", "run", name, "--data-dir", str(data.root)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+
+
+def wait_ready(data: DataDir, name: str, process: subprocess.Popen[bytes], timeout: float = READY_TIMEOUT_S) -> None:
+    region = data.config().region(name)
+    deadline = time.monotonic() + timeout
+    with httpx.Client(verify=str(data.root_ca), timeout=2.0) as http:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise ConfigError(f"region {name} exited with code {process.returncode}; see its node.log")
+            try:
+                if http.get(f"{region.http_url}/health").status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+    raise ConfigError(f"region {name} was not ready within {timeout:.0f} s; see its node.log")
+
+
+def cluster_description(data: DataDir, processes: dict[str, subprocess.Popen[bytes]]) -> dict[str, object]:
+    config = data.config()
+    return {
+        "fleet": config.fleet,
+        "root_ca": str(data.root_ca),
+        "trust_bundle": str(data.trust_bundle),
+        "admin": {"token_file": str(data.admin_token),
+                  "how": "send 'Authorization: Bearer <contents of token_file>' to every region's http_url"},
+        "regions": {
+            region.name: {
+                "mqtt_host": region.host if region.host not in ("0.0.0.0", "::") else "localhost",
+                "mqtt_port": region.mqtt_port,
+                "http_url": region.http_url,
+                "pid": processes[region.name].pid,
+            }
+            for region in config.regions
+        },
+    }
+
+
+def run_fleet(data: DataDir) -> int:
+    """Start every region, write cluster.json when all are ready, stop all on SIGINT/SIGTERM."""
+    config = data.config()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for region in config.regions:
+            processes[region.name] = spawn_region(data, region.name)
+        for name, process in processes.items():
+            wait_ready(data, name, process)
+        write_public(data.cluster_file, json.dumps(cluster_description(data, processes), indent=2).encode())
+        print(f"fleet ready: {len(processes)} regions; see {data.cluster_file}", flush=True)
+        exited: set[str] = set()
+        while not stop.wait(0.5):
+            for name, process in processes.items():
+                if process.poll() is not None and name not in exited:
+                    print(f"region {name} exited with code {process.returncode}", flush=True)
+                    exited.add(name)
+        return 0
+    finally:
+        _stop_all(processes)
+        data.cluster_file.unlink(missing_ok=True)
+
+
+def _stop_all(processes: dict[str, subprocess.Popen[bytes]]) -> None:
+    for process in processes.values():
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    for process in processes.values():
+        try:
+            process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()

@@ -1,0 +1,219 @@
+"""The fleet configuration and the layout of a data directory.
+
+``geofleet init`` writes ``DIR/fleet.json`` and the PKI; every other command reads them. The
+configuration is plain JSON so that operators can write and review it by hand:
+
+    {"fleet": "acme", "account": "000000000000",
+     "regions": [{"name": "eu-west-1", "host": "127.0.0.1", "mqtt_port": 18884,
+                  "http_port": 18444, "hostnames": ["iot.eu.example.com"]}]}
+
+A region's coordinates default to those of the AWS region of the same name.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from geofleet.domain.errors import ConfigError
+
+DEFAULT_REGIONS = ("us-east-1", "eu-west-1", "ap-southeast-1")
+DEFAULT_MQTT_PORT = 18883
+DEFAULT_HTTP_PORT = 18443
+_REGION_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+@dataclass(frozen=True, slots=True)
+class RegionConfig:
+    name: str
+    latitude: float
+    longitude: float
+    host: str = "127.0.0.1"
+    mqtt_port: int = DEFAULT_MQTT_PORT
+    http_port: int = DEFAULT_HTTP_PORT
+    hostnames: tuple[str, ...] = ()
+
+    @property
+    def server_names(self) -> tuple[str, ...]:
+        """Names the region's server certificate is valid for."""
+        names = ["localhost", "127.0.0.1", self.host, *self.hostnames]
+        return tuple(dict.fromkeys(n for n in names if n not in ("0.0.0.0", "::")))
+
+    @property
+    def http_url(self) -> str:
+        return f"https://{_url_host(self.host)}:{self.http_port}"
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "::"):
+        return "localhost"
+    return f"[{host}]" if ":" in host else host
+
+
+@dataclass(frozen=True, slots=True)
+class FleetConfig:
+    fleet: str
+    regions: tuple[RegionConfig, ...]
+    account: str = "000000000000"
+
+    def region(self, name: str) -> RegionConfig:
+        for region in self.regions:
+            if region.name == name:
+                return region
+        known = ", ".join(r.name for r in self.regions)
+        raise ConfigError(f"unknown region {name!r}; this fleet has: {known}")
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        for region in data["regions"]:
+            region["hostnames"] = list(region["hostnames"])
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FleetConfig:
+        try:
+            raw_regions = data["regions"]
+            if not isinstance(raw_regions, list) or not raw_regions:
+                raise ConfigError("the configuration needs a non-empty 'regions' list")
+            regions = tuple(_region_from_json(i, r) for i, r in enumerate(raw_regions))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"invalid fleet configuration: {exc}") from None
+        names = [r.name for r in regions]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"region names must be unique: {names}")
+        ports = [(r.host, p) for r in regions for p in (r.mqtt_port, r.http_port)]
+        if len(set(ports)) != len(ports):
+            raise ConfigError("every region needs its own MQTT and HTTP ports on a host")
+        return cls(str(data.get("fleet", "geofleet")), regions, str(data.get("account", "000000000000")))
+
+
+def _region_from_json(index: int, raw: dict[str, Any]) -> RegionConfig:
+    name = str(raw["name"])
+    if not _REGION_NAME.match(name):
+        raise ConfigError(f"region name {name!r} must be lower-case letters, digits and '-'")
+    known = aws_region_coordinates().get(name)
+    lat = raw.get("latitude", known[0] if known else None)
+    lon = raw.get("longitude", known[1] if known else None)
+    if lat is None or lon is None:
+        raise ConfigError(f"region {name!r} is not an AWS region name: give its latitude and longitude")
+    return RegionConfig(
+        name=name,
+        latitude=float(lat),
+        longitude=float(lon),
+        host=str(raw.get("host", "127.0.0.1")),
+        mqtt_port=int(raw.get("mqtt_port", DEFAULT_MQTT_PORT + index)),
+        http_port=int(raw.get("http_port", DEFAULT_HTTP_PORT + index)),
+        hostnames=tuple(str(h) for h in raw.get("hostnames", ())),
+    )
+
+
+def aws_region_coordinates() -> dict[str, tuple[float, float]]:
+    """Approximate coordinates of the metro area each AWS region serves (shipped data)."""
+    text = resources.files("geofleet").joinpath("data/aws-regions.csv").read_text()
+    return {row["region"]: (float(row["latitude"]), float(row["longitude"]))
+            for row in csv.DictReader(text.splitlines())}
+
+
+def default_config() -> FleetConfig:
+    return FleetConfig.from_json({"fleet": "geofleet", "regions": [{"name": n} for n in DEFAULT_REGIONS]})
+
+
+@dataclass(frozen=True, slots=True)
+class RegionPaths:
+    root: Path
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.root / "ca.pem"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.root / "ca.key.pem"
+
+    @property
+    def server_chain(self) -> Path:
+        return self.root / "server.pem"
+
+    @property
+    def server_key(self) -> Path:
+        return self.root / "server.key.pem"
+
+    @property
+    def store(self) -> Path:
+        return self.root / "store.db"
+
+
+@dataclass(frozen=True, slots=True)
+class DataDir:
+    """Where everything of one fleet lives on this machine."""
+
+    root: Path
+    _cache: dict[str, FleetConfig] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / "fleet.json"
+
+    @property
+    def root_ca(self) -> Path:
+        return self.root / "pki" / "root-ca.pem"
+
+    @property
+    def root_key(self) -> Path:
+        return self.root / "pki" / "root-ca.key.pem"
+
+    @property
+    def trust_bundle(self) -> Path:
+        """The root plus every region's intermediate: what servers verify client chains with."""
+        return self.root / "pki" / "ca-bundle.pem"
+
+    @property
+    def admin_token(self) -> Path:
+        return self.root / "admin-token"
+
+    @property
+    def cluster_file(self) -> Path:
+        return self.root / "cluster.json"
+
+    def region(self, name: str) -> RegionPaths:
+        return RegionPaths(self.root / "regions" / name)
+
+    def config(self) -> FleetConfig:
+        if "config" not in self._cache:
+            if not self.config_file.exists():
+                raise ConfigError(
+                    f"no fleet in {self.root}: run 'geofleet init --data-dir {self.root}' first"
+                )
+            self._cache["config"] = FleetConfig.from_json(json.loads(self.config_file.read_text()))
+        return self._cache["config"]
+
+    def token(self) -> str:
+        try:
+            return self.admin_token.read_text().strip()
+        except FileNotFoundError:
+            raise ConfigError(f"no admin token at {self.admin_token}: is this a geofleet data dir?") from None
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a secret atomically with mode 0600 (never world-readable, even for an instant)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def write_public(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

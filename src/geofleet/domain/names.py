@@ -1,0 +1,101 @@
+"""Names and topics of the AWS IoT device protocol.
+
+Thing and shadow names follow AWS's character rules, which also keeps MQTT wildcards (``+``,
+``#``) and ``$`` out of topic levels built from them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+from geofleet.domain.errors import InvalidRequest
+
+_THING_NAME = re.compile(r"^[a-zA-Z0-9:_-]{1,128}$")
+_SHADOW_NAME = re.compile(r"^[a-zA-Z0-9:_-]{1,64}$")
+_POLICY_NAME = re.compile(r"^[\w+=,.@-]{1,128}$")
+_TYPE_NAME = _THING_NAME
+
+CLASSIC = ""
+"""The name under which the classic (unnamed) shadow is stored."""
+
+
+def check_thing_name(name: str) -> str:
+    if not _THING_NAME.match(name):
+        raise InvalidRequest(
+            f"invalid thing name {name!r}: use 1-128 characters from a-z, A-Z, 0-9, ':', '_' and '-'"
+        )
+    return name
+
+
+def check_shadow_name(name: str) -> str:
+    if name != CLASSIC and not _SHADOW_NAME.match(name):
+        raise InvalidRequest(
+            f"invalid shadow name {name!r}: use 1-64 characters from a-z, A-Z, 0-9, ':', '_' and '-'"
+        )
+    return name
+
+
+def check_policy_name(name: str) -> str:
+    if not _POLICY_NAME.match(name):
+        raise InvalidRequest(
+            f"invalid policy name {name!r}: use 1-128 characters from letters, digits and +=,.@_-"
+        )
+    return name
+
+
+def check_type_name(name: str) -> str:
+    if not _TYPE_NAME.match(name):
+        raise InvalidRequest(
+            f"invalid thing type name {name!r}: use 1-128 characters from a-z, A-Z, 0-9, ':', '_' and '-'"
+        )
+    return name
+
+
+class ShadowOp(StrEnum):
+    GET = "get"
+    UPDATE = "update"
+    DELETE = "delete"
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowRequest:
+    """A device's publish to a shadow request topic, parsed."""
+
+    thing: str
+    shadow: str
+    op: ShadowOp
+
+    def topic(self, suffix: str) -> str:
+        """The response topic ``.../<op>/<suffix>`` (``accepted``, ``rejected``, ``delta``...)."""
+        return f"{shadow_prefix(self.thing, self.shadow)}/{self.op}/{suffix}"
+
+
+def shadow_prefix(thing: str, shadow: str) -> str:
+    base = f"$aws/things/{thing}/shadow"
+    return f"{base}/name/{shadow}" if shadow else base
+
+
+_SHADOW_TOPIC = re.compile(
+    r"^\$aws/things/(?P<thing>[^/]+)/shadow(?:/name/(?P<shadow>[^/]+))?/(?P<op>get|update|delete)$"
+)
+
+
+def parse_shadow_request(topic: str) -> ShadowRequest | None:
+    """Parse a shadow *request* topic; None for anything else (responses included)."""
+    match = _SHADOW_TOPIC.match(topic)
+    if match is None:
+        return None
+    thing, shadow = match["thing"], match["shadow"] or CLASSIC
+    if not _THING_NAME.match(thing) or (shadow and not _SHADOW_NAME.match(shadow)):
+        return None
+    return ShadowRequest(thing, shadow, ShadowOp(match["op"]))
+
+
+def presence_topic(event: str, client_id: str) -> str:
+    return f"$aws/events/presence/{event}/{client_id}"
+
+
+def thing_event_topic(thing: str, operation: str) -> str:
+    return f"$aws/events/thing/{thing}/{operation}"

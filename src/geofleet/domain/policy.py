@@ -1,0 +1,187 @@
+"""AWS IoT policy documents and their evaluation.
+
+A connection may do something only if some statement of some attached policy allows it and
+no statement denies it (explicit Deny wins; the default is deny), as in AWS IoT. Resources are
+ARNs (``arn:aws:iot:REGION:ACCOUNT:topic/...``); ``*`` and ``?`` are wildcards, and the policy
+variables ``${iot:ClientId}`` and ``${iot:Connection.Thing.ThingName}`` are substituted per
+connection. A statement that uses a variable the connection does not define matches nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from functools import lru_cache
+from typing import Any
+
+from geofleet.domain.errors import InvalidRequest
+
+MAX_POLICY_BYTES = 2048 * 10
+
+
+class Action(StrEnum):
+    CONNECT = "iot:Connect"
+    PUBLISH = "iot:Publish"
+    SUBSCRIBE = "iot:Subscribe"
+    RECEIVE = "iot:Receive"
+
+
+_RESOURCE_TYPE = {
+    Action.CONNECT: "client",
+    Action.PUBLISH: "topic",
+    Action.RECEIVE: "topic",
+    Action.SUBSCRIBE: "topicfilter",
+}
+
+_VARIABLE = re.compile(r"\$\{(iot:[A-Za-z.]+)\}")
+KNOWN_VARIABLES = frozenset({"iot:ClientId", "iot:Connection.Thing.ThingName"})
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    allow: bool
+    actions: tuple[str, ...]
+    resources: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    name: str
+    statements: tuple[Statement, ...]
+
+
+def parse_policy(name: str, document: str | Mapping[str, Any]) -> Policy:
+    """Parse and validate a policy document; raises InvalidRequest saying what is wrong."""
+    if isinstance(document, str):
+        if len(document.encode()) > MAX_POLICY_BYTES:
+            raise InvalidRequest(f"policy document is larger than {MAX_POLICY_BYTES} bytes")
+        try:
+            data = json.loads(document)
+        except ValueError as exc:
+            raise InvalidRequest(f"policy document is not valid JSON: {exc}") from None
+    else:
+        data = dict(document)
+    if not isinstance(data, dict):
+        raise InvalidRequest("policy document must be a JSON object")
+    raw = data.get("Statement")
+    if isinstance(raw, dict):
+        raw = [raw]
+    if not isinstance(raw, list) or not raw:
+        raise InvalidRequest("policy document needs a non-empty 'Statement' list")
+    return Policy(name, tuple(_parse_statement(i, s) for i, s in enumerate(raw)))
+
+
+def _parse_statement(index: int, raw: Any) -> Statement:
+    where = f"Statement[{index}]"
+    if not isinstance(raw, dict):
+        raise InvalidRequest(f"{where} must be an object")
+    effect = raw.get("Effect")
+    if effect not in ("Allow", "Deny"):
+        raise InvalidRequest(f"{where}.Effect must be 'Allow' or 'Deny'")
+    actions = _strings(raw.get("Action"), f"{where}.Action")
+    for action in actions:
+        if not (action == "iot:*" or action in set(Action)):
+            raise InvalidRequest(
+                f"{where}.Action {action!r} is not supported; use iot:Connect, iot:Publish, "
+                "iot:Subscribe, iot:Receive or iot:*"
+            )
+    resources = _strings(raw.get("Resource"), f"{where}.Resource")
+    for resource in resources:
+        unknown = set(_VARIABLE.findall(resource)) - KNOWN_VARIABLES
+        if unknown:
+            raise InvalidRequest(f"{where}.Resource uses unsupported policy variables {sorted(unknown)}")
+    return Statement(effect == "Allow", actions, resources)
+
+
+def _strings(value: Any, where: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise InvalidRequest(f"{where} must be a string or a non-empty list of strings")
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is asking: the values of the policy variables for one connection."""
+
+    client_id: str
+    thing_name: str | None
+    region: str
+    account: str
+
+    def arn(self, action: Action, name: str) -> str:
+        return f"arn:aws:iot:{self.region}:{self.account}:{_RESOURCE_TYPE[action]}/{name}"
+
+    def variables(self) -> dict[str, str]:
+        values = {"iot:ClientId": self.client_id}
+        if self.thing_name is not None:
+            values["iot:Connection.Thing.ThingName"] = self.thing_name
+        return values
+
+
+def is_allowed(policies: Iterable[Policy], principal: Principal, action: Action, name: str) -> bool:
+    """AWS's rule: allowed iff some statement allows and none denies."""
+    resource = principal.arn(action, name)
+    variables = principal.variables()
+    allowed = False
+    for policy in policies:
+        for statement in policy.statements:
+            if not _acts_on(statement, action):
+                continue
+            if any(_matches(pattern, resource, variables) for pattern in statement.resources):
+                if not statement.allow:
+                    return False
+                allowed = True
+    return allowed
+
+
+def _acts_on(statement: Statement, action: Action) -> bool:
+    return any(a == "iot:*" or a == action for a in statement.actions)
+
+
+def _matches(pattern: str, resource: str, variables: Mapping[str, str]) -> bool:
+    substituted: list[str] = []
+    position = 0
+    for match in _VARIABLE.finditer(pattern):
+        value = variables.get(match.group(1))
+        if value is None:
+            return False
+        substituted.append(_glob(pattern[position:match.start()]))
+        substituted.append(re.escape(value))
+        position = match.end()
+    substituted.append(_glob(pattern[position:]))
+    return re.fullmatch("".join(substituted), resource) is not None
+
+
+@lru_cache(maxsize=4096)
+def _glob(text: str) -> str:
+    return "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in text)
+
+
+def default_device_policy() -> dict[str, Any]:
+    """Least privilege for a device: connect as its own thing name, use only its own topics."""
+    thing = "${iot:Connection.Thing.ThingName}"
+    own_topics = [f"$aws/things/{thing}/shadow/*", f"dt/{thing}/*", f"cmd/{thing}/*"]
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": "iot:Connect", "Resource": f"arn:aws:iot:*:*:client/{thing}"},
+            {
+                "Effect": "Allow",
+                "Action": ["iot:Publish", "iot:Receive"],
+                "Resource": [f"arn:aws:iot:*:*:topic/{t}" for t in own_topics],
+            },
+            {
+                "Effect": "Allow",
+                "Action": "iot:Subscribe",
+                "Resource": [f"arn:aws:iot:*:*:topicfilter/{t}" for t in own_topics],
+            },
+        ],
+    }
+
+
+DEFAULT_POLICY_NAME = "geofleet-default-device"

@@ -1,0 +1,53 @@
+"""Creating and loading the fleet's PKI files in a data directory."""
+
+from __future__ import annotations
+
+import json
+import secrets
+
+from geofleet.config import DataDir, FleetConfig, write_private, write_public
+from geofleet.domain.errors import ConfigError
+from geofleet.pki.ca import (
+    Authority,
+    cert_pem,
+    create_intermediate,
+    create_root,
+    issue_leaf,
+    key_pem,
+    load_cert,
+    load_key,
+    new_key,
+)
+
+
+def initialize(data: DataDir, config: FleetConfig, passphrase: bytes | None = None) -> None:
+    """Write the config, a root CA, one intermediate and one server certificate per region,
+    the trust bundle and an admin token. Refuses to overwrite an existing fleet."""
+    if data.config_file.exists():
+        raise ConfigError(f"{data.root} already holds a fleet; choose an empty --data-dir")
+    root = create_root(config.fleet)
+    write_private(data.root_key, key_pem(root.key, passphrase))
+    write_public(data.root_ca, cert_pem(root.cert))
+    bundle = [cert_pem(root.cert)]
+    for region in config.regions:
+        paths = data.region(region.name)
+        intermediate = create_intermediate(root, region.name)
+        write_private(paths.ca_key, key_pem(intermediate.key))
+        write_public(paths.ca_cert, cert_pem(intermediate.cert))
+        bundle.append(cert_pem(intermediate.cert))
+        server_key = new_key()
+        server = issue_leaf(intermediate, server_key.public_key(), f"geofleet region {region.name}",
+                            server_names=region.server_names, client=True)
+        write_private(paths.server_key, key_pem(server_key))
+        write_public(paths.server_chain, cert_pem(server) + cert_pem(intermediate.cert))
+    write_public(data.trust_bundle, b"".join(bundle))
+    write_private(data.admin_token, secrets.token_urlsafe(32).encode() + b"\n")
+    write_public(data.config_file, json.dumps(config.to_json(), indent=2).encode() + b"\n")
+
+
+def region_authority(data: DataDir, region: str) -> Authority:
+    paths = data.region(region)
+    try:
+        return Authority(load_key(paths.ca_key.read_bytes()), load_cert(paths.ca_cert.read_bytes()))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"region {region!r} has no CA in {paths.root}: {exc.strerror}") from None

@@ -1,0 +1,1 @@
+"""The region node: broker, store, registry, shadows, events and the HTTP API, wired together."""

@@ -1,0 +1,262 @@
+"""The region's HTTP admin API (FastAPI; OpenAPI at ``/openapi.json`` and ``/docs``).
+
+Every route needs the fleet's admin token (``Authorization: Bearer ...``) except ``/health``,
+which says only whether the node is up, so that load balancers and health checkers can call it.
+Errors come back as ``{"code": ..., "message": ...}`` with a 4xx status; shadow routes use
+AWS's shadow error codes and messages.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from geofleet.domain.errors import GeofleetError, Unauthorized
+from geofleet.domain.records import CertificateStatus
+from geofleet.region.registry import Registry
+from geofleet.region.shadows import ShadowService
+
+MAX_BODY_BYTES = 64 * 1024
+Json = dict[str, Any]
+
+
+class ThingIn(BaseModel):
+    thingTypeName: str | None = None
+    attributes: dict[str, str] = Field(default_factory=dict)
+
+
+class ThingUpdate(BaseModel):
+    attributes: dict[str, str | None] | None = None
+    merge: bool = True
+    thingTypeName: str | None = None
+    removeThingType: bool = False
+    expectedVersion: int | None = None
+
+
+class ThingTypeIn(BaseModel):
+    description: str = Field("", max_length=2028)
+    searchableAttributes: list[str] = Field(default_factory=list, max_length=3)
+
+
+class CsrIn(BaseModel):
+    certificateSigningRequest: str = Field(max_length=16 * 1024)
+    setAsActive: bool = False
+
+
+class CertificateIn(BaseModel):
+    certificatePem: str = Field(max_length=16 * 1024)
+    status: CertificateStatus = CertificateStatus.ACTIVE
+
+
+class StatusIn(BaseModel):
+    newStatus: CertificateStatus
+
+
+class PolicyIn(BaseModel):
+    policyDocument: str = Field(max_length=20 * 1024)
+
+
+def create_app(registry: Registry, shadows: ShadowService, token: str, region: str,
+               health: Callable[[], Awaitable[Json]]) -> FastAPI:
+    def authenticated(authorization: Annotated[str | None, Header()] = None) -> None:
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(given.encode(), token.encode()):
+            raise Unauthorized("send the fleet's admin token as 'Authorization: Bearer <token>'")
+
+    app = FastAPI(title=f"geofleet region {region}", version="1", openapi_url=None, docs_url=None,
+                  redoc_url=None)
+    _install_errors_and_limits(app)
+    guarded = [Depends(authenticated)]
+
+    @app.get("/health", tags=["health"])
+    async def get_health() -> Json:
+        return await health()
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=guarded)
+    async def openapi() -> Json:
+        return app.openapi()
+
+    @app.get("/docs", include_in_schema=False, dependencies=guarded)
+    async def docs() -> Response:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=app.title)
+
+    # -- things --------------------------------------------------------------------------
+    @app.get("/things", tags=["things"], dependencies=guarded)
+    async def list_things() -> Json:
+        return {"things": registry.list_things()}
+
+    @app.post("/things/{name}", tags=["things"], status_code=201, dependencies=guarded)
+    async def create_thing(name: str, body: ThingIn | None = None) -> Json:
+        body = body or ThingIn()
+        return registry.create_thing(name, body.thingTypeName, body.attributes)
+
+    @app.get("/things/{name}", tags=["things"], dependencies=guarded)
+    async def describe_thing(name: str) -> Json:
+        return registry.describe_thing(name)
+
+    @app.patch("/things/{name}", tags=["things"], dependencies=guarded)
+    async def update_thing(name: str, body: ThingUpdate) -> Json:
+        return registry.update_thing(name, attributes=body.attributes, merge=body.merge,
+                                     type_name=body.thingTypeName, remove_type=body.removeThingType,
+                                     expected_version=body.expectedVersion)
+
+    @app.delete("/things/{name}", tags=["things"], status_code=204, dependencies=guarded)
+    async def delete_thing(name: str, expectedVersion: int | None = None) -> None:
+        registry.delete_thing(name, expectedVersion)
+
+    @app.get("/things/{name}/principals", tags=["things"], dependencies=guarded)
+    async def list_principals(name: str) -> Json:
+        registry.describe_thing(name)
+        return {"principals": registry.principals_of(name)}
+
+    @app.put("/things/{name}/principals/{cert_id}", tags=["things"], status_code=204, dependencies=guarded)
+    async def attach_principal(name: str, cert_id: str) -> None:
+        registry.attach_thing_principal(name, cert_id)
+
+    @app.delete("/things/{name}/principals/{cert_id}", tags=["things"], status_code=204, dependencies=guarded)
+    async def detach_principal(name: str, cert_id: str) -> None:
+        registry.detach_thing_principal(name, cert_id)
+
+    # -- thing types ---------------------------------------------------------------------
+    @app.get("/thing-types", tags=["thing types"], dependencies=guarded)
+    async def list_types() -> Json:
+        return {"thingTypes": registry.list_thing_types()}
+
+    @app.post("/thing-types/{name}", tags=["thing types"], status_code=201, dependencies=guarded)
+    async def create_type(name: str, body: ThingTypeIn | None = None) -> Json:
+        body = body or ThingTypeIn()
+        return registry.create_thing_type(name, body.description, body.searchableAttributes)
+
+    @app.get("/thing-types/{name}", tags=["thing types"], dependencies=guarded)
+    async def describe_type(name: str) -> Json:
+        return registry.describe_thing_type(name)
+
+    @app.post("/thing-types/{name}/deprecate", tags=["thing types"], dependencies=guarded)
+    async def deprecate_type(name: str, undo: bool = False) -> Json:
+        return registry.deprecate_thing_type(name, undo)
+
+    @app.delete("/thing-types/{name}", tags=["thing types"], status_code=204, dependencies=guarded)
+    async def delete_type(name: str) -> None:
+        registry.delete_thing_type(name)
+
+    # -- certificates --------------------------------------------------------------------
+    @app.get("/certificates", tags=["certificates"], dependencies=guarded)
+    async def list_certificates() -> Json:
+        return {"certificates": registry.list_certificates()}
+
+    @app.post("/certificates/from-csr", tags=["certificates"], status_code=201, dependencies=guarded)
+    async def create_from_csr(body: CsrIn) -> Json:
+        return registry.create_certificate_from_csr(body.certificateSigningRequest, body.setAsActive)
+
+    @app.post("/certificates", tags=["certificates"], status_code=201, dependencies=guarded)
+    async def register_certificate(body: CertificateIn) -> Json:
+        return registry.register_certificate(body.certificatePem, body.status)
+
+    @app.get("/certificates/{cert_id}", tags=["certificates"], dependencies=guarded)
+    async def describe_certificate(cert_id: str) -> Json:
+        return registry.describe_certificate(cert_id)
+
+    @app.put("/certificates/{cert_id}/status", tags=["certificates"], dependencies=guarded)
+    async def update_certificate(cert_id: str, body: StatusIn) -> Json:
+        return registry.update_certificate(cert_id, body.newStatus)
+
+    @app.post("/certificates/{cert_id}/revoke", tags=["certificates"], dependencies=guarded)
+    async def revoke_certificate(cert_id: str) -> Json:
+        return registry.update_certificate(cert_id, CertificateStatus.REVOKED)
+
+    @app.delete("/certificates/{cert_id}", tags=["certificates"], status_code=204, dependencies=guarded)
+    async def delete_certificate(cert_id: str) -> None:
+        registry.delete_certificate(cert_id)
+
+    @app.get("/certificates/{cert_id}/policies", tags=["certificates"], dependencies=guarded)
+    async def certificate_policies(cert_id: str) -> Json:
+        registry.describe_certificate(cert_id)
+        return {"policies": registry.policies_of(cert_id)}
+
+    @app.get("/certificates/{cert_id}/things", tags=["certificates"], dependencies=guarded)
+    async def certificate_things(cert_id: str) -> Json:
+        registry.describe_certificate(cert_id)
+        return {"things": registry.things_of(cert_id)}
+
+    # -- policies ------------------------------------------------------------------------
+    @app.get("/policies", tags=["policies"], dependencies=guarded)
+    async def list_policies() -> Json:
+        return {"policies": registry.list_policies()}
+
+    @app.post("/policies/{name}", tags=["policies"], status_code=201, dependencies=guarded)
+    async def create_policy(name: str, body: PolicyIn) -> Json:
+        return registry.create_policy(name, body.policyDocument)
+
+    @app.put("/policies/{name}", tags=["policies"], dependencies=guarded)
+    async def replace_policy(name: str, body: PolicyIn) -> Json:
+        return registry.replace_policy(name, body.policyDocument)
+
+    @app.get("/policies/{name}", tags=["policies"], dependencies=guarded)
+    async def get_policy(name: str) -> Json:
+        return registry.get_policy(name)
+
+    @app.delete("/policies/{name}", tags=["policies"], status_code=204, dependencies=guarded)
+    async def delete_policy(name: str) -> None:
+        registry.delete_policy(name)
+
+    @app.get("/policies/{name}/targets", tags=["policies"], dependencies=guarded)
+    async def policy_targets(name: str) -> Json:
+        registry.get_policy(name)
+        return {"targets": registry.policy_targets(name)}
+
+    @app.put("/policies/{name}/targets/{cert_id}", tags=["policies"], status_code=204, dependencies=guarded)
+    async def attach_policy(name: str, cert_id: str) -> None:
+        registry.attach_policy(name, cert_id)
+
+    @app.delete("/policies/{name}/targets/{cert_id}", tags=["policies"], status_code=204, dependencies=guarded)
+    async def detach_policy(name: str, cert_id: str) -> None:
+        registry.detach_policy(name, cert_id)
+
+    # -- shadows (AWS's data-plane paths) ------------------------------------------------
+    ShadowName = Annotated[str, Query(alias="name")]
+
+    @app.get("/things/{thing}/shadow", tags=["shadows"], dependencies=guarded)
+    async def get_shadow(thing: str, name: ShadowName = "") -> Json:
+        return shadows.get(thing, name)
+
+    @app.post("/things/{thing}/shadow", tags=["shadows"], dependencies=guarded,
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                  "schema": {"type": "object", "description": "AWS shadow update document"}}}}})
+    async def update_shadow(thing: str, request: Request, name: ShadowName = "") -> Json:
+        return await shadows.update(thing, name, await request.body())
+
+    @app.delete("/things/{thing}/shadow", tags=["shadows"], dependencies=guarded)
+    async def delete_shadow(thing: str, name: ShadowName = "") -> Json:
+        return await shadows.delete(thing, name)
+
+    @app.get("/api/things/shadow/ListNamedShadowsForThing/{thing}", tags=["shadows"], dependencies=guarded)
+    async def list_named_shadows(thing: str) -> Json:
+        return {"results": [n for n in shadows.names(thing) if n]}
+
+    return app
+
+
+def _install_errors_and_limits(app: FastAPI) -> None:
+    @app.exception_handler(GeofleetError)
+    async def geofleet_error(_: Request, error: GeofleetError) -> JSONResponse:
+        return JSONResponse({"code": error.status, "message": error.message}, status_code=error.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors())
+        return JSONResponse({"code": 400, "message": f"invalid request: {problems}"}, status_code=400)
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            return JSONResponse({"code": 413, "message": f"request body over {MAX_BODY_BYTES} bytes"},
+                                status_code=413)
+        return await call_next(request)

@@ -1,0 +1,107 @@
+"""One region node: the store, clock, registry, shadow service, gate, broker and HTTP API of a
+region, started and stopped together in one asyncio program."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+
+from geofleet.broker.amqtt_broker import EmbeddedBroker
+from geofleet.config import DataDir, RegionConfig
+from geofleet.domain.errors import NotFound
+from geofleet.domain.hlc import Clock
+from geofleet.domain.policy import DEFAULT_POLICY_NAME, default_device_policy
+from geofleet.pki.fleet import region_authority
+from geofleet.region.api import create_app
+from geofleet.region.gate import RegionGate
+from geofleet.region.registry import Registry
+from geofleet.region.shadows import ShadowService
+from geofleet.store.sqlite import SqliteStore
+
+log = logging.getLogger(__name__)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the node owns SIGINT and SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class RegionNode:
+    def __init__(self, data: DataDir, name: str) -> None:
+        fleet = data.config()
+        self.config: RegionConfig = fleet.region(name)
+        self.data = data
+        paths = data.region(name)
+        self.store = SqliteStore(paths.store)
+        self.clock = Clock(start=self.store.last_hlc())
+        self.registry = Registry(self.store, self.clock, name, fleet.account, region_authority(data, name))
+        self.broker = EmbeddedBroker(
+            self.config.host, self.config.mqtt_port, paths.server_chain, paths.server_key, data.trust_bundle
+        )
+        self.shadows = ShadowService(self.store, self.clock, name, self.broker.publish)
+        self.gate = RegionGate(self.registry, self.shadows, name, fleet.account)
+        self.gate.broker = self.broker
+        self._ensure_default_policy()
+        app = create_app(self.registry, self.shadows, data.token(), name, self.health)
+        self._http = _Server(uvicorn.Config(
+            app, host=self.config.host, port=self.config.http_port, log_level="warning",
+            ssl_certfile=str(paths.server_chain), ssl_keyfile=str(paths.server_key), lifespan="off",
+            access_log=False,
+        ))
+        self._started = time.time()
+        self._stop = asyncio.Event()
+
+    def _ensure_default_policy(self) -> None:
+        try:
+            self.registry.get_policy(DEFAULT_POLICY_NAME)
+        except NotFound:
+            self.registry.create_policy(DEFAULT_POLICY_NAME, json.dumps(default_device_policy()))
+
+    async def health(self) -> dict[str, Any]:
+        return {"status": "ok", "region": self.config.name, "uptimeSeconds": round(time.time() - self._started, 1),
+                "connections": len(self.broker.connections())}
+
+    async def run(self) -> None:
+        """Serve until SIGINT/SIGTERM or ``stop()``; then close everything cleanly."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._stop.set)
+        await self.broker.start(self.gate)
+        http = asyncio.create_task(self._http.serve())
+        while not self._http.started and not http.done():
+            await asyncio.sleep(0.01)
+        if http.done():
+            await self.broker.stop()
+            raise RuntimeError(f"region {self.config.name}: HTTP API failed to start on port {self.config.http_port}")
+        log.info("region %s ready: mqtts://%s:%d %s", self.config.name, self.config.host,
+                 self.config.mqtt_port, self.config.http_url)
+        self._announce_ready()
+        try:
+            await self._stop.wait()
+        finally:
+            self._http.should_exit = True
+            await http
+            await self.broker.stop()
+            self.store.close()
+            log.info("region %s stopped", self.config.name)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _announce_ready(self) -> None:
+        ready = self.data.region(self.config.name).root / "ready.json"
+        ready.write_text(json.dumps({"pid": os.getpid(), "mqtt_port": self.config.mqtt_port,
+                                     "http_url": self.config.http_url}))

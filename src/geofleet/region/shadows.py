@@ -1,0 +1,89 @@
+"""The device shadow service: the shadow topics over MQTT and the same operations over HTTP.
+
+The read-modify-write of one request runs without an ``await`` between reading the stored
+shadow and writing the new one, so requests on one region are serialized by the event loop and
+the version check is exact.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from geofleet.domain import shadow as doc
+from geofleet.domain.hlc import Clock
+from geofleet.domain.names import ShadowOp, ShadowRequest, check_shadow_name, check_thing_name
+from geofleet.store.base import Store
+
+Publish = Callable[[str, bytes], Awaitable[None]]
+Json = dict[str, Any]
+
+
+def _encode(body: Json) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+class ShadowService:
+    def __init__(self, store: Store, clock: Clock, region: str, publish: Publish) -> None:
+        self._store = store
+        self._clock = clock
+        self._region = region
+        self._publish = publish
+
+    async def handle(self, request: ShadowRequest, payload: bytes) -> None:
+        """Serve one MQTT request: answer on ``/accepted`` or ``/rejected``, never raise."""
+        now = int(time.time())
+        try:
+            if request.op is ShadowOp.UPDATE:
+                await self.update(request.thing, request.shadow, payload)
+                return  # update() publishes accepted, documents and delta itself
+            if request.op is ShadowOp.GET:
+                answer = self.get(request.thing, request.shadow, payload)
+            else:
+                answer = await self.delete(request.thing, request.shadow, payload)
+        except doc.ShadowError as error:
+            await self._publish(request.topic("rejected"), _encode(error.payload(now)))
+            return
+        await self._publish(request.topic("accepted"), _encode(answer))
+
+    def get(self, thing: str, name: str, payload: bytes = b"") -> Json:
+        _check_names(thing, name)
+        _, token = doc.parse_json(payload)
+        return doc.get_response(self._current(thing, name), name or thing, token, int(time.time()))
+
+    async def update(self, thing: str, name: str, payload: bytes) -> Json:
+        """Apply an update, publish ``/accepted``, ``/documents`` and ``/delta``; return the
+        accepted document. A rejection raises ShadowError: over MQTT ``handle`` publishes it on
+        ``/rejected``, over HTTP it becomes the status code (and, as in AWS, no MQTT message)."""
+        _check_names(thing, name)
+        now = int(time.time())
+        result = doc.apply_update(self._current(thing, name), doc.parse_update(payload), now)
+        self._store.put_shadow(thing, name, result.shadow, self._clock.now(), self._region)
+        request = ShadowRequest(thing, name, ShadowOp.UPDATE)
+        await self._publish(request.topic("accepted"), _encode(result.accepted))
+        await self._publish(request.topic("documents"), _encode(result.documents))
+        if result.delta is not None:
+            await self._publish(request.topic("delta"), _encode(result.delta))
+        return result.accepted
+
+    async def delete(self, thing: str, name: str, payload: bytes = b"") -> Json:
+        _check_names(thing, name)
+        _, token = doc.parse_json(payload)
+        deleted, answer = doc.delete(self._current(thing, name), name or thing, token, int(time.time()))
+        self._store.put_shadow(thing, name, deleted, self._clock.now(), self._region)
+        return answer
+
+    def names(self, thing: str) -> list[str]:
+        check_thing_name(thing)
+        return self._store.shadow_names(thing)
+
+    def _current(self, thing: str, name: str) -> doc.Shadow:
+        return self._store.get_shadow(thing, name) or doc.Shadow()
+
+
+def _check_names(thing: str, name: str) -> None:
+    check_thing_name(thing)
+    check_shadow_name(name)
+
