@@ -23,7 +23,10 @@ from geofleet.domain.names import check_thing_name
 from geofleet.domain.policy import DEFAULT_POLICY_NAME
 from geofleet.pki.ca import key_pem, make_csr, new_key
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help="Run an IoT fleet across regions as one fleet.")
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    help="Run an IoT fleet across regions as one fleet.",
+)
 region_app = typer.Typer(no_args_is_help=True, help="Run one region node.")
 device_app = typer.Typer(no_args_is_help=True, help="Create device credentials.")
 thing_app = typer.Typer(no_args_is_help=True, help="Read the thing registry.")

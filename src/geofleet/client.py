@@ -6,6 +6,7 @@ and turns error responses back into the same ``GeofleetError`` types the server 
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 import httpx
@@ -29,7 +30,7 @@ class AdminClient:
         self.region = data.config().region(region)
         self._http = httpx.Client(
             base_url=self.region.http_url,
-            verify=str(data.root_ca),
+            verify=ssl.create_default_context(cafile=str(data.root_ca)),
             headers={"Authorization": f"Bearer {data.token()}"},
             timeout=timeout,
         )

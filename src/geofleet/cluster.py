@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -36,7 +37,7 @@ def spawn_region(data: DataDir, name: str, log_file: Path | None = None) -> subp
 def wait_ready(data: DataDir, name: str, process: subprocess.Popen[bytes], timeout: float = READY_TIMEOUT_S) -> None:
     region = data.config().region(name)
     deadline = time.monotonic() + timeout
-    with httpx.Client(verify=str(data.root_ca), timeout=2.0) as http:
+    with httpx.Client(verify=ssl.create_default_context(cafile=str(data.root_ca)), timeout=2.0) as http:
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise ConfigError(f"region {name} exited with code {process.returncode}; see its node.log")

@@ -103,6 +103,7 @@ class _GatedAmqtt(AmqttBroker):  # type: ignore[misc]
         super().__init__(config)
         self._gate = gate
         self._tls = tls
+        self._closing: set[asyncio.Future[None]] = set()
         self.live: dict[str, tuple[Connection, Any]] = {}
         """client id -> (connection, protocol handler) of every connection past CONNACK."""
 
@@ -124,7 +125,9 @@ class _GatedAmqtt(AmqttBroker):  # type: ignore[misc]
         for connection, live_handler in self.live.values():
             if live_handler is handler:
                 connection.reason = connection.reason or DisconnectReason.MQTT_KEEP_ALIVE_TIMEOUT
-        asyncio.ensure_future(handler.handle_connection_closed())
+        task = asyncio.ensure_future(handler.handle_connection_closed())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def _authenticate(self, session: Any, listener: Any) -> bool:
         tls = session.ssl_object

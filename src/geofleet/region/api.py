@@ -41,7 +41,7 @@ class ThingUpdate(BaseModel):
 
 
 class ThingTypeIn(BaseModel):
-    description: str = Field("", max_length=2028)
+    description: str = Field(default="", max_length=2028)
     searchableAttributes: list[str] = Field(default_factory=list, max_length=3)
 
 

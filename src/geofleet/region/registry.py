@@ -68,7 +68,7 @@ class Registry:
         return {**body, "thingArn": self.arn("thing", name)}
 
     def list_things(self) -> list[Json]:
-        return [{**(r.body or {}), "thingArn": self.arn("thing", r.key)} for r in self._store.list(Kind.THING)]
+        return [{**(r.body or {}), "thingArn": self.arn("thing", r.key)} for r in self._store.records(Kind.THING)]
 
     def update_thing(
         self,
@@ -107,7 +107,7 @@ class Registry:
         version = (record.body or {}).get("version")
         if expected_version is not None and expected_version != version:
             raise Conflict(f"thing {name!r} is at version {version}, not {expected_version}")
-        if self._store.list(Kind.THING_PRINCIPAL, prefix=f"{name}|"):
+        if self._store.records(Kind.THING_PRINCIPAL, prefix=f"{name}|"):
             raise Conflict(f"thing {name!r} has principals attached: detach them first")
         self._delete(record)
 
@@ -132,7 +132,7 @@ class Registry:
         return {**body, "thingTypeArn": self.arn("thingtype", name)}
 
     def list_thing_types(self) -> list[Json]:
-        return [r.body or {} for r in self._store.list(Kind.THING_TYPE)]
+        return [r.body or {} for r in self._store.records(Kind.THING_TYPE)]
 
     def deprecate_thing_type(self, name: str, undo: bool = False) -> Json:
         body = dict(self._require(Kind.THING_TYPE, name, "thing type").body or {})
@@ -144,7 +144,7 @@ class Registry:
         record = self._require(Kind.THING_TYPE, name, "thing type")
         if not (record.body or {}).get("deprecated"):
             raise Conflict(f"thing type {name!r} must be deprecated before it is deleted")
-        users = [t.key for t in self._store.list(Kind.THING) if (t.body or {}).get("thingTypeName") == name]
+        users = [t.key for t in self._store.records(Kind.THING) if (t.body or {}).get("thingTypeName") == name]
         if users:
             raise Conflict(f"thing type {name!r} is still used by {len(users)} thing(s), e.g. {users[0]!r}")
         self._delete(record)
@@ -183,7 +183,7 @@ class Registry:
 
     def list_certificates(self) -> list[Json]:
         return [{k: v for k, v in (r.body or {}).items() if k != "certificatePem"}
-                for r in self._store.list(Kind.CERTIFICATE)]
+                for r in self._store.records(Kind.CERTIFICATE)]
 
     def certificate_status(self, cert_id: str) -> CertificateStatus | None:
         record = self._live(Kind.CERTIFICATE, cert_id)
@@ -234,11 +234,11 @@ class Registry:
         return {**body, "policyArn": self.arn("policy", name)}
 
     def list_policies(self) -> list[Json]:
-        return [{"policyName": r.key, "policyArn": self.arn("policy", r.key)} for r in self._store.list(Kind.POLICY)]
+        return [{"policyName": r.key, "policyArn": self.arn("policy", r.key)} for r in self._store.records(Kind.POLICY)]
 
     def delete_policy(self, name: str) -> None:
         record = self._require(Kind.POLICY, name, "policy")
-        if self._store.list(Kind.POLICY_ATTACHMENT, ref=name):
+        if self._store.records(Kind.POLICY_ATTACHMENT, ref=name):
             raise Conflict(f"policy {name!r} is attached to certificates: detach it first")
         self._delete(record)
 
@@ -255,10 +255,10 @@ class Registry:
             self._delete(record)
 
     def policies_of(self, cert_id: str) -> list[str]:
-        return [r.ref for r in self._store.list(Kind.POLICY_ATTACHMENT, prefix=f"{cert_id}|")]
+        return [r.ref for r in self._store.records(Kind.POLICY_ATTACHMENT, prefix=f"{cert_id}|")]
 
     def policy_targets(self, policy: str) -> list[str]:
-        return [(r.body or {})["certificateId"] for r in self._store.list(Kind.POLICY_ATTACHMENT, ref=policy)]
+        return [(r.body or {})["certificateId"] for r in self._store.records(Kind.POLICY_ATTACHMENT, ref=policy)]
 
     def effective_policies(self, cert_id: str) -> list[Policy]:
         policies = []
@@ -283,10 +283,10 @@ class Registry:
             self._delete(record)
 
     def principals_of(self, thing: str) -> list[str]:
-        return [(r.body or {})["certificateId"] for r in self._store.list(Kind.THING_PRINCIPAL, prefix=f"{thing}|")]
+        return [(r.body or {})["certificateId"] for r in self._store.records(Kind.THING_PRINCIPAL, prefix=f"{thing}|")]
 
     def things_of(self, cert_id: str) -> list[str]:
-        return [(r.body or {})["thingName"] for r in self._store.list(Kind.THING_PRINCIPAL, ref=cert_id)]
+        return [(r.body or {})["thingName"] for r in self._store.records(Kind.THING_PRINCIPAL, ref=cert_id)]
 
     def is_attached(self, thing: str, cert_id: str) -> bool:
         return self._live(Kind.THING_PRINCIPAL, pair_key(thing, cert_id)) is not None

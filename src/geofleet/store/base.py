@@ -32,7 +32,7 @@ class Change:
 class Store(Protocol):
     def get(self, kind: Kind, key: str) -> Record | None: ...
 
-    def list(self, kind: Kind, *, prefix: str | None = None, ref: str | None = None) -> list[Record]:
+    def records(self, kind: Kind, *, prefix: str | None = None, ref: str | None = None) -> list[Record]:
         """Live (not deleted) records of a kind, optionally by key prefix or by ref."""
         ...
 

@@ -61,7 +61,7 @@ class SqliteStore:
         ).fetchone()
         return None if row is None else _record(row)
 
-    def list(self, kind: Kind, *, prefix: str | None = None, ref: str | None = None) -> list[Record]:
+    def records(self, kind: Kind, *, prefix: str | None = None, ref: str | None = None) -> list[Record]:
         sql = "SELECT kind, key, ref, body, hlc, origin FROM records WHERE kind = ? AND body IS NOT NULL"
         args: list[str] = [kind.value]
         if prefix is not None:
