@@ -147,9 +147,12 @@ def load_csr(pem: str | bytes) -> x509.CertificateSigningRequest:
         csr = x509.load_pem_x509_csr(data)
     except ValueError:
         raise InvalidRequest("the CSR is not a PEM-encoded PKCS#10 certificate signing request") from None
-    if not csr.is_signature_valid:
+    try:
+        valid, key = csr.is_signature_valid, csr.public_key()
+    except ValueError as exc:
+        raise InvalidRequest(f"the CSR's public key is malformed: {exc}") from None
+    if not valid:
         raise InvalidRequest("the CSR's signature does not verify: it was altered or not signed by its key")
-    key = csr.public_key()
     if isinstance(key, ec.EllipticCurvePublicKey):
         if not isinstance(key.curve, _ALLOWED_CURVES):
             raise InvalidRequest(f"the CSR's key uses curve {key.curve.name}; use P-256 or P-384")

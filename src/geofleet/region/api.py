@@ -25,6 +25,7 @@ from geofleet.region.shadows import ShadowService
 
 MAX_BODY_BYTES = 64 * 1024
 Json = dict[str, Any]
+ShadowName = Annotated[str, Query(alias="name", description="Named shadow; empty for the classic shadow.")]
 
 
 class ThingIn(BaseModel):
@@ -220,8 +221,6 @@ def create_app(registry: Registry, shadows: ShadowService, token: str, region: s
         registry.detach_policy(name, cert_id)
 
     # -- shadows (AWS's data-plane paths) ------------------------------------------------
-    ShadowName = Annotated[str, Query(alias="name")]
-
     @app.get("/things/{thing}/shadow", tags=["shadows"], dependencies=guarded)
     async def get_shadow(thing: str, name: ShadowName = "") -> Json:
         return shadows.get(thing, name)
