@@ -15,7 +15,8 @@ from tests.conftest import Fleet
 
 
 def raw(fleet: Fleet, region: str = "us-east-1", token: str | None = "default") -> httpx.Client:
-    headers = {} if token is None else {"Authorization": f"Bearer {fleet.data.token() if token == 'default' else token}"}
+    secret = fleet.data.token() if token == "default" else token
+    headers = {} if secret is None else {"Authorization": f"Bearer {secret}"}
     return httpx.Client(base_url=fleet.cluster["regions"][region]["http_url"], headers=headers,
                         verify=ssl.create_default_context(cafile=fleet.cluster["root_ca"]))
 
