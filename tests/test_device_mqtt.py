@@ -270,3 +270,37 @@ def test_thing_events_are_published(fleet: Fleet) -> None:
     deleted = watcher.wait_message(f"$aws/events/thing/{name}/deleted").json()
     assert deleted["thingName"] == name and deleted["operation"] == "DELETED"
     watcher.close()
+
+
+def test_persistent_session_reconnect_is_judged_by_the_new_certificate(fleet: Fleet) -> None:
+    """amqtt keeps the TLS object of a persistent session's first connection; geofleet must
+    judge every reconnect by the certificate presented on it."""
+    from geofleet.pki.ca import key_pem, make_csr, new_key
+
+    name = fleet.create_device()
+    first = fleet.device(name, clean=False).connect()
+    first.close()
+    second_key = new_key()
+    with fleet.admin() as api:  # a second, INACTIVE certificate attached to the same thing
+        cert = api.call("POST", "/certificates/from-csr",
+                        json={"certificateSigningRequest": make_csr(second_key, name).decode()})
+        api.call("PUT", f"/policies/geofleet-default-device/targets/{cert['certificateId']}")
+        api.call("PUT", f"/things/{name}/principals/{cert['certificateId']}")
+    (fleet.devices_dir / f"{name}-2.cert.pem").write_text(cert["certificatePem"])
+    (fleet.devices_dir / f"{name}-2.key.pem").write_bytes(key_pem(second_key))
+    impostor = fleet.device(f"{name}-2", client_id=name, clean=False)
+    assert not impostor.try_connect()
+    fleet.device(name, clean=False).connect().close()
+
+
+def test_silent_client_is_disconnected_after_one_and_a_half_keepalives(fleet: Fleet) -> None:
+    watcher = monitor(fleet)
+    name = fleet.create_device()
+    silent = fleet.device(name, keepalive=1)
+    silent.client.connect("localhost", silent.port, keepalive=1)
+    wait_for(lambda: silent.client.loop(0.05) is not None and silent.connack, 5, "CONNACK")
+    started = time.monotonic()  # from here on the client sends nothing, not even PINGREQ
+    event = watcher.wait_message(f"$aws/events/presence/disconnected/{name}", timeout=10).json()
+    assert event["disconnectReason"] == "MQTT_KEEP_ALIVE_TIMEOUT"
+    assert 1.0 <= time.monotonic() - started < 5.0
+    watcher.close()
