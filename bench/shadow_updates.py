@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 REGIONS = ("us-east-1", "eu-west-1", "ap-southeast-1")
 HOST = "127.0.0.1"
@@ -140,6 +141,20 @@ def create_devices(fleet: Fleet, names: list[str], region: str, workers: int = 4
 
 
 # -- measuring -------------------------------------------------------------------------------
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process (Linux /proc), or None where unavailable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def self_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -249,7 +264,7 @@ class DeviceClient:
         self.subscribed = threading.Event()
         self.connect_failure: str | None = None
         self.subscribe_failure: str | None = None
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name, clean_session=True)
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=name, clean_session=True)
         self.client.tls_set(ca_certs=str(certs / "root-ca.pem"), certfile=str(certs / f"{name}.cert.pem"),
                             keyfile=str(certs / f"{name}.key.pem"))
         self.client.on_connect = self._on_connect
@@ -295,7 +310,8 @@ class DeviceClient:
 
 
 class Bench:
-    def __init__(self) -> None:
+    def __init__(self, node_pid: int) -> None:
+        self.node_pid = node_pid
         self.phase: Phase | None = None
         self.closing = False
         self.unexpected_disconnects: list[str] = []
@@ -326,6 +342,7 @@ class Bench:
         self.phase = phase
         devices = self.devices
         reading = 0.0
+        node_cpu, own_cpu = process_cpu_seconds(self.node_pid), self_cpu_seconds()
         start = time.perf_counter()
         i = 0
         while True:
@@ -346,7 +363,14 @@ class Bench:
         deadline = time.monotonic() + drain
         while phase.outstanding() and time.monotonic() < deadline:
             time.sleep(0.01)
+        wall = time.perf_counter() - start
+        node_cpu_after = process_cpu_seconds(self.node_pid)
         report = phase.report()
+        report["cpu_percent"] = {
+            "region_process": round(100 * (node_cpu_after - node_cpu) / wall, 1)
+            if node_cpu is not None and node_cpu_after is not None else None,
+            "bench_process": round(100 * (self_cpu_seconds() - own_cpu) / wall, 1),
+        }
         self.phase = None
         return report
 
@@ -364,7 +388,7 @@ class Bench:
 
 
 def environment() -> dict[str, Any]:
-    versions = {}
+    versions: dict[str, str | None] = {}
     for package in ("geofleet", "amqtt", "paho-mqtt"):
         try:
             versions[package] = metadata.version(package)
@@ -404,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="geofleet-bench-") as tmp:
         log(f"starting a {len(REGIONS)}-region fleet in {tmp}")
         fleet = start_fleet(Path(tmp), REGIONS)
-        bench = Bench()
+        bench = Bench(int(fleet.cluster["regions"][args.region]["pid"]))
         try:
             names = [f"bench-dev-{i:03d}" for i in range(args.devices)]
             log(f"creating {len(names)} devices in {args.region}")
