@@ -11,7 +11,6 @@ import json
 import shutil
 import signal
 import socket
-import ssl
 import subprocess
 import sys
 import threading
