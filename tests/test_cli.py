@@ -40,7 +40,8 @@ def test_device_create_thing_shadow_and_revoke(fleet: Fleet, tmp_path: Path) -> 
 
     things = json.loads(geofleet("thing", "list", *common, "--json").stdout)
     assert name in [t["thingName"] for t in things]
-    assert json.loads(geofleet("thing", "get", name, *common).stdout)["thingName"] == name
+    assert json.loads(geofleet("thing", "get", name, *common, "--json").stdout)["thingName"] == name
+    assert geofleet("thing", "get", name, *common).stdout.startswith(f"{name}\t-\tv1")
 
     update = geofleet("shadow", "update", name, *common, "--state", '{"state":{"desired":{"on":true}}}')
     assert json.loads(update.stdout)["version"] == 1

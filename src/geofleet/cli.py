@@ -150,7 +150,9 @@ def thing_list(data_dir: DataDirOpt, region: RegionOpt, as_json: JsonOpt = False
 def thing_get(name: str, data_dir: DataDirOpt, region: RegionOpt, as_json: JsonOpt = False) -> None:
     """Show one thing."""
     with _client(data_dir, region) as api:
-        _print(api.call("GET", f"/things/{name}"), True)
+        thing = api.call("GET", f"/things/{name}")
+    attributes = ", ".join(f"{k}={v}" for k, v in sorted(thing["attributes"].items())) or "no attributes"
+    _print(thing, as_json, f"{thing['thingName']}\t{thing.get('thingTypeName') or '-'}\tv{thing['version']}\t{attributes}")
 
 
 @cert_app.command("revoke")
