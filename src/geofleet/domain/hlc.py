@@ -11,6 +11,7 @@ SQLite compare and index them directly.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 
 _LOGICAL_DIGITS = 6
 _MAX_LOGICAL = 10**_LOGICAL_DIGITS - 1
+_ENCODED = re.compile(r"[0-9]{13}\.[0-9]{6}", re.ASCII)
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -32,13 +34,10 @@ class HLC:
 
     @classmethod
     def decode(cls, text: str) -> HLC:
-        try:
-            wall, logical = text.split(".")
-            if len(wall) != 13 or len(logical) != _LOGICAL_DIGITS:
-                raise ValueError
-            return cls(int(wall), int(logical))
-        except ValueError:
-            raise ValueError(f"not an HLC timestamp: {text!r}") from None
+        if not isinstance(text, str) or _ENCODED.fullmatch(text) is None:
+            raise ValueError(f"not an HLC timestamp: {text!r}")
+        wall, logical = text.split(".")
+        return cls(int(wall), int(logical))
 
     def __str__(self) -> str:
         return self.encode()

@@ -36,7 +36,7 @@ _RESOURCE_TYPE = {
     Action.SUBSCRIBE: "topicfilter",
 }
 
-_VARIABLE = re.compile(r"\$\{(iot:[A-Za-z.]+)\}")
+_VARIABLE = re.compile(r"\$\{([^}]*)\}")
 KNOWN_VARIABLES = frozenset({"iot:ClientId", "iot:Connection.Thing.ThingName"})
 
 
@@ -144,17 +144,29 @@ def _acts_on(statement: Statement, action: Action) -> bool:
 
 
 def _matches(pattern: str, resource: str, variables: Mapping[str, str]) -> bool:
+    """Match an ARN pattern field by field, so that a ``*`` in the region or account field
+    cannot run past ``:`` into the resource name (``arn:aws:iot:*:*:topic/dt/a/*`` must not
+    match ``dt/b/x:topic/dt/a/y``)."""
+    fields = pattern.split(":", 5)
+    if len(fields) < 6:
+        return _matches_name(pattern, resource, variables)
+    targets = resource.split(":", 5)
+    return all(_matches_name(f, t, {}) for f, t in zip(fields[:5], targets[:5], strict=True)) and \
+        _matches_name(fields[5], targets[5], variables)
+
+
+def _matches_name(pattern: str, name: str, variables: Mapping[str, str]) -> bool:
     substituted: list[str] = []
     position = 0
     for match in _VARIABLE.finditer(pattern):
         value = variables.get(match.group(1))
         if value is None:
-            return False
+            return False  # an undefined variable: this resource matches nothing
         substituted.append(_glob(pattern[position:match.start()]))
         substituted.append(re.escape(value))
         position = match.end()
     substituted.append(_glob(pattern[position:]))
-    return re.fullmatch("".join(substituted), resource) is not None
+    return re.fullmatch("".join(substituted), name, re.DOTALL) is not None
 
 
 @lru_cache(maxsize=4096)

@@ -205,7 +205,7 @@ def _diff(desired: Json, reported: Json, meta: Json) -> tuple[Json, Json]:
             sub, sub_meta = _diff(want, have, meta.get(key) or {})
             if sub:
                 delta[key], delta_meta[key] = sub, sub_meta
-        elif want != have:
+        elif not _same(want, have):
             delta[key] = want
             delta_meta[key] = meta.get(key, {})
     return delta, delta_meta
@@ -213,7 +213,8 @@ def _diff(desired: Json, reported: Json, meta: Json) -> tuple[Json, Json]:
 
 def _merge(state: Any, meta: Any, patch: Json, now: int) -> tuple[Json, Json]:
     merged: Json = dict(state) if isinstance(state, dict) else {}
-    merged_meta: Json = dict(meta) if isinstance(meta, dict) else {}
+    # A leaf replaced by an object starts with fresh metadata, not the leaf's timestamp.
+    merged_meta: Json = dict(meta) if isinstance(state, dict) and isinstance(meta, dict) else {}
     for key, value in patch.items():
         if value is None:
             merged.pop(key, None)
@@ -226,6 +227,11 @@ def _merge(state: Any, meta: Any, patch: Json, now: int) -> tuple[Json, Json]:
             merged[key] = value
             merged_meta[key] = _stamp(value, now)
     return merged, merged_meta
+
+
+def _same(a: Any, b: Any) -> bool:
+    """JSON equality: unlike Python's ``==``, ``true`` is not ``1`` and ``false`` is not ``0``."""
+    return a == b and json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
 def _stamp(value: Any, now: int) -> Any:
