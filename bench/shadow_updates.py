@@ -10,16 +10,19 @@ How: the script creates a throw-away three-region fleet (``geofleet init`` + ``g
 regions us-east-1, eu-west-1 and ap-southeast-1 on free loopback ports), creates N devices
 (``geofleet device create``, one certificate each, default device policy), and connects them
 all to one region with paho-mqtt over mutual TLS, each subscribed to its own ``update/accepted``
-and ``update/rejected`` topics. Then two phases:
+and ``update/rejected`` topics. After a one-second warm-up, two phases:
 
 1. rate-limited (open loop): one sender thread publishes updates round-robin over the devices
    at ``--rate`` updates/s in total for ``--seconds``, whether or not earlier ones were
    answered, so queueing in the node shows up as latency (no coordinated omission);
-2. unthrottled (closed loop): the sender keeps ``--window`` requests per device outstanding
-   for ``--max-seconds``; the answered rate is the node's maximum throughput.
+2. unthrottled (closed loop): for ``--max-seconds`` the sender publishes (round-robin over the
+   devices) whenever fewer than ``--window`` x devices requests are unanswered; the answered
+   rate is the node's maximum throughput, and the latency is then mostly queueing (about
+   outstanding requests / rate).
 
 After each phase the script waits up to ``--drain`` seconds for late answers; requests still
-unanswered then are reported as lost. Latencies include the paho client threads of this
+unanswered then are reported as lost. The CPU use of the region process and of this process
+during each phase is reported too (from /proc). Latencies include the paho client threads of this
 process (one per device), which share the machine's CPUs with the region processes.
 
 Prints one JSON object on stdout; progress goes to stderr. Everything stays on 127.0.0.1 and
@@ -337,11 +340,10 @@ class Bench:
 
     def run(self, name: str, seconds: float, rate: float | None, window: int, drain: float) -> dict[str, Any]:
         """Send updates for ``seconds``: paced at ``rate``/s in total, or, if ``rate`` is None,
-        as fast as answers come back with ``window`` requests outstanding per device."""
+        as fast as answers come back with ``window`` x devices requests outstanding."""
         phase = Phase(name, threading.Semaphore(window * len(self.devices)) if rate is None else None)
         self.phase = phase
         devices = self.devices
-        reading = 0.0
         node_cpu, own_cpu = process_cpu_seconds(self.node_pid), self_cpu_seconds()
         start = time.perf_counter()
         i = 0
@@ -352,13 +354,13 @@ class Bench:
             if rate is not None:
                 due = int(elapsed * rate) + 1
                 while i < due:
-                    self._send(phase, devices[i % len(devices)], f"{name}-{i}", reading + i)
+                    self._send(phase, devices[i % len(devices)], f"{name}-{i}", i)
                     i += 1
                 time.sleep(0.0005)
             else:
                 assert phase.window is not None
                 if phase.window.acquire(timeout=0.1):
-                    self._send(phase, devices[i % len(devices)], f"{name}-{i}", reading + i)
+                    self._send(phase, devices[i % len(devices)], f"{name}-{i}", i)
                     i += 1
         deadline = time.monotonic() + drain
         while phase.outstanding() and time.monotonic() < deadline:
@@ -375,7 +377,7 @@ class Bench:
         return report
 
     @staticmethod
-    def _send(phase: Phase, device: DeviceClient, token: str, reading: float) -> None:
+    def _send(phase: Phase, device: DeviceClient, token: str, reading: int) -> None:
         payload = json.dumps({"state": {"reported": {"reading": reading, "ok": True}}, "clientToken": token},
                              separators=(",", ":"))
         phase.will_send(token)
@@ -395,7 +397,15 @@ def environment() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             versions[package] = None
     return {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
-            **versions}
+            **versions, "load_average_before": load_average()}
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages: other work on the machine skews the numbers."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -406,7 +416,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-seconds", type=float, default=5.0,
                         help="duration of the unthrottled phase; 0 skips it (default 5)")
     parser.add_argument("--window", type=int, default=4,
-                        help="outstanding requests per device in the unthrottled phase (default 4)")
+                        help="unanswered requests per device in the unthrottled phase (default 4)")
     parser.add_argument("--drain", type=float, default=5.0, help="seconds to wait for late answers (default 5)")
     parser.add_argument("--region", default=REGIONS[0], choices=REGIONS, help="region the devices connect to")
     args = parser.parse_args(argv)
@@ -449,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             bench.close()
             fleet.stop()
+    result["environment"]["load_average_after"] = load_average()
     result["total_seconds"] = round(time.monotonic() - began, 1)
     print(json.dumps(result, indent=2))
     return 0

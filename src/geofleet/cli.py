@@ -137,12 +137,16 @@ def device_create(
     _print(result, as_json, f"device {name} created in {region}: certificate {cert_id[:16]}..., files in {out}")
 
 
+def _thing_line(thing: dict[str, Any]) -> str:
+    return f"{thing['thingName']}\t{thing.get('thingTypeName') or '-'}\tv{thing['version']}"
+
+
 @thing_app.command("list")
 def thing_list(data_dir: DataDirOpt, region: RegionOpt, as_json: JsonOpt = False) -> None:
     """List the things a region knows."""
     with _client(data_dir, region) as api:
         things = api.call("GET", "/things")["things"]
-    text = "\n".join(f"{t['thingName']}\t{t.get('thingTypeName') or '-'}\tv{t['version']}" for t in things)
+    text = "\n".join(_thing_line(t) for t in things)
     _print(things, as_json, text or "(no things)")
 
 
@@ -152,7 +156,7 @@ def thing_get(name: str, data_dir: DataDirOpt, region: RegionOpt, as_json: JsonO
     with _client(data_dir, region) as api:
         thing = api.call("GET", f"/things/{name}")
     attributes = ", ".join(f"{k}={v}" for k, v in sorted(thing["attributes"].items())) or "no attributes"
-    _print(thing, as_json, f"{thing['thingName']}\t{thing.get('thingTypeName') or '-'}\tv{thing['version']}\t{attributes}")
+    _print(thing, as_json, f"{_thing_line(thing)}\t{attributes}")
 
 
 @cert_app.command("revoke")
