@@ -427,6 +427,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # clean up on SIGTERM too
     began = time.monotonic()
     result: dict[str, Any] = {
         "benchmark": "shadow_updates",

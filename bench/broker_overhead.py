@@ -1,0 +1,547 @@
+#!/usr/bin/env python3
+"""Device-to-device MQTT throughput through a geofleet region node versus a bare amqtt broker.
+
+What is measured: messages per second delivered from one publishing device to one subscribing
+device, and the per-message latency (publish call to delivery callback), through
+
+- ``node``: a geofleet region node (amqtt 0.12.1 plus mutual TLS, per-connection identity,
+  policy checks on every publish, subscribe and delivery, presence events), and
+- ``bare``: a plain ``amqtt.broker.Broker`` in its own process, with a TLS listener using the
+  region's server certificate and key, verifying client certificates against the same trust
+  bundle (amqtt's CERT_OPTIONAL, and the clients do send one) and anonymous auth allowed,
+
+so both paths pay the same TLS costs and the difference is geofleet's own work. The overhead
+is ``1 - node_rate / bare_rate``.
+
+How: the script creates a throw-away one-region fleet (``geofleet init`` + ``geofleet up``),
+a publisher device ``bench-pub`` (default device policy: it may publish to ``dt/bench-pub/*``)
+and a subscriber device ``bench-sub`` whose policy (created over the admin HTTP API) lets it
+subscribe to and receive ``dt/*``. For each QoS (0 and 1) and each broker, the subscriber
+subscribes to ``dt/bench-pub/bench`` at that QoS and the publisher sends messages, each
+carrying its sequence number and a send timestamp:
+
+1. throughput: ``--rounds`` batches of ``--messages`` messages per broker, alternating between
+   the brokers (bare, node, node, bare, ...) so that background load on the machine hits both
+   alike; each batch is preceded by a 200-message warm-up and keeps at most ``--window``
+   messages published but not yet delivered (``--window 0``: no limit, the publisher queues
+   everything at once). The reported rate is the median over the rounds; latency percentiles
+   are over all messages of all rounds. Under this saturating load the latency is mostly
+   queueing (about window / rate);
+2. unloaded latency: ``--latency-messages`` messages one at a time (the next is published when
+   the previous one has arrived): the latency of the broker path itself.
+
+Lost messages (not delivered within ``--drain`` seconds of the last publish) and duplicates
+are counted. The CPU time of the broker process per delivered message is reported too (from
+/proc, at clock-tick resolution). Both clients run in this process (paho-mqtt network
+threads) and share the machine's CPUs with the broker under test.
+
+Prints one JSON object on stdout; progress goes to stderr. Everything stays on 127.0.0.1 and
+the fleet and the bare broker are stopped and deleted at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import select
+import signal
+import socket
+import ssl
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import httpx
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+HOST = "127.0.0.1"
+REGION = "us-east-1"
+PUBLISHER = "bench-pub"
+SUBSCRIBER = "bench-sub"
+SUBSCRIBER_POLICY = "bench-dt-reader"
+TOPIC = f"dt/{PUBLISHER}/bench"
+HEADER = struct.Struct("!QQ")  # sequence number, send time (perf_counter_ns)
+WARMUP_MESSAGES = 200
+
+BARE_BROKER = """
+import asyncio, json, signal, sys
+from amqtt.broker import Broker
+
+async def main(config):
+    broker = Broker(config)
+    await broker.start()
+    print("ready", flush=True)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await broker.shutdown()
+
+asyncio.run(main(json.loads(sys.argv[1])))
+"""
+
+
+def log(message: str) -> None:
+    print(f"[broker_overhead] {message}", file=sys.stderr, flush=True)
+
+
+# -- the two brokers -------------------------------------------------------------------------
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = []
+    for _ in range(count):
+        s = socket.socket()
+        s.bind((HOST, 0))
+        sockets.append(s)
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def geofleet(*args: str, timeout: float = 60.0) -> str:
+    """Run the geofleet CLI; raise with its stderr if it fails."""
+    result = subprocess.run([sys.executable, "-m", "geofleet", *args], capture_output=True, text=True,
+                            timeout=timeout, stdin=subprocess.DEVNULL)
+    if result.returncode != 0:
+        raise RuntimeError(f"geofleet {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
+    return result.stdout
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@dataclass
+class Fleet:
+    root: Path
+    process: subprocess.Popen[bytes]
+    cluster: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def devices_dir(self) -> Path:
+        return self.root / "devices"
+
+    @property
+    def http_url(self) -> str:
+        return str(self.cluster["regions"][REGION]["http_url"])
+
+    @property
+    def mqtt_port(self) -> int:
+        return int(self.cluster["regions"][REGION]["mqtt_port"])
+
+    @property
+    def node_pid(self) -> int:
+        return int(self.cluster["regions"][REGION]["pid"])
+
+
+def start_fleet(workdir: Path, timeout: float = 60.0) -> Fleet:
+    mqtt_port, http_port = free_ports(2)
+    config_file = workdir / "fleet-config.json"
+    config_file.write_text(json.dumps({"fleet": "bench", "regions": [
+        {"name": REGION, "mqtt_port": mqtt_port, "http_port": http_port}]}))
+    root = workdir / "data"
+    geofleet("init", "--data-dir", str(root), "--config", str(config_file))
+    with open(workdir / "up.log", "wb") as up_log:
+        process = subprocess.Popen([sys.executable, "-m", "geofleet", "up", "--data-dir", str(root)],
+                                   stdout=up_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    fleet = Fleet(root, process)
+    cluster_file = root / "cluster.json"
+    deadline = time.monotonic() + timeout
+    while not cluster_file.exists():
+        if process.poll() is not None:
+            raise RuntimeError(f"geofleet up exited with {process.returncode}: "
+                               f"{(workdir / 'up.log').read_text(errors='replace')[-2000:]}")
+        if time.monotonic() > deadline:
+            stop_process(process)
+            raise RuntimeError(f"the fleet was not ready within {timeout:.0f} s")
+        time.sleep(0.05)
+    fleet.cluster = json.loads(cluster_file.read_text())
+    fleet.devices_dir.mkdir()
+    return fleet
+
+
+def create_identities(fleet: Fleet) -> None:
+    """The publisher with the default device policy; the subscriber with a policy that lets it
+    subscribe to and receive all device telemetry (``dt/*``)."""
+    reader = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": "iot:Connect", "Resource": "arn:aws:iot:*:*:client/${iot:ClientId}"},
+            {"Effect": "Allow", "Action": "iot:Subscribe", "Resource": "arn:aws:iot:*:*:topicfilter/dt/*"},
+            {"Effect": "Allow", "Action": "iot:Receive", "Resource": "arn:aws:iot:*:*:topic/dt/*"},
+        ],
+    }
+    token = (fleet.root / "admin-token").read_text().strip()
+    tls = ssl.create_default_context(cafile=str(fleet.root / "pki" / "root-ca.pem"))
+    with httpx.Client(base_url=fleet.http_url, verify=tls, headers={"Authorization": f"Bearer {token}"},
+                      timeout=10.0) as api:
+        api.post(f"/policies/{SUBSCRIBER_POLICY}", json={"policyDocument": json.dumps(reader)}).raise_for_status()
+    geofleet("device", "create", PUBLISHER, "--data-dir", str(fleet.root), "--region", REGION,
+             "--out", str(fleet.devices_dir), "--json")
+    # device create attaches the given policy to the new certificate (PUT /policies/P/targets/CERT)
+    geofleet("device", "create", SUBSCRIBER, "--data-dir", str(fleet.root), "--region", REGION,
+             "--out", str(fleet.devices_dir), "--policy", SUBSCRIBER_POLICY, "--json")
+
+
+def start_bare_broker(fleet: Fleet, workdir: Path, timeout: float = 30.0) -> tuple[subprocess.Popen[bytes], int]:
+    (port,) = free_ports(1)
+    region = fleet.root / "regions" / REGION
+    config = {
+        "listeners": {"default": {
+            "type": "tcp", "bind": f"{HOST}:{port}", "ssl": True,
+            "certfile": str(region / "server.pem"), "keyfile": str(region / "server.key.pem"),
+            "cafile": str(fleet.root / "pki" / "ca-bundle.pem"),
+        }},
+        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+    }
+    with open(workdir / "bare-broker.log", "wb") as broker_log:
+        process = subprocess.Popen([sys.executable, "-c", BARE_BROKER, json.dumps(config)], stdout=subprocess.PIPE,
+                                   stderr=broker_log, stdin=subprocess.DEVNULL)
+    assert process.stdout is not None
+    ready, _, _ = select.select([process.stdout], [], [], timeout)
+    if not ready or process.stdout.readline().strip() != b"ready":
+        stop_process(process)
+        raise RuntimeError(f"the bare amqtt broker did not start: "
+                           f"{(workdir / 'bare-broker.log').read_text(errors='replace')[-2000:]}")
+    return process, port
+
+
+# -- measuring -------------------------------------------------------------------------------
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process (Linux /proc), or None where unavailable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an ascending list (q in [0, 100])."""
+    rank = max(1, min(len(sorted_values), round(q / 100 * len(sorted_values) + 0.5)))
+    return sorted_values[rank - 1]
+
+
+def latency_summary(latencies_ns: list[int]) -> dict[str, float | None]:
+    values = sorted(v / 1e6 for v in latencies_ns)
+    if not values:
+        return {"p50": None, "p99": None, "max": None, "mean": None}
+    return {"p50": round(percentile(values, 50), 3), "p99": round(percentile(values, 99), 3),
+            "max": round(values[-1], 3), "mean": round(sum(values) / len(values), 3)}
+
+
+class Client:
+    """A paho client with a certificate and its own network thread."""
+
+    def __init__(self, name: str, port: int, certs: Path, inflight: int) -> None:
+        self.name = name
+        self.connected = threading.Event()
+        self.subscribed = threading.Event()
+        self.failure: str | None = None
+        self.disconnects: list[str] = []
+        self.closing = False
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=name, clean_session=True)
+        self.client.tls_set(ca_certs=str(certs / "root-ca.pem"), certfile=str(certs / f"{name}.cert.pem"),
+                            keyfile=str(certs / f"{name}.key.pem"))
+        self.client.max_inflight_messages_set(inflight)
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_disconnect = self._on_disconnect
+        self.client.connect(HOST, port, keepalive=60)
+        self.client.loop_start()
+        if not self.connected.wait(15) or self.failure:
+            self.close()
+            raise RuntimeError(f"{name} could not connect to port {port}: {self.failure or 'timeout'}")
+
+    def subscribe(self, topic: str, qos: int) -> None:
+        self.client.subscribe(topic, qos)
+        if not self.subscribed.wait(15) or self.failure:
+            raise RuntimeError(f"{self.name} could not subscribe to {topic}: {self.failure or 'timeout'}")
+
+    def close(self) -> None:
+        self.closing = True
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        if reason.is_failure:
+            self.failure = str(reason)
+        self.connected.set()
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[Any], properties: Any) -> None:
+        failed = [str(r) for r in reasons if r.is_failure]
+        if failed:
+            self.failure = ", ".join(failed)
+        self.subscribed.set()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        if not self.closing:
+            self.disconnects.append(str(reason))
+
+
+@dataclass
+class Run:
+    """Deliveries of one batch of messages, shared by the publisher and the subscriber thread."""
+
+    first_seq: int
+    count: int
+    window: threading.Semaphore | None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    received: set[int] = field(default_factory=set)
+    latencies_ns: list[int] = field(default_factory=list)
+    duplicates: int = 0
+    foreign: int = 0
+    last_receive_ns: int = 0
+    complete: threading.Event = field(default_factory=threading.Event)
+
+    def deliver(self, payload: bytes | bytearray) -> None:
+        now = time.perf_counter_ns()
+        seq, sent = HEADER.unpack_from(payload)
+        with self.lock:
+            if not self.first_seq <= seq < self.first_seq + self.count:
+                self.foreign += 1
+                return
+            if seq in self.received:
+                self.duplicates += 1
+                return
+            self.received.add(seq)
+            self.latencies_ns.append(now - sent)
+            self.last_receive_ns = now
+            if len(self.received) == self.count:
+                self.complete.set()
+        if self.window is not None:
+            self.window.release()
+
+
+class Pair:
+    """The publisher and the subscriber, connected to one broker."""
+
+    def __init__(self, port: int, certs: Path, qos: int, inflight: int, payload_bytes: int) -> None:
+        self.qos = qos
+        self.padding = b"x" * max(0, payload_bytes - HEADER.size)
+        self.run: Run | None = None
+        self.next_seq = 0
+        self.subscriber = Client(SUBSCRIBER, port, certs, inflight)
+        try:
+            self.subscriber.client.on_message = self._on_message
+            self.subscriber.subscribe(TOPIC, qos)
+            self.publisher = Client(PUBLISHER, port, certs, inflight)
+        except BaseException:
+            self.subscriber.close()
+            raise
+
+    def close(self) -> None:
+        self.publisher.close()
+        self.subscriber.close()
+
+    def disconnects(self) -> list[str]:
+        return [f"{c.name}: {r}" for c in (self.subscriber, self.publisher) for r in c.disconnects]
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        run = self.run
+        if run is not None:
+            run.deliver(message.payload)
+
+    def send(self, count: int, window: int, drain: float) -> tuple[Run, int, int]:
+        """Publish ``count`` messages with at most ``window`` undelivered (0: no limit); return
+        the run, the time of the first publish and of the last (perf_counter_ns)."""
+        run = Run(self.next_seq, count, threading.Semaphore(window) if window > 0 else None)
+        self.next_seq += count
+        self.run = run
+        first_ns = time.perf_counter_ns()
+        stalled_since: float | None = None
+        seq = run.first_seq
+        while seq < run.first_seq + count:
+            if run.window is not None and not run.window.acquire(timeout=0.1):
+                stalled_since = stalled_since or time.monotonic()
+                if time.monotonic() - stalled_since > drain:
+                    log(f"  no delivery for {drain:g} s with {window} messages outstanding: giving up")
+                    break
+                continue
+            stalled_since = None
+            payload = HEADER.pack(seq, time.perf_counter_ns()) + self.padding
+            self.publisher.client.publish(TOPIC, payload, self.qos)
+            seq += 1
+        last_ns = time.perf_counter_ns()
+        run.complete.wait(drain)
+        self.run = None
+        return run, first_ns, last_ns
+
+
+def throughput(pair: Pair, broker_pid: int, messages: int, window: int, drain: float) -> dict[str, Any]:
+    """One saturating batch of ``messages`` (after a warm-up): its rate, latencies and broker CPU."""
+    pair.send(min(WARMUP_MESSAGES, messages), window, drain)
+    cpu_before = process_cpu_seconds(broker_pid)
+    run, first_ns, last_ns = pair.send(messages, window, drain)
+    cpu_after = process_cpu_seconds(broker_pid)
+    received = len(run.received)
+    elapsed_s = ((run.last_receive_ns or last_ns) - first_ns) / 1e9
+    return {
+        "received": received,
+        "duplicates": run.duplicates,
+        "msgs_per_s": received / elapsed_s if elapsed_s > 0 else 0.0,
+        "publish_per_s": messages / ((last_ns - first_ns) / 1e9) if last_ns > first_ns else 0.0,
+        "latencies_ns": run.latencies_ns,
+        "cpu_s": cpu_after - cpu_before if cpu_before is not None and cpu_after is not None else None,
+    }
+
+
+def summarize(rounds: list[dict[str, Any]], messages: int) -> dict[str, Any]:
+    """Median rate over the rounds; latency percentiles over the messages of all rounds."""
+    received = sum(r["received"] for r in rounds)
+    cpu = [r["cpu_s"] for r in rounds]
+    return {
+        "msgs_per_s": round(statistics.median(r["msgs_per_s"] for r in rounds), 1),
+        "rounds_msgs_per_s": [round(r["msgs_per_s"], 1) for r in rounds],
+        "rounds_publish_per_s": [round(r["publish_per_s"], 1) for r in rounds],
+        "messages": messages * len(rounds),
+        "received": received,
+        "lost": messages * len(rounds) - received,
+        "duplicates": sum(r["duplicates"] for r in rounds),
+        "latency_ms": latency_summary([v for r in rounds for v in r["latencies_ns"]]),
+        "broker_cpu_us_per_msg": round(1e6 * sum(cpu) / received, 1)
+        if received and all(c is not None for c in cpu) else None,
+    }
+
+
+def unloaded_latency(pair: Pair, messages: int, drain: float) -> dict[str, Any]:
+    run, _, _ = pair.send(messages, 1, drain)
+    return {**latency_summary(run.latencies_ns), "messages": messages, "lost": messages - len(run.received)}
+
+
+def compare(node: dict[str, Any], bare: dict[str, Any]) -> dict[str, Any]:
+    node_rate, bare_rate = node["msgs_per_s"], bare["msgs_per_s"]
+    if not node_rate or not bare_rate:
+        return {"node_over_bare": None, "overhead_percent": None}
+    return {"node_over_bare": round(node_rate / bare_rate, 3),
+            "overhead_percent": round(100 * (1 - node_rate / bare_rate), 1)}
+
+
+# -- main ------------------------------------------------------------------------------------
+
+
+def environment() -> dict[str, Any]:
+    versions: dict[str, str | None] = {}
+    for package in ("geofleet", "amqtt", "paho-mqtt"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
+            **versions, "load_average_before": load_average()}
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages: other work on the machine skews the numbers."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--messages", type=int, default=5000, help="messages per broker and QoS (default 5000)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="batches per broker and QoS, alternating brokers; the median rate is reported (default 5)")
+    parser.add_argument("--qos", type=int, nargs="+", default=[0, 1], choices=[0, 1], help="QoS levels (default 0 1)")
+    parser.add_argument("--window", type=int, default=100,
+                        help="most messages published but not yet delivered; 0 for no limit (default 100)")
+    parser.add_argument("--inflight", type=int, default=20,
+                        help="paho's QoS 1 in-flight limit for both clients (default 20, paho's default)")
+    parser.add_argument("--latency-messages", type=int, default=300,
+                        help="messages sent one at a time for the unloaded latency; 0 skips it (default 300)")
+    parser.add_argument("--payload-bytes", type=int, default=64, help="payload size, at least 16 (default 64)")
+    parser.add_argument("--drain", type=float, default=10.0,
+                        help="seconds to wait for deliveries before counting messages lost (default 10)")
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.messages < 1 or args.window < 0 or args.inflight < 0 or args.latency_messages < 0:
+        parser.error("--rounds and --messages must be positive; --window, --inflight and --latency-messages "
+                     "must not be negative")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # clean up on SIGTERM too
+    began = time.monotonic()
+    result: dict[str, Any] = {
+        "benchmark": "broker_overhead",
+        "config": {"messages": args.messages, "rounds": args.rounds, "qos": args.qos, "window": args.window,
+                   "paho_inflight": args.inflight,
+                   "latency_messages": args.latency_messages, "payload_bytes": args.payload_bytes,
+                   "warmup_messages": min(WARMUP_MESSAGES, args.messages), "region": REGION, "topic": TOPIC},
+        "environment": environment(),
+        "results": {},
+    }
+    disconnects: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="geofleet-bench-") as tmp:
+        workdir = Path(tmp)
+        log(f"starting a one-region fleet in {tmp}")
+        fleet = start_fleet(workdir)
+        bare: subprocess.Popen[bytes] | None = None
+        try:
+            log("creating the publisher and subscriber identities")
+            create_identities(fleet)
+            log("starting the bare amqtt broker")
+            bare, bare_port = start_bare_broker(fleet, workdir)
+            brokers = {"bare": (bare_port, bare.pid), "node": (fleet.mqtt_port, fleet.node_pid)}
+            for qos in args.qos:
+                pairs: dict[str, Pair] = {}
+                try:
+                    for name, (port, _) in brokers.items():
+                        pairs[name] = Pair(port, fleet.devices_dir, qos, args.inflight, args.payload_bytes)
+                    rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in brokers}
+                    for i in range(args.rounds):
+                        order = list(brokers) if i % 2 == 0 else list(reversed(brokers))
+                        for name in order:
+                            one = throughput(pairs[name], brokers[name][1], args.messages, args.window, args.drain)
+                            rounds[name].append(one)
+                            log(f"QoS {qos} round {i + 1}/{args.rounds} {name}: {one['msgs_per_s']:.0f} msgs/s, "
+                                f"{args.messages - one['received']} lost")
+                    section: dict[str, Any] = {name: summarize(rounds[name], args.messages) for name in brokers}
+                    if args.latency_messages:
+                        for name in brokers:
+                            section[name]["unloaded_latency_ms"] = unloaded_latency(
+                                pairs[name], args.latency_messages, args.drain)
+                finally:
+                    for name, pair in pairs.items():
+                        pair.close()
+                        disconnects += [f"{name} qos{qos} {d}" for d in pair.disconnects()]
+                section.update(compare(section["node"], section["bare"]))
+                log(f"QoS {qos}: {json.dumps(section)}")
+                result["results"][f"qos{qos}"] = section
+            result["unexpected_disconnects"] = disconnects
+        finally:
+            if bare is not None:
+                stop_process(bare)
+            stop_process(fleet.process)
+    result["environment"]["load_average_after"] = load_average()
+    result["total_seconds"] = round(time.monotonic() - began, 1)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
