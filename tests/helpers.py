@@ -65,6 +65,7 @@ def write_config(path: Path, regions: list[str]) -> Path:
 class Received:
     topic: str
     payload: bytes
+    qos: int = 0
 
     def json(self) -> Any:
         return json.loads(self.payload)
@@ -90,7 +91,7 @@ class Device:
                                   clean_session=self.clean)
         self.client.tls_set(ca_certs=str(self.ca), certfile=str(self.cert) if self.cert else None,
                             keyfile=str(self.key) if self.key else None)
-        self.client.on_message = lambda c, u, m: self.messages.append(Received(m.topic, m.payload))
+        self.client.on_message = lambda c, u, m: self.messages.append(Received(m.topic, m.payload, m.qos))
         self.client.on_connect = lambda c, u, f, rc, p: self.connack.append(rc)
         self.client.on_disconnect = lambda c, u, f, rc, p: self.disconnects.append(rc)
         self._lock = threading.Lock()

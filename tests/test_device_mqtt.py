@@ -304,3 +304,19 @@ def test_silent_client_is_disconnected_after_one_and_a_half_keepalives(fleet: Fl
     assert event["disconnectReason"] == "MQTT_KEEP_ALIVE_TIMEOUT"
     assert 1.0 <= time.monotonic() - started < 5.0
     watcher.close()
+
+
+def test_delivery_qos_is_the_lower_of_publish_and_subscription(fleet: Fleet) -> None:
+    name = fleet.create_device()
+    device = fleet.device(name).connect()
+    device.subscribe(f"$aws/things/{name}/shadow/update/accepted", qos=0)
+    device.subscribe(f"$aws/things/{name}/shadow/get/accepted", qos=1)
+    device.subscribe(f"dt/{name}/#", qos=1)
+    assert device.request(f"$aws/things/{name}/shadow/update", {"state": {"reported": {"a": 1}}},
+                          ("accepted",)).qos == 0
+    assert device.request(f"$aws/things/{name}/shadow/get", "", ("accepted",)).qos == 1
+    device.publish(f"dt/{name}/q0", b"x", qos=0)
+    assert device.wait_message(f"dt/{name}/q0").qos == 0
+    device.publish(f"dt/{name}/q1", b"x", qos=1)
+    assert device.wait_message(f"dt/{name}/q1").qos == 1
+    device.close()

@@ -13,7 +13,10 @@ version is pinned, and tests cover each change):
 - a second connection with the same client id closes the first (DUPLICATE_CLIENTID), also for
   clean sessions, where amqtt would leave the old socket open;
 - a client silent for 1.5 x its keep-alive is disconnected (amqtt never disconnects it);
-- a publish the policy denies closes the connection (FORBIDDEN_ACCESS), as AWS IoT does.
+- a publish the policy denies closes the connection (FORBIDDEN_ACCESS), as AWS IoT does;
+- routing looks subscriptions up in a topic-filter trie (amqtt scans every filter for every
+  message), and delivers at min(publish QoS, subscription QoS) as MQTT requires (amqtt uses the
+  subscription's QoS, or forces the publisher's on every subscriber).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from amqtt.mqtt.disconnect import DisconnectPacket
 
 from geofleet.broker.base import Connection, DisconnectReason, Gate
 from geofleet.domain.policy import Action
+from geofleet.domain.topics import TopicFilterIndex
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +85,7 @@ class EmbeddedBroker:
             await self._amqtt.shutdown()
             self._amqtt = None
 
-    async def publish(self, topic: str, payload: bytes, qos: int = 0) -> None:
+    async def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
         assert self._amqtt is not None, "broker not started"
         await self._amqtt.internal_message_broadcast(topic, payload, qos)
 
@@ -104,6 +108,7 @@ class _GatedAmqtt(AmqttBroker):  # type: ignore[misc]
         self._gate = gate
         self._tls = tls
         self._closing: set[asyncio.Future[None]] = set()
+        self._index = TopicFilterIndex()
         self.live: dict[str, tuple[Connection, Any]] = {}
         """client id -> (connection, protocol handler) of every connection past CONNACK."""
 
@@ -176,10 +181,42 @@ class _GatedAmqtt(AmqttBroker):  # type: ignore[misc]
             connection.reason = DisconnectReason.FORBIDDEN_ACCESS
             await handler.handle_connection_closed()
             return True
-        await self._broadcast_message(session, message.topic, message.data)
+        await self._broadcast_message(session, message.topic, message.data, message.qos)
         if message.publish_packet is not None and message.publish_packet.retain_flag:
             await self.retain_message(session, message.topic, message.data, message.qos)
         await self._gate.message(connection, message.topic, bytes(message.data))
         return True
 
 
+
+    # -- routing ---------------------------------------------------------------------------
+
+    async def add_subscription(self, subscription: tuple[str, int], session: Any) -> int:
+        granted = int(await super().add_subscription(subscription, session))
+        if subscription[0] in self._subscriptions:
+            self._index.add(subscription[0])
+        return granted
+
+    async def _del_all_subscriptions(self, session: Any) -> None:
+        filters = [f for f, subs in self._subscriptions.items() if any(s is session for s, _ in subs)]
+        await super()._del_all_subscriptions(session)
+        for topic_filter in filters:
+            if topic_filter not in self._subscriptions:
+                self._index.discard(topic_filter)
+
+    async def _run_broadcast(self, running_tasks: Any) -> None:
+        broadcast = await self._broadcast_queue.get()
+        topic, data = broadcast["topic"], broadcast["data"]
+        for topic_filter in self._index.match(topic):
+            for target, subscribed_qos in list(self._subscriptions.get(topic_filter, ())):
+                qos = min(broadcast.get("qos", subscribed_qos), subscribed_qos)
+                if not await self._topic_filtering(target, topic, AmqttAction.RECEIVE):
+                    continue
+                if target.transitions.state != "connected":
+                    # a persistent session keeps QoS 1+ messages until it comes back [MQTT-3.1.2.4]
+                    if not target.clean_session and qos > 0 and not target.is_anonymous:
+                        await self._retain_broadcast_message(broadcast, qos, target)
+                    continue
+                handler = self._get_handler(target)
+                if handler is not None:
+                    running_tasks.append(asyncio.ensure_future(handler.mqtt_publish(topic, data, qos, retain=False)))

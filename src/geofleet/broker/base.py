@@ -66,8 +66,9 @@ class Broker(Protocol):
 
     async def stop(self) -> None: ...
 
-    async def publish(self, topic: str, payload: bytes, qos: int = 0) -> None:
-        """Publish as the service itself (shadow responses, lifecycle events)."""
+    async def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
+        """Publish as the service itself (shadow responses, lifecycle events); each subscriber
+        gets it at min(qos, its subscription's QoS)."""
         ...
 
     async def disconnect(self, select: Callable[[Connection], bool], reason: DisconnectReason) -> int:

@@ -110,7 +110,7 @@ class RegionGate:
 
     async def _publish(self, topic: str, payload: dict[str, object]) -> None:
         if self.broker is not None:
-            await self.broker.publish(topic, json.dumps(payload, separators=(",", ":")).encode(), 0)
+            await self.broker.publish(topic, json.dumps(payload, separators=(",", ":")).encode())
 
     def _registry_changed(self, previous: Record | None, record: Record) -> None:
         if record.kind in _SECURITY_KINDS:
