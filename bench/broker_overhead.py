@@ -269,6 +269,8 @@ class Client:
         self.client.on_subscribe = self._on_subscribe
         self.client.on_disconnect = self._on_disconnect
         self.client.connect(HOST, port, keepalive=60)
+        # paho leaves Nagle on: a PUBACK followed by the next small write would wait for a delayed ACK.
+        self.client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.client.loop_start()
         if not self.connected.wait(15) or self.failure:
             self.close()

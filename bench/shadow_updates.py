@@ -277,6 +277,8 @@ class DeviceClient:
 
     def start(self) -> None:
         self.client.connect(HOST, self.port, keepalive=60)
+        # paho leaves Nagle on: a PUBACK followed by the next small write would wait for a delayed ACK.
+        self.client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.client.loop_start()
 
     def subscribe(self) -> None:
