@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import signal
 import time
 from collections.abc import Iterator
@@ -88,7 +87,6 @@ class RegionNode:
             raise RuntimeError(f"region {self.config.name}: HTTP API failed to start on port {self.config.http_port}")
         log.info("region %s ready: mqtts://%s:%d %s", self.config.name, self.config.host,
                  self.config.mqtt_port, self.config.http_url)
-        self._announce_ready()
         try:
             await self._stop.wait()
         finally:
@@ -100,8 +98,3 @@ class RegionNode:
 
     def stop(self) -> None:
         self._stop.set()
-
-    def _announce_ready(self) -> None:
-        ready = self.data.region(self.config.name).root / "ready.json"
-        ready.write_text(json.dumps({"pid": os.getpid(), "mqtt_port": self.config.mqtt_port,
-                                     "http_url": self.config.http_url}))
