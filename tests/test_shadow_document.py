@@ -480,7 +480,7 @@ def test_get_of_a_missing_shadow_is_404(name: str) -> None:
 
 
 def test_get_of_a_deleted_shadow_is_404() -> None:
-    deleted, _ = delete(shadow_with({"reported": {"a": 1}}), "n", None, T1)
+    deleted, _, _ = delete(shadow_with({"reported": {"a": 1}}), "n", None, T1)
     with pytest.raises(ShadowError) as info:
         get_response(deleted, "n", None, T2)
     assert (info.value.status, info.value.message) == (404, "No shadow exists with name: 'n'")
@@ -491,14 +491,14 @@ def test_get_of_a_deleted_shadow_is_404() -> None:
 
 def test_delete_keeps_the_version() -> None:
     current = update(shadow_with({"reported": {"a": 1}}), {"state": {"reported": {"a": 2}}}, T1).shadow
-    deleted, body = delete(current, "n", "tok", T2)
+    deleted, body, _ = delete(current, "n", "tok", T2)
     assert not deleted.exists
     assert (deleted.version, deleted.timestamp, deleted.metadata) == (2, T2, {})
     assert body == {"version": 2, "timestamp": T2, "clientToken": "tok"}
 
 
 def test_delete_of_a_missing_shadow_is_404() -> None:
-    deleted, _ = delete(shadow_with({"reported": {"a": 1}}), "n", None, T1)
+    deleted, _, _ = delete(shadow_with({"reported": {"a": 1}}), "n", None, T1)
     with pytest.raises(ShadowError) as info:
         delete(deleted, "n", "tok", T2)
     assert (info.value.status, info.value.message, info.value.client_token) == (
@@ -507,7 +507,7 @@ def test_delete_of_a_missing_shadow_is_404() -> None:
 
 
 def test_recreated_shadow_continues_the_version_and_has_no_previous() -> None:
-    deleted, _ = delete(shadow_with({"desired": {"a": 1}}), "n", None, T1)
+    deleted, _, _ = delete(shadow_with({"desired": {"a": 1}}), "n", None, T1)
     result = update(deleted, {"state": {"reported": {"b": 1}}}, T2)
     assert result.shadow.version == 2
     assert result.shadow.state == {"reported": {"b": 1}}, "nothing of the deleted state comes back"

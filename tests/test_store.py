@@ -20,15 +20,17 @@ def _thing(name: str, clock: Clock, body: dict[str, object] | None = None) -> Re
 
 def test_put_get_and_change_log_together(tmp_path: Path) -> None:
     store, clock = SqliteStore(tmp_path / "s.db"), Clock()
-    first = store.put(_thing("a", clock))
-    second = store.put(Record(Kind.THING, "a", None, clock.now(), "r1"))
-    assert second > first
+    store.put(_thing("a", clock))
+    store.put(Record(Kind.THING, "a", None, clock.now(), "r1"))
+    store.put(Record(Kind.THING, "remote", {"thingName": "remote"}, clock.now(), "r2"), log=False)
     record = store.get(Kind.THING, "a")
     assert record is not None and record.deleted, "a delete is kept as a tombstone"
-    assert store.records(Kind.THING) == [], "tombstones are not listed"
+    assert [r.key for r in store.records(Kind.THING)] == ["remote"], "tombstones are not listed"
     changes = store.changes(0)
     assert [(c.kind, c.key, c.body) for c in changes] == [("thing", "a", {"thingName": "a"}), ("thing", "a", None)]
     assert store.changes(changes[0].seq) == changes[1:]
+    assert store.head() == changes[-1].seq, "a write applied from another region is not logged again"
+    assert store.get(Kind.THING, "remote") is not None
 
 
 def test_prefix_and_ref_queries(tmp_path: Path) -> None:

@@ -65,3 +65,17 @@ def supersedes(new: Record, old: Record | None) -> bool:
 
 def _revoked(record: Record) -> bool:
     return record.body is not None and record.body.get("status") == CertificateStatus.REVOKED
+
+
+def dependencies(record: Record) -> list[tuple[Kind, str]]:
+    """The records this one refers to, which a replica must hold before applying it."""
+    body = record.body
+    if body is None:
+        return []
+    if record.kind is Kind.THING and body.get("thingTypeName"):
+        return [(Kind.THING_TYPE, body["thingTypeName"])]
+    if record.kind is Kind.POLICY_ATTACHMENT:
+        return [(Kind.CERTIFICATE, body["certificateId"]), (Kind.POLICY, body["policyName"])]
+    if record.kind is Kind.THING_PRINCIPAL:
+        return [(Kind.THING, body["thingName"]), (Kind.CERTIFICATE, body["certificateId"])]
+    return []

@@ -5,6 +5,9 @@ A shadow holds ``desired`` and ``reported`` JSON state, per-leaf ``metadata`` ti
 desired but not yet reported). This module validates requests, applies them and builds the
 response payloads exactly as AWS documents them; the shadow service only moves bytes.
 
+State is derived from stamped per-leaf writes (``leaves.py``) so that copies in several regions
+merge without lost updates; applied one after another the writes give AWS's merge exactly.
+
 Choices where AWS's documentation is silent (recorded in docs/architecture.md):
 - an object emptied by ``null`` deletes disappears, as a whole section set to ``null`` does;
 - ``/update/delta`` is published when an update touches ``desired`` and the whole document then
@@ -17,7 +20,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from geofleet.domain import leaves
 from geofleet.domain.errors import GeofleetError
+from geofleet.domain.hlc import HLC
+from geofleet.domain.leaves import Leaves
 
 MAX_DOCUMENT_BYTES = 8 * 1024
 MAX_DEPTH = 6
@@ -51,6 +57,8 @@ class Shadow:
     metadata: Json = field(default_factory=dict)
     version: int = 0
     timestamp: int = 0
+    leaves: Leaves = field(default_factory=dict)
+    """The stamped writes ``state`` and ``metadata`` are derived from (see ``leaves.py``)."""
 
     @property
     def exists(self) -> bool:
@@ -58,12 +66,12 @@ class Shadow:
 
     def to_json(self) -> Json:
         return {"state": self.state, "metadata": self.metadata, "version": self.version,
-                "timestamp": self.timestamp}
+                "timestamp": self.timestamp, "leaves": self.leaves}
 
     @classmethod
     def from_json(cls, data: Json) -> Shadow:
         return cls(data.get("state"), data.get("metadata") or {}, int(data.get("version", 0)),
-                   int(data.get("timestamp", 0)))
+                   int(data.get("timestamp", 0)), data.get("leaves") or {})
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +86,17 @@ class UpdateResult:
     shadow: Shadow
     accepted: Json
     documents: Json
+    delta: Json | None
+    ops: Leaves
+    """The stamped writes of this update: what replication ships to other regions."""
+
+
+@dataclass(frozen=True, slots=True)
+class MergeResult:
+    shadow: Shadow
+    changed: bool
+    """Whether the visible document changed (then ``version`` moved and events are due)."""
+    documents: Json | None
     delta: Json | None
 
 
@@ -123,23 +142,19 @@ def parse_update(payload: bytes) -> UpdateRequest:
     return UpdateRequest(state, version, token)
 
 
-def apply_update(current: Shadow, request: UpdateRequest, now: int) -> UpdateResult:
-    """Apply an accepted-format update; raises ShadowError(409) on a stale version."""
+def apply_update(
+    current: Shadow, request: UpdateRequest, now: int, *, hlc: HLC | None = None, region: str = ""
+) -> UpdateResult:
+    """Apply an update; raises ShadowError(409) on a stale version, 413 when the result is
+    too large. ``hlc`` stamps the writes (default: ``now``), always after the shadow's last."""
     if request.version is not None and request.version != current.version:
         raise ShadowError(409, "Version conflict", request.client_token)
-    state: Json = json.loads(json.dumps(current.state or {}))
-    metadata: Json = json.loads(json.dumps(current.metadata or {}))
-    for section, patch in request.state.items():
-        if patch is None:
-            state.pop(section, None)
-            metadata.pop(section, None)
-            continue
-        merged_state, merged_meta = _merge(state.get(section, {}), metadata.get(section, {}), patch, now)
-        _set_or_drop(state, section, merged_state)
-        _set_or_drop(metadata, section, merged_meta)
+    ops = leaves.ops_from_patch(request.state, _next_stamp(current, hlc or HLC(now * 1000)), region)
+    merged, _ = leaves.merge(current.leaves, ops)
+    state, metadata = leaves.materialize(merged)
     if len(json.dumps(state, separators=(",", ":")).encode()) > MAX_DOCUMENT_BYTES:
         raise ShadowError(413, "The payload exceeds the maximum size allowed", request.client_token)
-    updated = Shadow(state, metadata, current.version + 1, now)
+    updated = Shadow(state, metadata, current.version + 1, now, merged)
     accepted: Json = {
         "state": request.state,
         "metadata": {s: _stamp(p, now) for s, p in request.state.items() if p is not None},
@@ -147,16 +162,40 @@ def apply_update(current: Shadow, request: UpdateRequest, now: int) -> UpdateRes
         "timestamp": now,
     }
     _with_token(accepted, request.client_token)
-    documents: Json = {
-        "previous": _snapshot(current) if current.exists else None,
-        "current": _snapshot(updated),
+    documents = _documents(current, updated, now, request.client_token)
+    delta = delta_message(updated, request.client_token) if "desired" in request.state else None
+    return UpdateResult(updated, accepted, documents, delta, ops)
+
+
+def merge_remote(current: Shadow, ops: Leaves, now: int) -> MergeResult:
+    """Fold writes made in another region into this region's copy. The region's own
+    ``version`` moves only when the visible document changes, as AWS's would."""
+    merged, changed = leaves.merge(current.leaves, ops)
+    if not changed:
+        return MergeResult(current, False, None, None)
+    state, metadata = leaves.materialize(merged)
+    if state == current.state and metadata == current.metadata:
+        return MergeResult(Shadow(current.state, current.metadata, current.version, current.timestamp, merged),
+                           False, None, None)
+    updated = Shadow(state, metadata, current.version + 1, now, merged)
+    documents = _documents(current, updated, now, None) if updated.exists else None
+    return MergeResult(updated, True, documents, delta_message(updated, None) if updated.exists else None)
+
+
+def _next_stamp(current: Shadow, hlc: HLC) -> HLC:
+    last = leaves.latest(current.leaves)
+    if last is None or hlc > last:
+        return hlc
+    return HLC(last.wall_ms, last.logical + 1)
+
+
+def _documents(previous: Shadow, current: Shadow, now: int, client_token: str | None) -> Json:
+    body: Json = {
+        "previous": _snapshot(previous) if previous.exists else None,
+        "current": _snapshot(current),
         "timestamp": now,
     }
-    _with_token(documents, request.client_token)
-    delta = None
-    if "desired" in request.state:
-        delta = delta_message(updated, request.client_token)
-    return UpdateResult(updated, accepted, documents, delta)
+    return _with_token(body, client_token)
 
 
 def get_response(current: Shadow, shadow_name: str, client_token: str | None, now: int) -> Json:
@@ -171,12 +210,18 @@ def get_response(current: Shadow, shadow_name: str, client_token: str | None, no
     return _with_token(body, client_token)
 
 
-def delete(current: Shadow, shadow_name: str, client_token: str | None, now: int) -> tuple[Shadow, Json]:
-    """Delete a shadow; its version is kept so that a re-created shadow continues from it."""
+def delete(
+    current: Shadow, shadow_name: str, client_token: str | None, now: int, *,
+    hlc: HLC | None = None, region: str = "",
+) -> tuple[Shadow, Json, Leaves]:
+    """Delete a shadow; its version is kept so that a re-created shadow continues from it.
+    Returns the deleted shadow, the accepted payload and the stamped write to replicate."""
     if not current.exists:
         raise ShadowError(404, f"No shadow exists with name: '{shadow_name}'", client_token)
-    deleted = Shadow(None, {}, current.version, now)
-    return deleted, _with_token({"version": current.version, "timestamp": now}, client_token)
+    ops = leaves.ops_delete(_next_stamp(current, hlc or HLC(now * 1000)), region)
+    merged, _ = leaves.merge(current.leaves, ops)
+    deleted = Shadow(None, {}, current.version, now, merged)
+    return deleted, _with_token({"version": current.version, "timestamp": now}, client_token), ops
 
 
 def delta_message(shadow: Shadow, client_token: str | None) -> Json | None:
@@ -211,24 +256,6 @@ def _diff(desired: Json, reported: Json, meta: Json) -> tuple[Json, Json]:
     return delta, delta_meta
 
 
-def _merge(state: Any, meta: Any, patch: Json, now: int) -> tuple[Json, Json]:
-    merged: Json = dict(state) if isinstance(state, dict) else {}
-    # A leaf replaced by an object starts with fresh metadata, not the leaf's timestamp.
-    merged_meta: Json = dict(meta) if isinstance(state, dict) and isinstance(meta, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            merged.pop(key, None)
-            merged_meta.pop(key, None)
-        elif isinstance(value, dict):
-            sub, sub_meta = _merge(merged.get(key), merged_meta.get(key), value, now)
-            _set_or_drop(merged, key, sub)
-            _set_or_drop(merged_meta, key, sub_meta)
-        else:
-            merged[key] = value
-            merged_meta[key] = _stamp(value, now)
-    return merged, merged_meta
-
-
 def _same(a: Any, b: Any) -> bool:
     """JSON equality: unlike Python's ``==``, ``true`` is not ``1`` and ``false`` is not ``0``."""
     return a == b and json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
@@ -241,13 +268,6 @@ def _stamp(value: Any, now: int) -> Any:
     if isinstance(value, list):
         return [_stamp(v, now) for v in value]
     return {"timestamp": now}
-
-
-def _set_or_drop(target: Json, key: str, value: Json) -> None:
-    if value:
-        target[key] = value
-    else:
-        target.pop(key, None)
 
 
 def _snapshot(shadow: Shadow) -> Json:

@@ -18,7 +18,7 @@ from geofleet.domain.errors import Conflict, InvalidRequest, NotFound
 from geofleet.domain.hlc import Clock
 from geofleet.domain.names import check_policy_name, check_thing_name, check_type_name
 from geofleet.domain.policy import Policy, parse_policy
-from geofleet.domain.records import CertificateStatus, Kind, Record, pair_key
+from geofleet.domain.records import CertificateStatus, Kind, Record, dependencies, pair_key, supersedes
 from geofleet.pki.ca import Authority, cert_pem, certificate_id, load_cert, sign_csr
 from geofleet.store.base import Store
 
@@ -309,11 +309,30 @@ class Registry:
     def _delete(self, record: Record) -> None:
         self._commit(Record(record.kind, record.key, None, self._clock.now(), self._region, record.ref))
 
-    def _commit(self, record: Record) -> None:
+    def _commit(self, record: Record, *, log: bool = True) -> None:
         previous = self._store.get(record.kind, record.key)
-        self._store.put(record)
+        self._store.put(record, log=log)
         for observer in self._observers:
             observer(previous, record)
+
+    # -- replication -----------------------------------------------------------------------
+
+    def merge(self, record: Record) -> bool:
+        """Apply a record written in another region, if it wins over what is here (see
+        ``records.supersedes``). A record whose dependencies have not arrived yet (an attachment
+        before its certificate) is parked and applied when they arrive. Returns whether it was
+        applied now."""
+        self._clock.observe(record.hlc)
+        if not supersedes(record, self._store.get(record.kind, record.key)):
+            return False
+        missing = [(kind, key) for kind, key in dependencies(record) if self._store.get(kind, key) is None]
+        if missing:
+            self._store.park(record, missing)
+            return False
+        self._commit(record, log=False)
+        for waiting in self._store.unpark(record.kind, record.key):
+            self.merge(waiting)
+        return True
 
 
 def _check_attributes(attributes: dict[str, Any]) -> dict[str, str]:

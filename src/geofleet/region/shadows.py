@@ -13,7 +13,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from geofleet.domain import shadow as doc
-from geofleet.domain.hlc import Clock
+from geofleet.domain.hlc import HLC, Clock
+from geofleet.domain.leaves import Leaves
 from geofleet.domain.names import ShadowOp, ShadowRequest, check_shadow_name, check_thing_name
 from geofleet.store.base import Store
 
@@ -58,21 +59,42 @@ class ShadowService:
         accepted document. A rejection raises ShadowError: over MQTT ``handle`` publishes it on
         ``/rejected``, over HTTP it becomes the status code (and, as in AWS, no MQTT message)."""
         _check_names(thing, name)
-        now = int(time.time())
-        result = doc.apply_update(self._current(thing, name), doc.parse_update(payload), now)
-        self._store.put_shadow(thing, name, result.shadow, self._clock.now(), self._region)
+        now, hlc = int(time.time()), self._clock.now()
+        result = doc.apply_update(self._current(thing, name), doc.parse_update(payload), now,
+                                  hlc=hlc, region=self._region)
+        self._store.put_shadow(thing, name, result.shadow, hlc, self._region, ops=result.ops)
         request = ShadowRequest(thing, name, ShadowOp.UPDATE)
         await self._publish(request.topic("accepted"), _encode(result.accepted))
-        await self._publish(request.topic("documents"), _encode(result.documents))
-        if result.delta is not None:
-            await self._publish(request.topic("delta"), _encode(result.delta))
+        await self._publish_changes(request, result.documents, result.delta)
         return result.accepted
+
+    def merge_remote(self, key: str, ops: Leaves, hlc: HLC, origin: str) -> Callable[[], Awaitable[None]]:
+        """Fold another region's writes into this region's copy (inside the caller's
+        transaction); returns what to publish once that transaction has committed."""
+        thing, _, name = key.partition("|")
+        self._clock.observe(hlc)
+        result = doc.merge_remote(self._current(thing, name), ops, int(time.time()))
+        self._store.put_shadow(thing, name, result.shadow, hlc, origin)
+
+        async def publish() -> None:
+            if result.changed and result.documents is not None:
+                await self._publish_changes(ShadowRequest(thing, name, ShadowOp.UPDATE), result.documents,
+                                            result.delta)
+
+        return publish
+
+    async def _publish_changes(self, request: ShadowRequest, documents: Json, delta: Json | None) -> None:
+        await self._publish(request.topic("documents"), _encode(documents))
+        if delta is not None:
+            await self._publish(request.topic("delta"), _encode(delta))
 
     async def delete(self, thing: str, name: str, payload: bytes = b"") -> Json:
         _check_names(thing, name)
         _, token = doc.parse_json(payload)
-        deleted, answer = doc.delete(self._current(thing, name), name or thing, token, int(time.time()))
-        self._store.put_shadow(thing, name, deleted, self._clock.now(), self._region)
+        hlc = self._clock.now()
+        deleted, answer, ops = doc.delete(self._current(thing, name), name or thing, token, int(time.time()),
+                                          hlc=hlc, region=self._region)
+        self._store.put_shadow(thing, name, deleted, hlc, self._region, ops=ops)
         return answer
 
     def names(self, thing: str) -> list[str]:

@@ -4,16 +4,22 @@ WAL mode with ``synchronous=NORMAL``: a committed transaction survives a crash o
 the process (it is in the WAL file the moment ``commit`` returns); only a power loss may drop
 the last few. The node calls it from its event loop thread: a write takes tens of
 microseconds, less than handing it to a thread would cost.
+
+The change log holds this region's own writes only. Changes applied from other regions are not
+logged again, so nothing is ever shipped back to where it came from.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from geofleet.domain.hlc import HLC, ZERO
+from geofleet.domain.leaves import Leaves
 from geofleet.domain.records import Kind, Record
 from geofleet.domain.shadow import Shadow
 from geofleet.store.base import SHADOW_KIND, Change
@@ -32,13 +38,30 @@ CREATE TABLE IF NOT EXISTS shadows (
 );
 CREATE TABLE IF NOT EXISTS changelog (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    hlc TEXT NOT NULL, origin TEXT NOT NULL, kind TEXT NOT NULL, key TEXT NOT NULL, body TEXT
+    hlc TEXT NOT NULL, origin TEXT NOT NULL, kind TEXT NOT NULL, key TEXT NOT NULL,
+    ref TEXT NOT NULL DEFAULT '', body TEXT
 );
+CREATE INDEX IF NOT EXISTS changelog_kind ON changelog (kind, seq);
+CREATE TABLE IF NOT EXISTS cursors (
+    peer TEXT NOT NULL, stream TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (peer, stream)
+);
+CREATE TABLE IF NOT EXISTS pending (
+    kind TEXT NOT NULL, key TEXT NOT NULL, ref TEXT NOT NULL, body TEXT, hlc TEXT NOT NULL,
+    origin TEXT NOT NULL, needs_kind TEXT NOT NULL, needs_key TEXT NOT NULL,
+    PRIMARY KEY (kind, key, hlc, origin, needs_kind, needs_key)
+);
+CREATE INDEX IF NOT EXISTS pending_needs ON pending (needs_kind, needs_key);
 """
+
+_RECORD_COLUMNS = "kind, key, ref, body, hlc, origin"
 
 
 def _dump(body: dict[str, Any] | None) -> str | None:
     return None if body is None else json.dumps(body, separators=(",", ":"), sort_keys=True)
+
+
+def _load(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
 
 
 class SqliteStore:
@@ -48,21 +71,44 @@ class SqliteStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
+        self._depth = 0
+        self._logged = False
+        self.on_change: Callable[[], None] | None = None
+        """Called after a transaction that appended to the change log commits."""
 
     def close(self) -> None:
         self._db.close()
+
+    @contextmanager
+    def atomic(self) -> Iterator[None]:
+        """One transaction around everything inside; nested uses join the outer one."""
+        if self._depth == 0:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._logged = False
+        self._depth += 1
+        try:
+            yield
+        except BaseException:
+            self._depth -= 1
+            if self._depth == 0:
+                self._db.execute("ROLLBACK")
+            raise
+        self._depth -= 1
+        if self._depth == 0:
+            self._db.execute("COMMIT")
+            if self._logged and self.on_change is not None:
+                self.on_change()
 
     # -- registry records -------------------------------------------------------------------
 
     def get(self, kind: Kind, key: str) -> Record | None:
         row = self._db.execute(
-            "SELECT kind, key, ref, body, hlc, origin FROM records WHERE kind = ? AND key = ?",
-            (kind.value, key),
+            f"SELECT {_RECORD_COLUMNS} FROM records WHERE kind = ? AND key = ?", (kind.value, key)
         ).fetchone()
         return None if row is None else _record(row)
 
     def records(self, kind: Kind, *, prefix: str | None = None, ref: str | None = None) -> list[Record]:
-        sql = "SELECT kind, key, ref, body, hlc, origin FROM records WHERE kind = ? AND body IS NOT NULL"
+        sql = f"SELECT {_RECORD_COLUMNS} FROM records WHERE kind = ? AND body IS NOT NULL"
         args: list[str] = [kind.value]
         if prefix is not None:
             # A range scan on the primary key: every key that starts with the prefix.
@@ -73,17 +119,24 @@ class SqliteStore:
             args.append(ref)
         return [_record(row) for row in self._db.execute(sql + " ORDER BY key", args)]
 
-    def put(self, record: Record) -> int:
+    def all_records(self) -> Iterator[Record]:
+        """Every record, tombstones included (anti-entropy)."""
+        for row in self._db.execute(f"SELECT {_RECORD_COLUMNS} FROM records"):
+            yield _record(row)
+
+    def put(self, record: Record, *, log: bool = True) -> None:
+        """Write a record (a tombstone when ``body`` is None); ``log`` appends it to the change
+        log, for writes made in this region."""
         body = _dump(record.body)
-        hlc = record.hlc.encode()
-        with self._transaction():
+        with self.atomic():
             self._db.execute(
-                "INSERT INTO records (kind, key, ref, body, hlc, origin) VALUES (?, ?, ?, ?, ?, ?) "
+                f"INSERT INTO records ({_RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (kind, key) DO UPDATE SET ref = excluded.ref, body = excluded.body, "
                 "hlc = excluded.hlc, origin = excluded.origin",
-                (record.kind.value, record.key, record.ref, body, hlc, record.origin),
+                (record.kind.value, record.key, record.ref, body, record.hlc.encode(), record.origin),
             )
-            return self._log(hlc, record.origin, record.kind.value, record.key, body)
+            if log:
+                self._log(record.hlc, record.origin, record.kind.value, record.key, record.ref, body)
 
     # -- shadows -----------------------------------------------------------------------------
 
@@ -91,62 +144,105 @@ class SqliteStore:
         row = self._db.execute("SELECT doc FROM shadows WHERE thing = ? AND name = ?", (thing, name)).fetchone()
         return None if row is None else Shadow.from_json(json.loads(row[0]))
 
-    def put_shadow(self, thing: str, name: str, shadow: Shadow, hlc: HLC, origin: str) -> int:
-        doc = _dump(shadow.to_json())
-        stamp = hlc.encode()
-        with self._transaction():
+    def put_shadow(self, thing: str, name: str, shadow: Shadow, hlc: HLC, origin: str,
+                   ops: Leaves | None = None) -> None:
+        """Store a shadow; ``ops`` (this region's stamped writes) go to the change log."""
+        with self.atomic():
             self._db.execute(
                 "INSERT INTO shadows (thing, name, doc, hlc, origin) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (thing, name) DO UPDATE SET doc = excluded.doc, hlc = excluded.hlc, "
                 "origin = excluded.origin",
-                (thing, name, doc, stamp, origin),
+                (thing, name, _dump(shadow.to_json()), hlc.encode(), origin),
             )
-            return self._log(stamp, origin, SHADOW_KIND, f"{thing}|{name}", doc)
+            if ops is not None:
+                self._log(hlc, origin, SHADOW_KIND, shadow_key(thing, name), "", _dump({"ops": ops}))
 
     def shadow_names(self, thing: str) -> list[str]:
         rows = self._db.execute(
-            "SELECT name FROM shadows WHERE thing = ? AND json_extract(doc, '$.state') IS NOT NULL ORDER BY name",
+            "SELECT name FROM shadows WHERE thing = ? AND json_extract(doc, '$.state') IS NOT NULL "
+            "ORDER BY name",
             (thing,),
         )
         return [row[0] for row in rows]
 
+    def all_shadow_leaves(self) -> Iterator[tuple[str, Leaves]]:
+        """(shadow key, stamped leaves) of every shadow (anti-entropy)."""
+        for thing, name, doc in self._db.execute("SELECT thing, name, doc FROM shadows"):
+            yield shadow_key(thing, name), json.loads(doc).get("leaves") or {}
+
     # -- change log --------------------------------------------------------------------------
 
-    def changes(self, after: int, limit: int = 1000) -> list[Change]:
-        rows = self._db.execute(
-            "SELECT seq, hlc, origin, kind, key, body FROM changelog WHERE seq > ? ORDER BY seq LIMIT ?",
-            (after, limit),
-        )
-        return [Change(seq, HLC.decode(hlc), origin, kind, key, None if body is None else json.loads(body))
-                for seq, hlc, origin, kind, key, body in rows]
+    def changes(self, after: int, limit: int = 1000, kinds: tuple[str, ...] | None = None) -> list[Change]:
+        sql = "SELECT seq, hlc, origin, kind, key, ref, body FROM changelog WHERE seq > ?"
+        args: list[Any] = [after]
+        if kinds:
+            sql += f" AND kind IN ({', '.join('?' for _ in kinds)})"
+            args += list(kinds)
+        rows = self._db.execute(sql + " ORDER BY seq LIMIT ?", [*args, limit])
+        return [Change(seq, HLC.decode(hlc), origin, kind, key, ref, _load(body))
+                for seq, hlc, origin, kind, key, ref, body in rows]
+
+    def head(self) -> int:
+        row = self._db.execute("SELECT max(seq) FROM changelog").fetchone()
+        return int(row[0] or 0)
 
     def last_hlc(self) -> HLC:
-        row = self._db.execute("SELECT max(hlc) FROM changelog").fetchone()
+        row = self._db.execute(
+            "SELECT max(h) FROM (SELECT max(hlc) AS h FROM changelog UNION ALL SELECT max(hlc) FROM records "
+            "UNION ALL SELECT max(hlc) FROM shadows)"
+        ).fetchone()
         return HLC.decode(row[0]) if row and row[0] else ZERO
 
-    def _log(self, hlc: str, origin: str, kind: str, key: str, body: str | None) -> int:
-        cursor = self._db.execute(
-            "INSERT INTO changelog (hlc, origin, kind, key, body) VALUES (?, ?, ?, ?, ?)",
-            (hlc, origin, kind, key, body),
+    def _log(self, hlc: HLC, origin: str, kind: str, key: str, ref: str, body: str | None) -> None:
+        self._db.execute(
+            "INSERT INTO changelog (hlc, origin, kind, key, ref, body) VALUES (?, ?, ?, ?, ?, ?)",
+            (hlc.encode(), origin, kind, key, ref, body),
         )
-        assert cursor.lastrowid is not None
-        return cursor.lastrowid
+        self._logged = True
 
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
+    # -- replication bookkeeping -------------------------------------------------------------
+
+    def cursor(self, peer: str, stream: str) -> int:
+        row = self._db.execute("SELECT seq FROM cursors WHERE peer = ? AND stream = ?", (peer, stream)).fetchone()
+        return int(row[0]) if row else 0
+
+    def set_cursor(self, peer: str, stream: str, seq: int) -> None:
+        with self.atomic():
+            self._db.execute(
+                "INSERT INTO cursors (peer, stream, seq) VALUES (?, ?, ?) "
+                "ON CONFLICT (peer, stream) DO UPDATE SET seq = max(seq, excluded.seq)",
+                (peer, stream, seq),
+            )
+
+    def park(self, record: Record, needs: list[tuple[Kind, str]]) -> None:
+        """Keep a record that cannot be applied until the records it ``needs`` arrive."""
+        with self.atomic():
+            for kind, key in needs:
+                self._db.execute(
+                    "INSERT OR IGNORE INTO pending (kind, key, ref, body, hlc, origin, needs_kind, needs_key) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (record.kind.value, record.key, record.ref, _dump(record.body), record.hlc.encode(),
+                     record.origin, kind.value, key),
+                )
+
+    def unpark(self, kind: Kind, key: str) -> list[Record]:
+        """Take out the records that were waiting for (kind, key)."""
+        with self.atomic():
+            rows = self._db.execute(
+                f"SELECT DISTINCT {_RECORD_COLUMNS} FROM pending WHERE needs_kind = ? AND needs_key = ?",
+                (kind.value, key),
+            ).fetchall()
+            self._db.execute("DELETE FROM pending WHERE needs_kind = ? AND needs_key = ?", (kind.value, key))
+        return [_record(row) for row in rows]
+
+    def parked(self) -> int:
+        return int(self._db.execute("SELECT count(DISTINCT kind || key || hlc) FROM pending").fetchone()[0])
 
 
-class _Transaction:
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-
-    def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+def shadow_key(thing: str, name: str) -> str:
+    return f"{thing}|{name}"
 
 
 def _record(row: tuple[str, str, str, str | None, str, str]) -> Record:
     kind, key, ref, body, hlc, origin = row
-    return Record(Kind(kind), key, None if body is None else json.loads(body), HLC.decode(hlc), origin, ref)
+    return Record(Kind(kind), key, _load(body), HLC.decode(hlc), origin, ref)
