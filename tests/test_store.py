@@ -3,7 +3,6 @@ reopening, and the change log gives a restarted clock its high-water mark."""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -59,8 +58,10 @@ def test_data_survives_reopen_and_clock_resumes_past_the_log(tmp_path: Path) -> 
 def test_failed_transaction_leaves_neither_record_nor_log(tmp_path: Path) -> None:
     store, clock = SqliteStore(tmp_path / "s.db"), Clock()
     store.put(_thing("ok", clock))
-    with pytest.raises(sqlite3.Error), store._transaction():  # the same transaction put() uses
-        store._db.execute("INSERT INTO records (kind, key, body, hlc, origin) VALUES ('thing', 'x', '{}', 'h', 'r')")
-        store._db.execute("INSERT INTO nonexistent VALUES (1)")
+    with pytest.raises(RuntimeError), store.atomic():
+        store.put(_thing("x", clock))
+        store.set_cursor("peer", "all", 7)
+        raise RuntimeError("the apply failed half-way")
     assert store.get(Kind.THING, "x") is None
+    assert store.cursor("peer", "all") == 0
     assert len(store.changes(0)) == 1
