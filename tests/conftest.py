@@ -3,37 +3,34 @@
 from __future__ import annotations
 
 import itertools
-import json
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from geofleet.client import AdminClient
-from geofleet.config import DataDir
-from tests.helpers import Device, geofleet, wait_for, write_config
+from geofleet.cluster import LocalFleet
+from tests.helpers import Device, geofleet
 
 REGIONS = ["us-east-1", "eu-west-1", "ap-southeast-1"]
 _names = itertools.count()
 
 
-@dataclass
-class Fleet:
-    data: DataDir
-    cluster: dict[str, Any]
-    process: subprocess.Popen[bytes]
-    devices_dir: Path
+class Fleet(LocalFleet):
+    """The fleet plus what the tests do with it: devices, admin clients, ports."""
+
+    @property
+    def devices_dir(self) -> Path:
+        path = self.data.root / "devices"
+        path.mkdir(exist_ok=True)
+        return path
 
     def admin(self, region: str = "us-east-1") -> AdminClient:
         return AdminClient(self.data, region)
 
     def port(self, region: str) -> int:
-        return int(self.cluster["regions"][region]["mqtt_port"])
+        return int(str(self.region(region)["mqtt_port"]))
 
     def new_name(self, prefix: str = "dev") -> str:
         return f"{prefix}-{next(_names)}"
@@ -53,28 +50,14 @@ class Fleet:
             return str(api.call("GET", f"/things/{name}/principals")["principals"][0])
 
 
-def start_fleet(root: Path, regions: list[str]) -> Fleet:
-    config = write_config(root.parent / f"{root.name}-config.json", regions)
-    geofleet("init", "--data-dir", str(root), "--config", str(config))
-    process = subprocess.Popen([sys.executable, "-m", "geofleet", "up", "--data-dir", str(root)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    data = DataDir(root)
-    wait_for(lambda: data.cluster_file.exists() or process.poll() is not None, 60, "cluster.json")
-    if process.poll() is not None:
-        raise RuntimeError(f"geofleet up exited: {process.stdout.read() if process.stdout else ''!r}")
-    cluster = json.loads(data.cluster_file.read_text())
-    devices = root / "devices"
-    devices.mkdir()
-    return Fleet(data, cluster, process, devices)
-
-
-def stop_fleet(fleet: Fleet) -> int:
-    fleet.process.send_signal(signal.SIGTERM)
-    return fleet.process.wait(30)
+def start_fleet(root: Path) -> Fleet:
+    fleet = Fleet.start(root, tuple(REGIONS))
+    assert isinstance(fleet, Fleet)
+    return fleet
 
 
 @pytest.fixture(scope="session")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    running = start_fleet(tmp_path_factory.mktemp("fleet") / "data", REGIONS)
+    running = start_fleet(tmp_path_factory.mktemp("fleet"))
     yield running
-    stop_fleet(running)
+    running.stop()

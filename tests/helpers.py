@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import ssl
 import subprocess
 import sys
@@ -31,18 +30,6 @@ def wait_for(condition: Callable[[], T], timeout: float = 10.0, what: str = "con
         time.sleep(0.01)
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = []
-    for _ in range(count):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        sockets.append(s)
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def geofleet(*args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run the real CLI in a subprocess."""
     result = subprocess.run([sys.executable, "-m", "geofleet", *args], capture_output=True, text=True,
@@ -50,15 +37,6 @@ def geofleet(*args: str, check: bool = True, timeout: float = 60) -> subprocess.
     if check and result.returncode != 0:
         raise AssertionError(f"geofleet {' '.join(args)} failed ({result.returncode}): {result.stderr}")
     return result
-
-
-def write_config(path: Path, regions: list[str]) -> Path:
-    ports = free_ports(2 * len(regions))
-    config = {"fleet": "test", "regions": [
-        {"name": name, "mqtt_port": ports[2 * i], "http_port": ports[2 * i + 1]} for i, name in enumerate(regions)
-    ]}
-    path.write_text(json.dumps(config))
-    return path
 
 
 @dataclass

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import REGIONS, Fleet, start_fleet, stop_fleet
+from tests.conftest import REGIONS, Fleet, start_fleet
 from tests.helpers import wait_for
 
 
 def test_sigkilled_region_restarts_with_everything_it_acknowledged(tmp_path: Path) -> None:
-    fleet = start_fleet(tmp_path / "data", REGIONS)
+    fleet = start_fleet(tmp_path / "data")
     restarted: subprocess.Popen[bytes] | None = None
     try:
         cluster = fleet.cluster
@@ -57,11 +57,10 @@ def test_sigkilled_region_restarts_with_everything_it_acknowledged(tmp_path: Pat
     finally:
         if restarted is not None:
             restarted.kill()
-        code = stop_fleet(fleet)
+        code = fleet.stop()
     assert code == 0
     assert not fleet.data.cluster_file.exists()
-    output = fleet.process.stdout.read().decode() if fleet.process.stdout else ""
-    assert f"region {region} exited" in output
+    assert f"region {region} exited" in (fleet.data.root / "up.log").read_text()
 
 
 def _healthy(fleet: Fleet, region: str) -> bool:

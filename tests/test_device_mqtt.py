@@ -227,23 +227,6 @@ def test_second_connection_with_same_client_id_closes_the_first(fleet: Fleet) ->
     watcher.close()
 
 
-def test_certificate_of_one_region_works_in_another_once_registered(fleet: Fleet) -> None:
-    """One PKI for the fleet: every region's TLS accepts every region's device certificates.
-    (Replicating the registry so that this needs no registration is the next issue.)"""
-    name = fleet.create_device(region="us-east-1")
-    pem = (fleet.devices_dir / f"{name}.cert.pem").read_text()
-    with fleet.admin("eu-west-1") as api:
-        cert = api.call("POST", "/certificates", json={"certificatePem": pem, "status": "ACTIVE"})["certificateId"]
-        api.call("POST", f"/things/{name}", json={})
-        api.call("PUT", f"/policies/geofleet-default-device/targets/{cert}")
-        api.call("PUT", f"/things/{name}/principals/{cert}")
-    assert cert == fleet.cert_id(name, "us-east-1")
-    device = fleet.device(name, region="eu-west-1").connect()
-    device.subscribe(f"$aws/things/{name}/shadow/#")
-    assert device.request(shadow_topic(name, "update"), {"state": {"reported": {"at": "eu"}}}).json()["version"] == 1
-    device.close()
-
-
 def test_garbage_on_shadow_topics_keeps_the_node_serving(fleet: Fleet) -> None:
     name = fleet.create_device()
     device = fleet.device(name).connect()

@@ -32,11 +32,13 @@ device_app = typer.Typer(no_args_is_help=True, help="Create device credentials."
 thing_app = typer.Typer(no_args_is_help=True, help="Read the thing registry.")
 cert_app = typer.Typer(no_args_is_help=True, help="Manage certificates.")
 shadow_app = typer.Typer(no_args_is_help=True, help="Read and update device shadows.")
+replication_app = typer.Typer(no_args_is_help=True, help="Watch replication between regions.")
 app.add_typer(region_app, name="region")
 app.add_typer(device_app, name="device")
 app.add_typer(thing_app, name="thing")
 app.add_typer(cert_app, name="cert")
 app.add_typer(shadow_app, name="shadow")
+app.add_typer(replication_app, name="replication")
 
 DataDirOpt = Annotated[Path, typer.Option("--data-dir", help="The fleet's data directory.")]
 RegionOpt = Annotated[str, typer.Option("--region", help="Which region to ask.")]
@@ -65,12 +67,13 @@ def init(
     config: Annotated[Path | None, typer.Option("--config", help="Fleet config (JSON); default: 3 regions.")] = None,
     passphrase_env: Annotated[str, typer.Option(help="Env var holding a passphrase for the root key.")]
     = "GEOFLEET_ROOT_PASSPHRASE",
+    free_ports: Annotated[bool, typer.Option("--free-ports", help="Default regions on ports free now.")] = False,
 ) -> None:
     """Create a fleet: its config, root CA, one intermediate CA and server certificate per region."""
     from geofleet.pki.fleet import initialize
 
     if config is None:
-        fleet = default_config()
+        fleet = default_config(free_ports)
     else:
         try:
             fleet = FleetConfig.from_json(json.loads(config.read_text()))
@@ -204,6 +207,28 @@ def shadow_update(
         answer = api.call("POST", f"/things/{thing}/shadow", params={"name": name} if name else None,
                           content=state.encode(), headers={"Content-Type": "application/json"})
     _print(answer, True)
+
+
+@replication_app.command("status")
+def replication_status(data_dir: DataDirOpt, as_json: JsonOpt = False) -> None:
+    """Per pair of regions: lag, backlog, last error, and whether their digests agreed."""
+    data = DataDir(data_dir)
+    rows: list[dict[str, Any]] = []
+    for region in data.config().regions:
+        try:
+            with _client(data_dir, region.name) as api:
+                report = api.call("GET", "/replication/status")
+        except GeofleetError as error:
+            rows.append({"source": "*", "target": region.name, "lastError": error.message})
+            continue
+        rows += [{"source": peer, "target": region.name, **link} for peer, link in report["links"].items()]
+    lines = [f"{'source':16} {'target':16} {'lag ms':>8} {'backlog':>8} {'digests':8} error"]
+    for row in rows:
+        lag = row.get("lagMs")
+        agree = {True: "agree", False: "differ", None: "-"}[row.get("digestsAgree")]
+        lines.append(f"{row['source']:16} {row['target']:16} {'-' if lag is None else f'{lag:.0f}':>8} "
+                     f"{row.get('backlog', '-')!s:>8} {agree:8} {row.get('lastError') or ''}")
+    _print(rows, as_json, "\n".join(lines))
 
 
 def main() -> None:

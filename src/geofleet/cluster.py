@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from geofleet.config import DataDir, write_public
+from geofleet.config import DEFAULT_REGIONS, DataDir, default_config, write_public
 from geofleet.domain.errors import ConfigError
 
 READY_TIMEOUT_S = 60.0
@@ -107,3 +107,53 @@ def _stop_all(processes: dict[str, subprocess.Popen[bytes]]) -> None:
         except subprocess.TimeoutExpired:
             os.kill(process.pid, signal.SIGKILL)
             process.wait()
+
+
+class LocalFleet:
+    """A throw-away fleet on this machine for tests, demos and benchmarks: ``geofleet up`` in a
+    subprocess on free loopback ports, ready when ``start`` returns."""
+
+    def __init__(self, data: DataDir, process: subprocess.Popen[bytes], cluster: dict[str, object]) -> None:
+        self.data, self.process, self.cluster = data, process, cluster
+
+    @classmethod
+    def start(cls, root: Path, regions: tuple[str, ...] = DEFAULT_REGIONS, timeout: float = READY_TIMEOUT_S
+              ) -> LocalFleet:
+        from geofleet.pki.fleet import initialize
+
+        data = DataDir(root)
+        initialize(data, default_config(free_ports=True, regions=regions))
+        log = open(root / "up.log", "ab")  # noqa: SIM115 - the child process owns it
+        process = subprocess.Popen([sys.executable, "-m", "geofleet", "up", "--data-dir", str(root)],
+                                   stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while not data.cluster_file.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise ConfigError(f"the fleet in {root} did not start; see {root / 'up.log'}")
+            time.sleep(0.05)
+        return cls(data, process, json.loads(data.cluster_file.read_text()))
+
+    def region(self, name: str) -> dict[str, object]:
+        regions = self.cluster["regions"]
+        assert isinstance(regions, dict)
+        info = regions[name]
+        assert isinstance(info, dict)
+        return info
+
+    def stop(self) -> int:
+        """SIGTERM ``geofleet up`` (which stops every region) and return its exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(STOP_TIMEOUT_S + 5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        return self.process.wait()
+
+    def __enter__(self) -> LocalFleet:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()

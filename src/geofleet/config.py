@@ -5,7 +5,7 @@ configuration is plain JSON so that operators can write and review it by hand:
 
     {"fleet": "acme", "account": "000000000000",
      "regions": [{"name": "eu-west-1", "host": "127.0.0.1", "mqtt_port": 18884,
-                  "http_port": 18444, "hostnames": ["iot.eu.example.com"]}]}
+                  "http_port": 18444, "peer_port": 18644, "hostnames": ["iot.eu.example.com"]}]}
 
 A region's coordinates default to those of the AWS region of the same name.
 """
@@ -16,6 +16,7 @@ import csv
 import json
 import os
 import re
+import socket
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -26,6 +27,7 @@ from geofleet.domain.errors import ConfigError
 DEFAULT_REGIONS = ("us-east-1", "eu-west-1", "ap-southeast-1")
 DEFAULT_MQTT_PORT = 18883
 DEFAULT_HTTP_PORT = 18443
+DEFAULT_PEER_PORT = 18643
 _REGION_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 
@@ -37,6 +39,8 @@ class RegionConfig:
     host: str = "127.0.0.1"
     mqtt_port: int = DEFAULT_MQTT_PORT
     http_port: int = DEFAULT_HTTP_PORT
+    peer_port: int = DEFAULT_PEER_PORT
+    """Replication between regions: HTTPS with mutual TLS, region certificates only."""
     hostnames: tuple[str, ...] = ()
 
     @property
@@ -48,6 +52,10 @@ class RegionConfig:
     @property
     def http_url(self) -> str:
         return f"https://{_url_host(self.host)}:{self.http_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"https://{_url_host(self.host)}:{self.peer_port}"
 
 
 def _url_host(host: str) -> str:
@@ -87,9 +95,9 @@ class FleetConfig:
         names = [r.name for r in regions]
         if len(set(names)) != len(names):
             raise ConfigError(f"region names must be unique: {names}")
-        ports = [(r.host, p) for r in regions for p in (r.mqtt_port, r.http_port)]
+        ports = [(r.host, p) for r in regions for p in (r.mqtt_port, r.http_port, r.peer_port)]
         if len(set(ports)) != len(ports):
-            raise ConfigError("every region needs its own MQTT and HTTP ports on a host")
+            raise ConfigError("every region needs its own MQTT, HTTP and peer ports on a host")
         return cls(str(data.get("fleet", "geofleet")), regions, str(data.get("account", "000000000000")))
 
 
@@ -109,6 +117,7 @@ def _region_from_json(index: int, raw: dict[str, Any]) -> RegionConfig:
         host=str(raw.get("host", "127.0.0.1")),
         mqtt_port=int(raw.get("mqtt_port", DEFAULT_MQTT_PORT + index)),
         http_port=int(raw.get("http_port", DEFAULT_HTTP_PORT + index)),
+        peer_port=int(raw.get("peer_port", DEFAULT_PEER_PORT + index)),
         hostnames=tuple(str(h) for h in raw.get("hostnames", ())),
     )
 
@@ -120,8 +129,26 @@ def aws_region_coordinates() -> dict[str, tuple[float, float]]:
             for row in csv.DictReader(text.splitlines())}
 
 
-def default_config() -> FleetConfig:
-    return FleetConfig.from_json({"fleet": "geofleet", "regions": [{"name": n} for n in DEFAULT_REGIONS]})
+def default_config(free_ports: bool = False, regions: tuple[str, ...] = DEFAULT_REGIONS) -> FleetConfig:
+    """AWS-named regions (default: three) on loopback; with ``free_ports``, on ports free right
+    now (for tests, demos and benchmarks that must not collide with anything else running)."""
+    raw: list[dict[str, Any]] = [{"name": n} for n in regions]
+    if free_ports:
+        ports = iter(_free_ports(3 * len(raw)))
+        for region in raw:
+            region.update(mqtt_port=next(ports), http_port=next(ports), peer_port=next(ports))
+    return FleetConfig.from_json({"fleet": "geofleet", "regions": raw})
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +170,14 @@ class RegionPaths:
     @property
     def server_key(self) -> Path:
         return self.root / "server.key.pem"
+
+    @property
+    def peer_cert(self) -> Path:
+        return self.root / "peer.pem"
+
+    @property
+    def peer_key(self) -> Path:
+        return self.root / "peer.key.pem"
 
     @property
     def store(self) -> Path:
@@ -172,6 +207,15 @@ class DataDir:
     def trust_bundle(self) -> Path:
         """The root plus every region's intermediate: what servers verify client chains with."""
         return self.root / "pki" / "ca-bundle.pem"
+
+    @property
+    def peer_ca(self) -> Path:
+        """The CA of region peer certificates (replication): trusted by nothing else."""
+        return self.root / "pki" / "peer-ca.pem"
+
+    @property
+    def peer_ca_key(self) -> Path:
+        return self.root / "pki" / "peer-ca.key.pem"
 
     @property
     def admin_token(self) -> Path:

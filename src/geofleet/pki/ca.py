@@ -56,9 +56,9 @@ def _ski(key: PrivateKey) -> x509.SubjectKeyIdentifier:
     return x509.SubjectKeyIdentifier.from_public_key(key.public_key())
 
 
-def create_root(fleet: str) -> Authority:
+def create_root(fleet: str, purpose: str = "fleet root CA") -> Authority:
     key = new_key()
-    name = _name(f"{fleet} fleet root CA")
+    name = _name(f"{fleet} {purpose}")
     now = _now()
     cert = (
         x509.CertificateBuilder()

@@ -41,8 +41,23 @@ def initialize(data: DataDir, config: FleetConfig, passphrase: bytes | None = No
         write_private(paths.server_key, key_pem(server_key))
         write_public(paths.server_chain, cert_pem(server) + cert_pem(intermediate.cert))
     write_public(data.trust_bundle, b"".join(bundle))
+    _peer_identities(data, config, passphrase)
     write_private(data.admin_token, secrets.token_urlsafe(32).encode() + b"\n")
     write_public(data.config_file, json.dumps(config.to_json(), indent=2).encode() + b"\n")
+
+
+def _peer_identities(data: DataDir, config: FleetConfig, passphrase: bytes | None) -> None:
+    """A CA of its own for region-to-region replication: its certificates are the only ones the
+    replication listeners accept, so no device certificate can ever pull a change log."""
+    peer_ca = create_root(config.fleet, "region peer CA")
+    write_private(data.peer_ca_key, key_pem(peer_ca.key, passphrase))
+    write_public(data.peer_ca, cert_pem(peer_ca.cert))
+    for region in config.regions:
+        paths = data.region(region.name)
+        key = new_key()
+        cert = issue_leaf(peer_ca, key.public_key(), region.name, server_names=region.server_names, client=True)
+        write_private(paths.peer_key, key_pem(key))
+        write_public(paths.peer_cert, cert_pem(cert))
 
 
 def region_authority(data: DataDir, region: str) -> Authority:

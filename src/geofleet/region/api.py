@@ -22,6 +22,7 @@ from geofleet.domain.errors import GeofleetError, Unauthorized
 from geofleet.domain.records import CertificateStatus
 from geofleet.region.registry import Registry
 from geofleet.region.shadows import ShadowService
+from geofleet.replication.service import Replication
 
 MAX_BODY_BYTES = 64 * 1024
 Json = dict[str, Any]
@@ -65,7 +66,7 @@ class PolicyIn(BaseModel):
 
 
 def create_app(registry: Registry, shadows: ShadowService, token: str, region: str,
-               health: Callable[[], Awaitable[Json]]) -> FastAPI:
+               health: Callable[[], Awaitable[Json]], replication: Replication) -> FastAPI:
     def authenticated(authorization: Annotated[str | None, Header()] = None) -> None:
         scheme, _, given = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not secrets.compare_digest(given.encode(), token.encode()):
@@ -238,6 +239,31 @@ def create_app(registry: Registry, shadows: ShadowService, token: str, region: s
     @app.get("/api/things/shadow/ListNamedShadowsForThing/{thing}", tags=["shadows"], dependencies=guarded)
     async def list_named_shadows(thing: str) -> Json:
         return {"results": [n for n in shadows.names(thing) if n]}
+
+    # -- replication ---------------------------------------------------------------------
+    @app.get("/replication/status", tags=["replication"], dependencies=guarded)
+    async def replication_status() -> Json:
+        return replication.report()
+
+    @app.post("/replication/sync", tags=["replication"], dependencies=guarded)
+    async def replication_sync() -> Json:
+        """Run anti-entropy with every peer now."""
+        return {"peers": await replication.sync()}
+
+    @app.post("/replication/pause", tags=["replication"], dependencies=guarded)
+    async def replication_pause(peer: str | None = None) -> Json:
+        """Stop applying changes from a peer (all peers without ``peer``): a partition for drills."""
+        replication.pause(peer)
+        return replication.report()
+
+    @app.post("/replication/resume", tags=["replication"], dependencies=guarded)
+    async def replication_resume(peer: str | None = None) -> Json:
+        replication.resume(peer)
+        return replication.report()
+
+    @app.get("/metrics", tags=["replication"], dependencies=guarded)
+    async def metrics() -> Response:
+        return Response(replication.metrics(), media_type="text/plain; version=0.0.4")
 
     return app
 

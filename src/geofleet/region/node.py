@@ -9,7 +9,6 @@ import json
 import logging
 import signal
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
@@ -24,17 +23,13 @@ from geofleet.region.api import create_app
 from geofleet.region.gate import RegionGate
 from geofleet.region.registry import Registry
 from geofleet.region.shadows import ShadowService
+from geofleet.replication.service import Replication
 from geofleet.store.sqlite import SqliteStore
+from geofleet.web import EmbeddedServer
 
 log = logging.getLogger(__name__)
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: the node owns SIGINT and SIGTERM."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 class RegionNode:
@@ -53,8 +48,9 @@ class RegionNode:
         self.gate = RegionGate(self.registry, self.shadows, name, fleet.account)
         self.gate.broker = self.broker
         self._ensure_default_policy()
-        app = create_app(self.registry, self.shadows, data.token(), name, self.health)
-        self._http = _Server(uvicorn.Config(
+        self.replication = Replication(data, fleet, name, self.store, self.registry, self.shadows)
+        app = create_app(self.registry, self.shadows, data.token(), name, self.health, self.replication)
+        self._http = EmbeddedServer(uvicorn.Config(
             app, host=self.config.host, port=self.config.http_port, log_level="warning",
             ssl_certfile=str(paths.server_chain), ssl_keyfile=str(paths.server_key), lifespan="off",
             access_log=False,
@@ -79,10 +75,12 @@ class RegionNode:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._stop.set)
         await self.broker.start(self.gate)
+        await self.replication.start()
         http = asyncio.create_task(self._http.serve())
         while not self._http.started and not http.done():
             await asyncio.sleep(0.01)
         if http.done():
+            await self.replication.stop()
             await self.broker.stop()
             raise RuntimeError(f"region {self.config.name}: HTTP API failed to start on port {self.config.http_port}")
         log.info("region %s ready: mqtts://%s:%d %s", self.config.name, self.config.host,
@@ -92,6 +90,7 @@ class RegionNode:
         finally:
             self._http.should_exit = True
             await http
+            await self.replication.stop()
             await self.broker.stop()
             self.store.close()
             log.info("region %s stopped", self.config.name)

@@ -1,0 +1,82 @@
+"""What a region serves to its peers on the peer port (HTTPS, peer certificates required):
+its change log (long-polled), its digests and the contents of a digest bucket."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from fastapi import FastAPI, Query
+from fastapi.responses import JSONResponse
+
+from geofleet.domain.errors import GeofleetError
+from geofleet.replication.antientropy import BUCKETS, bucket_contents, digests
+from geofleet.replication.wire import change_to_json
+from geofleet.store.base import Store
+
+MAX_BATCH = 1000
+MAX_WAIT_S = 30.0
+PRIORITY_KINDS = ("certificate",)
+"""Certificate status changes (revocations) travel on a stream of their own."""
+
+
+class ChangeFeed:
+    """Wakes long-polling peers when this region's change log grows."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def notify(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), timeout)
+
+
+class UnknownPeer(GeofleetError):
+    status = 403
+    code = "UnknownPeer"
+
+
+def create_peer_app(region: str, peers: set[str], store: Store, feed: ChangeFeed,
+                    acknowledged: dict[str, int]) -> FastAPI:
+    app = FastAPI(title=f"geofleet replication {region}", openapi_url=None, docs_url=None, redoc_url=None)
+
+    @app.exception_handler(GeofleetError)
+    async def refused(_: Any, error: GeofleetError) -> JSONResponse:
+        return JSONResponse({"code": error.status, "message": error.message}, status_code=error.status)
+
+    def check(peer: str) -> None:
+        if peer not in peers:
+            raise UnknownPeer(f"{peer!r} is not a peer region of {region}")
+
+    @app.get("/v1/changes")
+    async def changes(peer: str, after: int = Query(0, ge=0), limit: int = Query(MAX_BATCH, ge=1, le=MAX_BATCH),
+                      stream: str = Query("all", pattern="^(all|priority)$"),
+                      wait: float = Query(0.0, ge=0.0, le=MAX_WAIT_S)) -> dict[str, Any]:
+        check(peer)
+        kinds = PRIORITY_KINDS if stream == "priority" else None
+        if stream == "all":
+            acknowledged[peer] = max(acknowledged.get(peer, 0), after)
+        found = store.changes(after, limit, kinds)
+        if not found and wait > 0:
+            await feed.wait(wait)
+            found = store.changes(after, limit, kinds)
+        return {"region": region, "head": store.head(), "changes": [change_to_json(c) for c in found]}
+
+    @app.get("/v1/digest")
+    async def digest(peer: str) -> dict[str, Any]:
+        check(peer)
+        return {"region": region, "buckets": {str(b): d for b, d in digests(store).items()}}
+
+    @app.get("/v1/bucket/{bucket}")
+    async def bucket(peer: str, bucket: int) -> dict[str, Any]:
+        check(peer)
+        if not 0 <= bucket < BUCKETS:
+            raise GeofleetError(f"bucket must be 0-{BUCKETS - 1}")
+        return {"region": region, **bucket_contents(store, bucket)}
+
+    return app

@@ -1,0 +1,184 @@
+"""A region's replication: the peer server, one pull link per peer and stream, periodic
+anti-entropy, and the status and metrics operators read."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+import time
+from typing import Any
+
+import httpx
+import uvicorn
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+
+from geofleet.config import DataDir, FleetConfig
+from geofleet.domain.errors import NotFound
+from geofleet.region.registry import Registry
+from geofleet.region.shadows import ShadowService
+from geofleet.replication.antientropy import differing, digests
+from geofleet.replication.apply import Applier
+from geofleet.replication.link import Link, LinkStatus
+from geofleet.replication.server import ChangeFeed, create_peer_app
+from geofleet.replication.wire import BatchError, check_leaves, parse_hlc, parse_record
+from geofleet.store.base import Store
+from geofleet.web import EmbeddedServer
+
+log = logging.getLogger(__name__)
+
+ANTI_ENTROPY_INTERVAL_S = 30.0
+STREAMS = ("priority", "all")
+
+
+
+
+class Replication:
+    def __init__(self, data: DataDir, fleet: FleetConfig, region: str, store: Store, registry: Registry,
+                 shadows: ShadowService) -> None:
+        self.region = region
+        self._fleet = fleet
+        self._store = store
+        self._applier = Applier(registry, shadows)
+        self.feed = ChangeFeed()
+        store.on_change = self.feed.notify
+        self.peers = {r.name: r for r in fleet.regions if r.name != region}
+        self.status = {name: LinkStatus() for name in self.peers}
+        self.acknowledged: dict[str, int] = {}
+        """How far each peer has pulled this region's log (what it asked for last)."""
+        self._resume = {name: asyncio.Event() for name in self.peers}
+        for event in self._resume.values():
+            event.set()
+        paths = data.region(region)
+        me = fleet.region(region)
+        self._server = EmbeddedServer(uvicorn.Config(
+            create_peer_app(region, set(self.peers), store, self.feed, self.acknowledged),
+            host=me.host, port=me.peer_port, log_level="warning", lifespan="off", access_log=False,
+            ssl_certfile=str(paths.peer_cert), ssl_keyfile=str(paths.peer_key), ssl_ca_certs=str(data.peer_ca),
+            ssl_cert_reqs=ssl.CERT_REQUIRED, timeout_graceful_shutdown=2,
+        ))
+        client_tls = ssl.create_default_context(cafile=str(data.peer_ca))
+        client_tls.load_cert_chain(str(paths.peer_cert), str(paths.peer_key))
+        self._http = httpx.AsyncClient(verify=client_tls, timeout=30.0,
+                                       limits=httpx.Limits(max_connections=4 * max(1, len(self.peers))))
+        self._tasks: list[asyncio.Task[None]] = []
+        self._metrics = CollectorRegistry()
+        self._lag = Gauge("geofleet_replication_lag_seconds", "Write in the source region to apply here, last change",
+                          ["source", "target"], registry=self._metrics)
+        self._backlog = Gauge("geofleet_replication_backlog", "Changes of the source not yet applied here",
+                              ["source", "target"], registry=self._metrics)
+        self._parked = Gauge("geofleet_replication_parked", "Changes waiting for a dependency", ["region"],
+                             registry=self._metrics)
+
+    async def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._server.serve()))
+        while not self._server.started:
+            if self._tasks[0].done():
+                raise RuntimeError(f"region {self.region}: peer port failed to open")
+            await asyncio.sleep(0.01)
+        for name, peer in self.peers.items():
+            for stream in STREAMS:
+                link = Link(self.region, name, peer.peer_url, stream, self._http, self._store, self._applier,
+                            self.status[name], self._resume[name])
+                self._tasks.append(asyncio.create_task(link.run()))
+        self._tasks.append(asyncio.create_task(self._anti_entropy_loop()))
+
+    async def stop(self) -> None:
+        for task in self._tasks[1:]:
+            task.cancel()
+        await asyncio.gather(*self._tasks[1:], return_exceptions=True)
+        self._server.should_exit = True
+        self.feed.notify()  # long-polling peers get their (empty) answer now
+        await asyncio.gather(*self._tasks[:1], return_exceptions=True)
+        await self._http.aclose()
+
+    # -- operations ------------------------------------------------------------------------
+
+    def pause(self, peer: str | None = None) -> None:
+        """Stop applying changes from ``peer`` (every peer when None): a partition for drills."""
+        for name in self._select(peer):
+            self._resume[name].clear()
+            self.status[name].paused = True
+
+    def resume(self, peer: str | None = None) -> None:
+        for name in self._select(peer):
+            self._resume[name].set()
+            self.status[name].paused = False
+
+    def _select(self, peer: str | None) -> list[str]:
+        if peer is not None and peer not in self.peers:
+            raise NotFound(f"{peer!r} is not a peer of {self.region}; peers: {', '.join(self.peers)}")
+        return [peer] if peer else list(self.peers)
+
+    def report(self) -> dict[str, Any]:
+        return {"region": self.region, "head": self._store.head(), "parked": self._store.parked(),
+                "acknowledged": dict(self.acknowledged),
+                "links": {name: status.to_json() for name, status in self.status.items()}}
+
+    def metrics(self) -> bytes:
+        for name, status in self.status.items():
+            self._lag.labels(name, self.region).set((status.lag_ms or 0.0) / 1000)
+            self._backlog.labels(name, self.region).set(status.backlog)
+        self._parked.labels(self.region).set(self._store.parked())
+        return bytes(generate_latest(self._metrics))
+
+    # -- anti-entropy ----------------------------------------------------------------------
+
+    async def _anti_entropy_loop(self) -> None:
+        while True:
+            await asyncio.sleep(ANTI_ENTROPY_INTERVAL_S * random.uniform(0.8, 1.2))
+            await self.sync()
+
+    async def sync(self) -> dict[str, Any]:
+        """Compare digests with every reachable, unpaused peer and pull what differs."""
+        results: dict[str, Any] = {}
+        for name in self.peers:
+            if not self._resume[name].is_set():
+                results[name] = {"skipped": "paused"}
+                continue
+            try:
+                results[name] = await self._sync_with(name)
+            except (httpx.HTTPError, BatchError, ValueError) as error:
+                self.status[name].last_error = f"anti-entropy: {type(error).__name__}: {error}"
+                results[name] = {"error": self.status[name].last_error}
+        return results
+
+    async def _sync_with(self, name: str) -> dict[str, Any]:
+        url = self.peers[name].peer_url
+        response = await self._http.get(f"{url}/v1/digest", params={"peer": self.region})
+        theirs = {int(b): d for b, d in _json(response, name)["buckets"].items()}
+        buckets = differing(digests(self._store), theirs)
+        publishes = []
+        for bucket in buckets:
+            content = _json(await self._http.get(f"{url}/v1/bucket/{bucket}", params={"peer": self.region}), name)
+            records = [parse_record(r, f"record from {name}") for r in content.get("records", [])]
+            shadows = content.get("shadows", [])
+            with self._store.atomic():
+                for record in records:
+                    self._applier.record(record)
+                for shadow in shadows:
+                    leaves = shadow.get("leaves")
+                    if not isinstance(leaves, dict) or not isinstance(shadow.get("key"), str):
+                        raise BatchError(f"malformed shadow in bucket {bucket} from {name}")
+                    check_leaves(leaves, f"shadow {shadow['key']} from {name}")
+                    latest = max((parse_hlc(e[0], name) for e in leaves.values()), default=None)
+                    if latest is not None:
+                        publishes.append(self._applier.shadow(shadow["key"], leaves, latest, name))
+        for publish in publishes:
+            await publish()
+        status = self.status[name]
+        status.digests_agree = not buckets
+        status.last_sync_ms = int(time.time() * 1000)
+        if buckets:
+            log.info("anti-entropy with %s: repaired %d bucket(s)", name, len(buckets))
+        return {"differingBuckets": len(buckets)}
+
+
+def _json(response: httpx.Response, peer: str) -> dict[str, Any]:
+    if response.status_code != 200:
+        raise BatchError(f"{peer} answered HTTP {response.status_code}: {response.text[:200]}")
+    data = response.json()
+    if not isinstance(data, dict) or data.get("region") != peer:
+        raise BatchError(f"answer from {peer} does not name {peer} as its region")
+    return data
