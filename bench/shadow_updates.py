@@ -6,11 +6,11 @@ What is measured: the time from a device publishing ``$aws/things/<name>/shadow/
 ``$aws/things/<name>/shadow/update/accepted`` (matched by ``clientToken``), and how many
 updates per second one region serves.
 
-How: the script creates a throw-away three-region fleet (``geofleet init`` + ``geofleet up``,
-regions us-east-1, eu-west-1 and ap-southeast-1 on free loopback ports), creates N devices
-(``geofleet device create``, one certificate each, default device policy), and connects them
-all to one region with paho-mqtt over mutual TLS, each subscribed to its own ``update/accepted``
-and ``update/rejected`` topics. After a one-second warm-up, two phases:
+How: the script creates a throw-away three-region fleet (``geofleet.cluster.LocalFleet``:
+``geofleet up`` with regions us-east-1, eu-west-1 and ap-southeast-1 on free loopback ports),
+creates N devices (``geofleet device create``, one certificate each, default device policy),
+and connects them all to one region with paho-mqtt over mutual TLS, each subscribed to its own
+``update/accepted`` and ``update/rejected`` topics. After a one-second warm-up, two phases:
 
 1. rate-limited (open loop): one sender thread publishes updates round-robin over the devices
    at ``--rate`` updates/s in total for ``--seconds``, whether or not earlier ones were
@@ -51,6 +51,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from geofleet.cluster import LocalFleet
+from geofleet.domain.errors import GeofleetError
+
 REGIONS = ("us-east-1", "eu-west-1", "ap-southeast-1")
 HOST = "127.0.0.1"
 
@@ -62,18 +65,6 @@ def log(message: str) -> None:
 # -- a throw-away fleet ----------------------------------------------------------------------
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = []
-    for _ in range(count):
-        s = socket.socket()
-        s.bind((HOST, 0))
-        sockets.append(s)
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def geofleet(*args: str, timeout: float = 60.0) -> str:
     """Run the geofleet CLI; raise with its stderr if it fails."""
     result = subprocess.run([sys.executable, "-m", "geofleet", *args], capture_output=True, text=True,
@@ -83,61 +74,33 @@ def geofleet(*args: str, timeout: float = 60.0) -> str:
     return result.stdout
 
 
-@dataclass
-class Fleet:
-    root: Path
-    process: subprocess.Popen[bytes]
-    cluster: dict[str, Any]
-
-    @property
-    def devices_dir(self) -> Path:
-        return self.root / "devices"
-
-    def mqtt_port(self, region: str) -> int:
-        return int(self.cluster["regions"][region]["mqtt_port"])
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def start_fleet(workdir: Path, regions: tuple[str, ...], timeout: float = 60.0) -> Fleet:
-    ports = free_ports(2 * len(regions))
-    config = {"fleet": "bench", "regions": [
-        {"name": name, "mqtt_port": ports[2 * i], "http_port": ports[2 * i + 1]} for i, name in enumerate(regions)
-    ]}
-    config_file = workdir / "fleet-config.json"
-    config_file.write_text(json.dumps(config))
-    root = workdir / "data"
-    geofleet("init", "--data-dir", str(root), "--config", str(config_file))
-    with open(workdir / "up.log", "wb") as up_log:
-        process = subprocess.Popen([sys.executable, "-m", "geofleet", "up", "--data-dir", str(root)],
-                                   stdout=up_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    fleet = Fleet(root, process, {})
-    cluster_file = root / "cluster.json"
-    deadline = time.monotonic() + timeout
-    while not cluster_file.exists():
-        if process.poll() is not None:
-            raise RuntimeError(f"geofleet up exited with {process.returncode}: "
-                               f"{(workdir / 'up.log').read_text(errors='replace')[-2000:]}")
-        if time.monotonic() > deadline:
-            fleet.stop()
-            raise RuntimeError(f"the fleet was not ready within {timeout:.0f} s")
-        time.sleep(0.05)
-    fleet.cluster = json.loads(cluster_file.read_text())
-    fleet.devices_dir.mkdir()
+def start_fleet(root: Path, regions: tuple[str, ...]) -> LocalFleet:
+    """``LocalFleet.start`` (init on free loopback ports + ``geofleet up``), with the end of the
+    fleet's logs in the error if it does not start (the directory is deleted afterwards)."""
+    try:
+        fleet = LocalFleet.start(root, regions)
+    except GeofleetError as error:
+        logs = [root / "up.log", *(root / "regions" / r / "node.log" for r in regions)]
+        tails = "".join(f"\n--- {p.name} ({p.parent.name}):\n{p.read_text(errors='replace')[-1500:]}"
+                        for p in logs if p.exists())
+        raise RuntimeError(f"{error.message}{tails}") from None
+    devices_dir(fleet).mkdir()
     return fleet
 
 
-def create_devices(fleet: Fleet, names: list[str], region: str, workers: int = 4) -> None:
+def devices_dir(fleet: LocalFleet) -> Path:
+    return fleet.data.root / "devices"
+
+
+def region_int(fleet: LocalFleet, region: str, key: str) -> int:
+    """An integer (port, pid) from the fleet's cluster.json for one region."""
+    return int(str(fleet.region(region)[key]))
+
+
+def create_devices(fleet: LocalFleet, names: list[str], region: str, workers: int = 4) -> None:
     def create(name: str) -> None:
-        geofleet("device", "create", name, "--data-dir", str(fleet.root), "--region", region,
-                 "--out", str(fleet.devices_dir), "--json")
+        geofleet("device", "create", name, "--data-dir", str(fleet.data.root), "--region", region,
+                 "--out", str(devices_dir(fleet)), "--json")
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(create, names))
@@ -278,7 +241,9 @@ class DeviceClient:
     def start(self) -> None:
         self.client.connect(HOST, self.port, keepalive=60)
         # paho leaves Nagle on: a PUBACK followed by the next small write would wait for a delayed ACK.
-        self.client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = self.client.socket()
+        if isinstance(sock, socket.socket):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.client.loop_start()
 
     def subscribe(self) -> None:
@@ -440,14 +405,14 @@ def main(argv: list[str] | None = None) -> int:
     }
     with tempfile.TemporaryDirectory(prefix="geofleet-bench-") as tmp:
         log(f"starting a {len(REGIONS)}-region fleet in {tmp}")
-        fleet = start_fleet(Path(tmp), REGIONS)
-        bench = Bench(int(fleet.cluster["regions"][args.region]["pid"]))
+        fleet = start_fleet(Path(tmp) / "fleet", REGIONS)
+        bench = Bench(region_int(fleet, args.region, "pid"))
         try:
             names = [f"bench-dev-{i:03d}" for i in range(args.devices)]
             log(f"creating {len(names)} devices in {args.region}")
             create_devices(fleet, names, args.region)
             log("connecting devices")
-            bench.connect(names, fleet.mqtt_port(args.region), fleet.devices_dir)
+            bench.connect(names, region_int(fleet, args.region, "mqtt_port"), devices_dir(fleet))
             result["setup_seconds"] = round(time.monotonic() - began, 1)
             log("warming up")
             bench.run("warmup", 1.0, min(args.rate, 100.0), args.window, args.drain)
