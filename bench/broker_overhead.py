@@ -13,12 +13,12 @@ device, and the per-message latency (publish call to delivery callback), through
 so both paths pay the same TLS costs and the difference is geofleet's own work. The overhead
 is ``1 - node_rate / bare_rate``.
 
-How: the script creates a throw-away one-region fleet (``geofleet init`` + ``geofleet up``),
-a publisher device ``bench-pub`` (default device policy: it may publish to ``dt/bench-pub/*``)
-and a subscriber device ``bench-sub`` whose policy (created over the admin HTTP API) lets it
-subscribe to and receive ``dt/*``. For each QoS (0 and 1) and each broker, the subscriber
-subscribes to ``dt/bench-pub/bench`` at that QoS and the publisher sends messages, each
-carrying its sequence number and a send timestamp:
+How: the script creates a throw-away one-region fleet (``geofleet.cluster.LocalFleet``:
+``geofleet up`` on free loopback ports), a publisher device ``bench-pub`` (default device
+policy: it may publish to ``dt/bench-pub/*``) and a subscriber device ``bench-sub`` whose
+policy (created over the admin HTTP API) lets it subscribe to and receive ``dt/*``. For each
+QoS (0 and 1) and each broker, the subscriber subscribes to ``dt/bench-pub/bench`` at that QoS
+and the publisher sends messages, each carrying its sequence number and a send timestamp:
 
 1. throughput: ``--rounds`` batches of ``--messages`` messages per broker, alternating between
    the brokers (bare, node, node, bare, ...) so that background load on the machine hits both
@@ -48,7 +48,6 @@ import platform
 import select
 import signal
 import socket
-import ssl
 import statistics
 import struct
 import subprocess
@@ -61,9 +60,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import httpx
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+
+from geofleet.client import AdminClient
+from geofleet.cluster import LocalFleet
+from geofleet.domain.errors import GeofleetError
 
 HOST = "127.0.0.1"
 REGION = "us-east-1"
@@ -99,16 +101,11 @@ def log(message: str) -> None:
 # -- the two brokers -------------------------------------------------------------------------
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = []
-    for _ in range(count):
-        s = socket.socket()
+def free_port() -> int:
+    """A loopback port free right now (for the bare broker; the fleet picks its own)."""
+    with socket.socket() as s:
         s.bind((HOST, 0))
-        sockets.append(s)
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
+        return int(s.getsockname()[1])
 
 
 def geofleet(*args: str, timeout: float = 60.0) -> str:
@@ -130,56 +127,30 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 30.0) -> Non
             process.wait()
 
 
-@dataclass
-class Fleet:
-    root: Path
-    process: subprocess.Popen[bytes]
-    cluster: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def devices_dir(self) -> Path:
-        return self.root / "devices"
-
-    @property
-    def http_url(self) -> str:
-        return str(self.cluster["regions"][REGION]["http_url"])
-
-    @property
-    def mqtt_port(self) -> int:
-        return int(self.cluster["regions"][REGION]["mqtt_port"])
-
-    @property
-    def node_pid(self) -> int:
-        return int(self.cluster["regions"][REGION]["pid"])
-
-
-def start_fleet(workdir: Path, timeout: float = 60.0) -> Fleet:
-    mqtt_port, http_port = free_ports(2)
-    config_file = workdir / "fleet-config.json"
-    config_file.write_text(json.dumps({"fleet": "bench", "regions": [
-        {"name": REGION, "mqtt_port": mqtt_port, "http_port": http_port}]}))
-    root = workdir / "data"
-    geofleet("init", "--data-dir", str(root), "--config", str(config_file))
-    with open(workdir / "up.log", "wb") as up_log:
-        process = subprocess.Popen([sys.executable, "-m", "geofleet", "up", "--data-dir", str(root)],
-                                   stdout=up_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    fleet = Fleet(root, process)
-    cluster_file = root / "cluster.json"
-    deadline = time.monotonic() + timeout
-    while not cluster_file.exists():
-        if process.poll() is not None:
-            raise RuntimeError(f"geofleet up exited with {process.returncode}: "
-                               f"{(workdir / 'up.log').read_text(errors='replace')[-2000:]}")
-        if time.monotonic() > deadline:
-            stop_process(process)
-            raise RuntimeError(f"the fleet was not ready within {timeout:.0f} s")
-        time.sleep(0.05)
-    fleet.cluster = json.loads(cluster_file.read_text())
-    fleet.devices_dir.mkdir()
+def start_fleet(root: Path) -> LocalFleet:
+    """A one-region ``LocalFleet`` (init on free loopback ports + ``geofleet up``), with the end
+    of the fleet's logs in the error if it does not start (the directory is deleted afterwards)."""
+    try:
+        fleet = LocalFleet.start(root, (REGION,))
+    except GeofleetError as error:
+        logs = [root / "up.log", root / "regions" / REGION / "node.log"]
+        tails = "".join(f"\n--- {p.name} ({p.parent.name}):\n{p.read_text(errors='replace')[-1500:]}"
+                        for p in logs if p.exists())
+        raise RuntimeError(f"{error.message}{tails}") from None
+    devices_dir(fleet).mkdir()
     return fleet
 
 
-def create_identities(fleet: Fleet) -> None:
+def devices_dir(fleet: LocalFleet) -> Path:
+    return fleet.data.root / "devices"
+
+
+def region_int(fleet: LocalFleet, key: str) -> int:
+    """An integer (port, pid) of the region from the fleet's cluster.json."""
+    return int(str(fleet.region(REGION)[key]))
+
+
+def create_identities(fleet: LocalFleet) -> None:
     """The publisher with the default device policy; the subscriber with a policy that lets it
     subscribe to and receive all device telemetry (``dt/*``)."""
     reader = {
@@ -190,26 +161,24 @@ def create_identities(fleet: Fleet) -> None:
             {"Effect": "Allow", "Action": "iot:Receive", "Resource": "arn:aws:iot:*:*:topic/dt/*"},
         ],
     }
-    token = (fleet.root / "admin-token").read_text().strip()
-    tls = ssl.create_default_context(cafile=str(fleet.root / "pki" / "root-ca.pem"))
-    with httpx.Client(base_url=fleet.http_url, verify=tls, headers={"Authorization": f"Bearer {token}"},
-                      timeout=10.0) as api:
-        api.post(f"/policies/{SUBSCRIBER_POLICY}", json={"policyDocument": json.dumps(reader)}).raise_for_status()
-    geofleet("device", "create", PUBLISHER, "--data-dir", str(fleet.root), "--region", REGION,
-             "--out", str(fleet.devices_dir), "--json")
+    with AdminClient(fleet.data, REGION) as api:
+        api.call("POST", f"/policies/{SUBSCRIBER_POLICY}", json={"policyDocument": json.dumps(reader)})
+    root, out = str(fleet.data.root), str(devices_dir(fleet))
+    geofleet("device", "create", PUBLISHER, "--data-dir", root, "--region", REGION, "--out", out, "--json")
     # device create attaches the given policy to the new certificate (PUT /policies/P/targets/CERT)
-    geofleet("device", "create", SUBSCRIBER, "--data-dir", str(fleet.root), "--region", REGION,
-             "--out", str(fleet.devices_dir), "--policy", SUBSCRIBER_POLICY, "--json")
+    geofleet("device", "create", SUBSCRIBER, "--data-dir", root, "--region", REGION, "--out", out,
+             "--policy", SUBSCRIBER_POLICY, "--json")
 
 
-def start_bare_broker(fleet: Fleet, workdir: Path, timeout: float = 30.0) -> tuple[subprocess.Popen[bytes], int]:
-    (port,) = free_ports(1)
-    region = fleet.root / "regions" / REGION
+def start_bare_broker(fleet: LocalFleet, workdir: Path, timeout: float = 30.0
+                      ) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    region = fleet.data.region(REGION)
     config = {
         "listeners": {"default": {
             "type": "tcp", "bind": f"{HOST}:{port}", "ssl": True,
-            "certfile": str(region / "server.pem"), "keyfile": str(region / "server.key.pem"),
-            "cafile": str(fleet.root / "pki" / "ca-bundle.pem"),
+            "certfile": str(region.server_chain), "keyfile": str(region.server_key),
+            "cafile": str(fleet.data.trust_bundle),
         }},
         "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
     }
@@ -270,7 +239,9 @@ class Client:
         self.client.on_disconnect = self._on_disconnect
         self.client.connect(HOST, port, keepalive=60)
         # paho leaves Nagle on: a PUBACK followed by the next small write would wait for a delayed ACK.
-        self.client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = self.client.socket()
+        if isinstance(sock, socket.socket):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.client.loop_start()
         if not self.connected.wait(15) or self.failure:
             self.close()
@@ -501,19 +472,20 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="geofleet-bench-") as tmp:
         workdir = Path(tmp)
         log(f"starting a one-region fleet in {tmp}")
-        fleet = start_fleet(workdir)
+        fleet = start_fleet(workdir / "fleet")
         bare: subprocess.Popen[bytes] | None = None
         try:
             log("creating the publisher and subscriber identities")
             create_identities(fleet)
             log("starting the bare amqtt broker")
             bare, bare_port = start_bare_broker(fleet, workdir)
-            brokers = {"bare": (bare_port, bare.pid), "node": (fleet.mqtt_port, fleet.node_pid)}
+            node = (region_int(fleet, "mqtt_port"), region_int(fleet, "pid"))
+            brokers = {"bare": (bare_port, bare.pid), "node": node}
             for qos in args.qos:
                 pairs: dict[str, Pair] = {}
                 try:
                     for name, (port, _) in brokers.items():
-                        pairs[name] = Pair(port, fleet.devices_dir, qos, args.inflight, args.payload_bytes)
+                        pairs[name] = Pair(port, devices_dir(fleet), qos, args.inflight, args.payload_bytes)
                     rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in brokers}
                     for i in range(args.rounds):
                         order = list(brokers) if i % 2 == 0 else list(reversed(brokers))
@@ -538,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if bare is not None:
                 stop_process(bare)
-            stop_process(fleet.process)
+            fleet.stop()
     result["environment"]["load_average_after"] = load_average()
     result["total_seconds"] = round(time.monotonic() - began, 1)
     print(json.dumps(result, indent=2))

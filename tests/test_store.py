@@ -65,3 +65,22 @@ def test_failed_transaction_leaves_neither_record_nor_log(tmp_path: Path) -> Non
     assert store.get(Kind.THING, "x") is None
     assert store.cursor("peer", "all") == 0
     assert len(store.changes(0)) == 1
+
+
+def test_only_tombstones_every_region_holds_are_collected(tmp_path: Path) -> None:
+    from geofleet.replication.antientropy import digests
+
+    store = SqliteStore(tmp_path / "s.db")
+    old, seen, later = HLC(1_000, 0), HLC(2_000, 0), HLC(5_000, 0)
+    store.put(Record(Kind.THING, "never-confirmed", None, old, "r1"))
+    store.put(Record(Kind.THING, "confirmed", None, seen, "r1"))
+    store.put(Record(Kind.THING, "alive", {"thingName": "alive"}, seen, "r1"))
+    store.put(Record(Kind.THING, "recent", None, later, "r1"))
+    store.mark_tombstones_seen(HLC(1_500, 0), HLC(3_000, 0))  # an all-agree round covered [1.5 s, 3 s)
+    assert store.collect_tombstones(HLC(4_000, 0)) == 1
+    assert store.get(Kind.THING, "confirmed") is None
+    assert store.get(Kind.THING, "never-confirmed") is not None, "no round proved every region had it"
+    assert store.get(Kind.THING, "recent") is not None and store.get(Kind.THING, "alive") is not None
+    without_old = digests(store, HLC(4_000, 0))
+    store.put(Record(Kind.THING, "ancient", None, HLC(500, 0), "r2"))
+    assert digests(store, HLC(4_000, 0)) == without_old, "tombstones past the horizon are not compared"

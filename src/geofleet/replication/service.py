@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import ssl
 import time
@@ -16,6 +17,7 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from geofleet.config import DataDir, FleetConfig
 from geofleet.domain.errors import NotFound
+from geofleet.domain.hlc import HLC
 from geofleet.region.registry import Registry
 from geofleet.region.shadows import ShadowService
 from geofleet.replication.antientropy import differing, digests
@@ -29,6 +31,8 @@ from geofleet.web import EmbeddedServer
 log = logging.getLogger(__name__)
 
 ANTI_ENTROPY_INTERVAL_S = 30.0
+TOMBSTONE_GRACE_S = float(os.environ.get("GEOFLEET_TOMBSTONE_GRACE_S", 24 * 3600))
+"""How long a delete stays as a tombstone at least (and is compared in digests)."""
 STREAMS = ("priority", "all")
 
 
@@ -53,7 +57,7 @@ class Replication:
         paths = data.region(region)
         me = fleet.region(region)
         self._server = EmbeddedServer(uvicorn.Config(
-            create_peer_app(region, set(self.peers), store, self.feed, self.acknowledged),
+            create_peer_app(region, set(self.peers), store, self.feed, self.acknowledged, self.horizon),
             host=me.host, port=me.peer_port, log_level="warning", lifespan="off", access_log=False,
             ssl_certfile=str(paths.peer_cert), ssl_keyfile=str(paths.peer_key), ssl_ca_certs=str(data.peer_ca),
             ssl_cert_reqs=ssl.CERT_REQUIRED, timeout_graceful_shutdown=2,
@@ -130,8 +134,14 @@ class Replication:
             await asyncio.sleep(ANTI_ENTROPY_INTERVAL_S * random.uniform(0.8, 1.2))
             await self.sync()
 
+    def horizon(self) -> HLC:
+        return HLC(int((time.time() - TOMBSTONE_GRACE_S) * 1000))
+
     async def sync(self) -> dict[str, Any]:
-        """Compare digests with every reachable, unpaused peer and pull what differs."""
+        """Compare digests with every reachable, unpaused peer, pull what differs, and collect
+        tombstones that every region is known to hold."""
+        started = HLC(int(time.time() * 1000))
+        horizon = self.horizon()
         results: dict[str, Any] = {}
         for name in self.peers:
             if not self._resume[name].is_set():
@@ -142,13 +152,19 @@ class Replication:
             except (httpx.HTTPError, BatchError, ValueError) as error:
                 self.status[name].last_error = f"anti-entropy: {type(error).__name__}: {error}"
                 results[name] = {"error": self.status[name].last_error}
+        if all(r.get("differingBuckets") == 0 for r in results.values()) and \
+                all(s.backlog == 0 for s in self.status.values()):
+            self._store.mark_tombstones_seen(horizon, started)
+        collected = self._store.collect_tombstones(horizon)
+        if collected:
+            log.info("collected %d tombstone(s) every region had", collected)
         return results
 
     async def _sync_with(self, name: str) -> dict[str, Any]:
         url = self.peers[name].peer_url
         response = await self._http.get(f"{url}/v1/digest", params={"peer": self.region})
         theirs = {int(b): d for b, d in _json(response, name)["buckets"].items()}
-        buckets = differing(digests(self._store), theirs)
+        buckets = differing(digests(self._store, self.horizon()), theirs)
         publishes = []
         for bucket in buckets:
             content = _json(await self._http.get(f"{url}/v1/bucket/{bucket}", params={"peer": self.region}), name)

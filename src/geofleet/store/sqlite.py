@@ -31,6 +31,9 @@ CREATE TABLE IF NOT EXISTS records (
     PRIMARY KEY (kind, key)
 );
 CREATE INDEX IF NOT EXISTS records_ref ON records (kind, ref);
+CREATE TABLE IF NOT EXISTS seen_everywhere (
+    kind TEXT NOT NULL, key TEXT NOT NULL, hlc TEXT NOT NULL, PRIMARY KEY (kind, key)
+);
 CREATE TABLE IF NOT EXISTS shadows (
     thing TEXT NOT NULL, name TEXT NOT NULL, doc TEXT NOT NULL,
     hlc TEXT NOT NULL, origin TEXT NOT NULL,
@@ -234,6 +237,22 @@ class SqliteStore:
             ).fetchall()
             self._db.execute("DELETE FROM pending WHERE needs_kind = ? AND needs_key = ?", (kind.value, key))
         return [_record(row) for row in rows]
+
+    def mark_tombstones_seen(self, since: HLC, until: HLC) -> None:
+        """Every region holds the tombstones written in [since, until): they may be collected."""
+        with self.atomic():
+            self._db.execute(
+                "INSERT OR REPLACE INTO seen_everywhere (kind, key, hlc) SELECT kind, key, hlc FROM records "
+                "WHERE body IS NULL AND hlc >= ? AND hlc < ?", (since.encode(), until.encode()))
+
+    def collect_tombstones(self, before: HLC) -> int:
+        """Delete tombstones older than ``before`` that every region was known to hold."""
+        with self.atomic():
+            cursor = self._db.execute(
+                "DELETE FROM records WHERE body IS NULL AND hlc < ? AND EXISTS (SELECT 1 FROM seen_everywhere s "
+                "WHERE s.kind = records.kind AND s.key = records.key AND s.hlc = records.hlc)", (before.encode(),))
+            self._db.execute("DELETE FROM seen_everywhere WHERE hlc < ?", (before.encode(),))
+        return cursor.rowcount
 
     def parked(self) -> int:
         return int(self._db.execute("SELECT count(DISTINCT kind || key || hlc) FROM pending").fetchone()[0])
