@@ -60,7 +60,7 @@ def cluster_description(data: DataDir, processes: dict[str, subprocess.Popen[byt
                   "how": "send 'Authorization: Bearer <contents of token_file>' to every region's http_url"},
         "regions": {
             region.name: {
-                "mqtt_host": region.host if region.host not in ("0.0.0.0", "::") else "localhost",
+                "mqtt_host": region.address,
                 "mqtt_port": region.mqtt_port,
                 "http_url": region.http_url,
                 "pid": processes[region.name].pid,

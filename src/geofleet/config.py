@@ -50,17 +50,22 @@ class RegionConfig:
         return tuple(dict.fromkeys(n for n in names if n not in ("0.0.0.0", "::")))
 
     @property
+    def address(self) -> str:
+        """Where others reach this region: its first host name, else the address it binds."""
+        if self.hostnames:
+            return self.hostnames[0]
+        return "localhost" if self.host in ("0.0.0.0", "::") else self.host
+
+    @property
     def http_url(self) -> str:
-        return f"https://{_url_host(self.host)}:{self.http_port}"
+        return f"https://{_url_host(self.address)}:{self.http_port}"
 
     @property
     def peer_url(self) -> str:
-        return f"https://{_url_host(self.host)}:{self.peer_port}"
+        return f"https://{_url_host(self.address)}:{self.peer_port}"
 
 
 def _url_host(host: str) -> str:
-    if host in ("0.0.0.0", "::"):
-        return "localhost"
     return f"[{host}]" if ":" in host else host
 
 
@@ -95,7 +100,7 @@ class FleetConfig:
         names = [r.name for r in regions]
         if len(set(names)) != len(names):
             raise ConfigError(f"region names must be unique: {names}")
-        ports = [(r.host, p) for r in regions for p in (r.mqtt_port, r.http_port, r.peer_port)]
+        ports = [(r.address, p) for r in regions for p in (r.mqtt_port, r.http_port, r.peer_port)]
         if len(set(ports)) != len(ports):
             raise ConfigError("every region needs its own MQTT, HTTP and peer ports on a host")
         return cls(str(data.get("fleet", "geofleet")), regions, str(data.get("account", "000000000000")))
