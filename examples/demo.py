@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""The geofleet demo: a three-region fleet on this machine, devices speaking the AWS IoT device
-protocol over mutual TLS, shadows driven from the back end, and a revocation that cuts a live
-session. Run with ``make demo``; everything happens on 127.0.0.1.
+"""The geofleet demo: a three-region fleet on this machine that acts as one: devices speaking the
+AWS IoT device protocol over mutual TLS to their home regions, shadows driven from a back end
+that talks to one region only, and a revocation in one region that cuts a live session in
+another. Run with ``make demo``; everything happens on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -9,8 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from geofleet.client import AdminClient
+from geofleet.cluster import LocalFleet
 from geofleet.config import DataDir
 
 DEVICES = {"thermostat-ny": "us-east-1", "pump-dublin": "eu-west-1", "meter-singapore": "ap-southeast-1"}
@@ -28,16 +28,6 @@ DEVICES = {"thermostat-ny": "us-east-1", "pump-dublin": "eu-west-1", "meter-sing
 
 def step(text: str) -> None:
     print(f"\n== {text}", flush=True)
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def cli(*args: str) -> str:
@@ -84,33 +74,13 @@ def main() -> None:
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
 
-    step("1. A fleet of three regions: a root CA, one intermediate CA per region")
-    ports = free_ports(6)
-    config = {"fleet": "demo", "regions": [
-        {"name": name, "mqtt_port": ports[2 * i], "http_port": ports[2 * i + 1]}
-        for i, name in enumerate(["us-east-1", "eu-west-1", "ap-southeast-1"])]}
-    (root / "config.json").write_text(json.dumps(config))
-    data_dir = root / "fleet"
-    print("  ", cli("init", "--data-dir", str(data_dir), "--config", str(root / "config.json")).strip())
-
-    step("2. geofleet up: every region its own OS process")
-    fleet = subprocess.Popen([sys.executable, "-m", "geofleet", "up", "--data-dir", str(data_dir)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    data = DataDir(data_dir)
-    try:
-        deadline = time.monotonic() + 60
-        while not data.cluster_file.exists():
-            if fleet.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("the fleet did not start; see .demo/fleet/regions/*/node.log")
-            time.sleep(0.1)
-        cluster = json.loads(data.cluster_file.read_text())
-        for name, region in cluster["regions"].items():
+    step("1+2. A fleet of three regions (a root CA, one intermediate CA per region), each its own OS process")
+    with LocalFleet.start(root / "fleet") as fleet:
+        for name in ("us-east-1", "eu-west-1", "ap-southeast-1"):
+            region = fleet.region(name)
             print(f"   {name:15} mqtts://localhost:{region['mqtt_port']}  {region['http_url']}  pid {region['pid']}")
-        run_story(data, cluster, root / "devices")
-    finally:
-        fleet.send_signal(signal.SIGTERM)
-        fleet.wait(30)
-        print("\nfleet stopped cleanly" if fleet.returncode == 0 else f"\nfleet exited {fleet.returncode}")
+        run_story(fleet.data, fleet.cluster, root / "devices")
+    print("\nfleet stopped cleanly" if fleet.process.returncode == 0 else f"\nfleet exited {fleet.process.returncode}")
 
 
 def run_story(data: DataDir, cluster: dict[str, Any], creds: Path) -> None:
@@ -124,34 +94,48 @@ def run_story(data: DataDir, cluster: dict[str, Any], creds: Path) -> None:
     for name, region in DEVICES.items():
         print(f"   {name} connected to {region}")
 
-    step("5. The back end sets desired state over HTTPS; devices get /update/delta and report")
+    step("5. The back end, talking to us-east-1 only, sets desired state; each device hears of it at home")
     desired = {"thermostat-ny": {"target_c": 21}, "pump-dublin": {"rpm": 1200}, "meter-singapore": {"interval_s": 60}}
-    rows = []
-    for name, region in DEVICES.items():
-        with AdminClient(data, region) as api:
+    with AdminClient(data, "us-east-1") as api:
+        for name in DEVICES:
             api.call("POST", f"/things/{name}/shadow", json={"state": {"desired": desired[name]}})
-            if not devices[name].shadow_answer.wait(10):
-                raise SystemExit(f"{name} did not report its state")
-            shadow = api.call("GET", f"/things/{name}/shadow")
-        rows.append((name, region, shadow["version"], json.dumps(shadow["state"].get("reported")),
-                     json.dumps(shadow["state"].get("delta", {}))))
+    for name in DEVICES:
+        if not devices[name].shadow_answer.wait(10):
+            raise SystemExit(f"{name} did not report its state")
+    rows = []
+    for name in DEVICES:
+        seen = {}
+        for region in DEVICES.values():
+            with AdminClient(data, region) as api:
+                deadline = time.monotonic() + 10
+                while True:  # the device reported at home; wait for that to replicate here
+                    shadow = api.call("GET", f"/things/{name}/shadow")
+                    if not shadow["state"].get("delta") or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.05)
+            seen[region] = json.dumps(shadow["state"].get("reported"))
+        rows.append((name, DEVICES[name], seen))
 
     step("6. A device publishing to another device's topic is disconnected (policy: own topics only)")
     rogue = devices["pump-dublin"]
     rogue.client.publish("cmd/thermostat-ny/set", b'{"target_c": 35}')
     print("   pump-dublin disconnected:", rogue.closed.wait(5))
 
-    step("7. Revoking a certificate cuts the device's live session at once")
+    step("7. Revoking a certificate in us-east-1 cuts the device's live session in ap-southeast-1")
     start = time.monotonic()
     print("  ", cli("cert", "revoke", "--thing", "meter-singapore", "--data-dir", str(data.root),
-                    "--region", "ap-southeast-1").strip())
+                    "--region", "us-east-1").strip())
     cut = devices["meter-singapore"].closed.wait(5)
     print(f"   session closed: {cut} after {1000 * (time.monotonic() - start):.0f} ms (including the CLI start-up)")
 
-    step("Summary")
-    print(f"   {'device':16} {'region':15} {'version':8} {'reported':22} delta")
-    for name, region, version, reported, delta in rows:
-        print(f"   {name:16} {region:15} {version:<8} {reported:22} {delta}")
+    step("Summary: each device's reported state as every region sees it")
+    regions = list(DEVICES.values())
+    print(f"   {'device':16} {'home':15} " + " ".join(f"{r:20}" for r in regions))
+    for name, home, seen in rows:
+        print(f"   {name:16} {home:15} " + " ".join(f"{seen[r]:20}" for r in regions))
+    print("\n   replication:")
+    for line in cli("replication", "status", "--data-dir", str(data.root)).splitlines():
+        print(f"   {line}")
     for device in devices.values():
         device.client.loop_stop()
         device.client.disconnect()
