@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,7 +12,7 @@ from typing import Any
 import pytest
 
 from geofleet.client import AdminClient
-from geofleet.cluster import LocalFleet
+from geofleet.cluster import LocalFleet, spawn_region
 from tests.helpers import Device, geofleet
 
 REGIONS = ["us-east-1", "eu-west-1", "ap-southeast-1"]
@@ -48,6 +50,21 @@ class Fleet(LocalFleet):
     def cert_id(self, name: str, region: str = "us-east-1") -> str:
         with self.admin(region) as api:
             return str(api.call("GET", f"/things/{name}/principals")["principals"][0])
+
+
+@contextlib.contextmanager
+def restarted_region(fleet: Fleet, region: str) -> Iterator[None]:
+    """Start a (killed) region again by hand, as an operator would; on leaving, stop it with
+    SIGTERM and insist on a clean exit."""
+    process = spawn_region(fleet.data, region)
+    try:
+        yield
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(30) == 0, f"the restarted {region} did not stop cleanly"
 
 
 def start_fleet(root: Path) -> Fleet:

@@ -7,19 +7,16 @@ import json
 import os
 import signal
 import ssl
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 
-from tests.conftest import REGIONS, Fleet, start_fleet
+from tests.conftest import REGIONS, Fleet, restarted_region, start_fleet
 from tests.helpers import wait_for
 
 
 def test_sigkilled_region_restarts_with_everything_it_acknowledged(tmp_path: Path) -> None:
     fleet = start_fleet(tmp_path / "data")
-    restarted: subprocess.Popen[bytes] | None = None
     try:
         cluster = fleet.cluster
         assert set(cluster["regions"]) == set(REGIONS)
@@ -37,26 +34,17 @@ def test_sigkilled_region_restarts_with_everything_it_acknowledged(tmp_path: Pat
         os.kill(info["pid"], signal.SIGKILL)
         wait_for(lambda: not _healthy(fleet, region), 10, "the killed region to stop answering")
 
-        restarted = subprocess.Popen(
-            [sys.executable, "-m", "geofleet", "region", "run", region, "--data-dir", str(fleet.data.root)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-        wait_for(lambda: _healthy(fleet, region), 30, "the restarted region to answer")
-
-        with fleet.admin(region) as api:
-            names = {t["thingName"] for t in api.call("GET", "/things")["things"]}
-            assert {f"bulk-{i}" for i in range(200)} <= names
-            assert api.call("GET", f"/things/{device}/shadow")["state"]["reported"] == {"n": 1}
-        with fleet.device(device, region).connect() as client:
-            client.subscribe(f"$aws/things/{device}/shadow/#")
-            got = client.request(f"$aws/things/{device}/shadow/get", "").json()
-            assert got["version"] == 1
-
-        restarted.send_signal(signal.SIGTERM)
-        assert restarted.wait(30) == 0
-        restarted = None
+        with restarted_region(fleet, region):
+            wait_for(lambda: _healthy(fleet, region), 30, "the restarted region to answer")
+            with fleet.admin(region) as api:
+                names = {t["thingName"] for t in api.call("GET", "/things")["things"]}
+                assert {f"bulk-{i}" for i in range(200)} <= names
+                assert api.call("GET", f"/things/{device}/shadow")["state"]["reported"] == {"n": 1}
+            with fleet.device(device, region).connect() as client:
+                client.subscribe(f"$aws/things/{device}/shadow/#")
+                got = client.request(f"$aws/things/{device}/shadow/get", "").json()
+                assert got["version"] == 1
     finally:
-        if restarted is not None:
-            restarted.kill()
         code = fleet.stop()
     assert code == 0
     assert not fleet.data.cluster_file.exists()

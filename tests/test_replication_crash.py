@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
-from tests.conftest import REGIONS, start_fleet
+from tests.conftest import REGIONS, restarted_region, start_fleet
 from tests.helpers import wait_for
 from tests.test_replication import same_everywhere
 
@@ -19,7 +17,6 @@ A, B, C = REGIONS
 
 def test_sigkill_mid_stream_then_restart_converges(tmp_path: Path) -> None:
     fleet = start_fleet(tmp_path / "data")
-    restarted: subprocess.Popen[bytes] | None = None
     try:
         with fleet.admin(B) as api:
             for i in range(50):
@@ -41,26 +38,19 @@ def test_sigkill_mid_stream_then_restart_converges(tmp_path: Path) -> None:
         thread.join(120)
         assert killed.is_set() and len(written) == 300
 
-        restarted = subprocess.Popen(
-            [sys.executable, "-m", "geofleet", "region", "run", B, "--data-dir", str(fleet.data.root)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-        listing = same_everywhere(fleet, "/things", 60, "every region to list the same things after the restart")
-        names = {t["thingName"] for t in listing["things"]}
-        assert set(written) <= names
-        assert {f"from-b-{i}" for i in range(50)} <= names, "B's acknowledged writes survived its SIGKILL"
-        for region in REGIONS:
-            with fleet.admin(region) as api:
-                api.call("POST", "/replication/sync")
-        for region in REGIONS:
-            with fleet.admin(region) as api:
-                api.call("POST", "/replication/sync")
-                links = api.call("GET", "/replication/status")["links"]
-            assert all(link["digestsAgree"] for link in links.values()), (region, links)
-        restarted.send_signal(signal.SIGTERM)
-        assert restarted.wait(30) == 0
-        restarted = None
+        with restarted_region(fleet, B):
+            listing = same_everywhere(fleet, "/things", 60, "every region to list the same things after the restart")
+            names = {t["thingName"] for t in listing["things"]}
+            assert set(written) <= names
+            assert {f"from-b-{i}" for i in range(50)} <= names, "B's acknowledged writes survived its SIGKILL"
+            for region in REGIONS:
+                with fleet.admin(region) as api:
+                    api.call("POST", "/replication/sync")
+            for region in REGIONS:
+                with fleet.admin(region) as api:
+                    api.call("POST", "/replication/sync")
+                    links = api.call("GET", "/replication/status")["links"]
+                assert all(link["digestsAgree"] for link in links.values()), (region, links)
     finally:
-        if restarted is not None:
-            restarted.kill()
         fleet.stop()
     wait_for(lambda: not fleet.data.cluster_file.exists(), 5, "cluster.json removed")
