@@ -36,6 +36,9 @@ def test_a_good_batch_parses() -> None:
     (batch({**GOOD, "key": ""}), "invalid key"),
     (batch({**SHADOW, "body": {"ops": {"p": ["x"]}}}), "malformed shadow leaf"),
     (batch({**SHADOW, "body": {}}), "needs an 'ops' object"),
+    (batch({**GOOD, "kind": "thing-principal", "body": {"thingName": "t1"}}), "certificateId"),
+    (batch({**GOOD, "kind": "certificate", "body": {"certificateId": "c", "certificatePem": "p", "status": "MAYBE"}}),
+     "unknown certificate status"),
 ])
 def test_bad_batches_are_refused_whole(data: Any, message: str) -> None:
     with pytest.raises(BatchError, match=message):

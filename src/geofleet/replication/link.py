@@ -63,10 +63,14 @@ class Link:
             try:
                 caught_up = await self._pull_once(wait=LONG_POLL_S if caught_up else 0.0)
                 backoff = BACKOFF_START_S
-            except (httpx.HTTPError, BatchError, ValueError) as error:
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # a link must never die: report, back off, try again
                 message = f"{type(error).__name__}: {error}"
                 if message != self._status.last_error:
-                    log.warning("replication %s -> %s (%s): %s", self.peer, self.region, self.stream, message)
+                    expected = isinstance(error, httpx.HTTPError | BatchError | ValueError)
+                    log.log(logging.WARNING if expected else logging.ERROR, "replication %s -> %s (%s): %s",
+                            self.peer, self.region, self.stream, message, exc_info=not expected)
                 self._status.last_error = message
                 caught_up = False
                 await asyncio.sleep(backoff * random.uniform(0.5, 1.5))

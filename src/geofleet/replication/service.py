@@ -132,7 +132,10 @@ class Replication:
     async def _anti_entropy_loop(self) -> None:
         while True:
             await asyncio.sleep(ANTI_ENTROPY_INTERVAL_S * random.uniform(0.8, 1.2))
-            await self.sync()
+            try:
+                await self.sync()
+            except Exception:  # the loop must outlive any one bad round
+                log.exception("anti-entropy round failed")
 
     def horizon(self) -> HLC:
         return HLC(int((time.time() - TOMBSTONE_GRACE_S) * 1000))

@@ -9,7 +9,7 @@ from typing import Any
 
 from geofleet.domain.errors import GeofleetError
 from geofleet.domain.hlc import HLC
-from geofleet.domain.records import Kind, Record
+from geofleet.domain.records import CertificateStatus, Kind, Record
 from geofleet.store.base import SHADOW_KIND, Change
 
 MAX_KEY = 512
@@ -71,6 +71,8 @@ def _parse_change(item: Any, where: str) -> Change:
         raise BatchError(f"{where} has a body that is not an object")
     if kind == SHADOW_KIND:
         _check_ops(body, where)
+    elif body is not None:
+        _check_body(Kind(kind), body, where)
     hlc = parse_hlc(item.get("hlc"), where)
     return Change(seq, hlc, origin, kind, key, ref, body)
 
@@ -83,7 +85,27 @@ def parse_record(item: Any, where: str) -> Record:
         raise BatchError(f"{where} has an invalid key, ref or origin")
     if body is not None and not isinstance(body, dict):
         raise BatchError(f"{where} has a body that is not an object")
+    if body is not None:
+        _check_body(Kind(item["kind"]), body, where)
     return Record(Kind(item["kind"]), key, body, parse_hlc(item.get("hlc"), where), origin, ref)
+
+
+_REQUIRED = {
+    Kind.THING: ("thingName",),
+    Kind.THING_TYPE: ("thingTypeName",),
+    Kind.CERTIFICATE: ("certificateId", "certificatePem", "status"),
+    Kind.POLICY: ("policyName", "policyDocument"),
+    Kind.POLICY_ATTACHMENT: ("policyName", "certificateId"),
+    Kind.THING_PRINCIPAL: ("thingName", "certificateId"),
+}
+
+
+def _check_body(kind: Kind, body: dict[str, Any], where: str) -> None:
+    missing = [f for f in _REQUIRED[kind] if not isinstance(body.get(f), str)]
+    if missing:
+        raise BatchError(f"{where}: a {kind.value} needs string fields {missing}")
+    if kind is Kind.CERTIFICATE and body["status"] not in {s.value for s in CertificateStatus}:
+        raise BatchError(f"{where}: unknown certificate status {body['status']!r}")
 
 
 def parse_hlc(value: Any, where: str) -> HLC:
