@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +29,12 @@ class ChangeFeed:
 
     def __init__(self) -> None:
         self._event = asyncio.Event()
+        self.closed = False
+
+    def close(self) -> None:
+        """Shutting down: answer every long poll now."""
+        self.closed = True
+        self.notify()
 
     def notify(self) -> None:
         self._event.set()
@@ -64,8 +71,9 @@ def create_peer_app(region: str, peers: set[str], store: Store, feed: ChangeFeed
         if stream == "all":
             acknowledged[peer] = max(acknowledged.get(peer, 0), after)
         found = store.changes(after, limit, kinds)
-        if not found and wait > 0:
-            await feed.wait(wait)
+        deadline = time.monotonic() + wait
+        while not found and not feed.closed and (remaining := deadline - time.monotonic()) > 0:
+            await feed.wait(remaining)  # any write wakes us; the priority stream waits on for its kind
             found = store.changes(after, limit, kinds)
         return {"region": region, "head": store.head(), "changes": [change_to_json(c) for c in found]}
 

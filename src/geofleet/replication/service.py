@@ -93,7 +93,7 @@ class Replication:
             task.cancel()
         await asyncio.gather(*self._tasks[1:], return_exceptions=True)
         self._server.should_exit = True
-        self.feed.notify()  # long-polling peers get their (empty) answer now
+        self.feed.close()  # long-polling peers get their (empty) answer now
         await asyncio.gather(*self._tasks[:1], return_exceptions=True)
         await self._http.aclose()
 
