@@ -6,15 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Query
 from fastapi.responses import JSONResponse
 
+from geofleet.domain.digest import BUCKETS
 from geofleet.domain.errors import GeofleetError
-from geofleet.domain.hlc import HLC
-from geofleet.replication.antientropy import BUCKETS, bucket_contents, digests
+from geofleet.replication.antientropy import bucket_contents
 from geofleet.replication.wire import change_to_json
 from geofleet.store.base import Store
 
@@ -51,7 +50,7 @@ class UnknownPeer(GeofleetError):
 
 
 def create_peer_app(region: str, peers: set[str], store: Store, feed: ChangeFeed,
-                    acknowledged: dict[str, int], horizon: Callable[[], HLC]) -> FastAPI:
+                    acknowledged: dict[str, int]) -> FastAPI:
     app = FastAPI(title=f"geofleet replication {region}", openapi_url=None, docs_url=None, redoc_url=None)
 
     @app.exception_handler(GeofleetError)
@@ -80,13 +79,13 @@ def create_peer_app(region: str, peers: set[str], store: Store, feed: ChangeFeed
     @app.get("/v1/digest")
     async def digest(peer: str) -> dict[str, Any]:
         check(peer)
-        return {"region": region, "buckets": {str(b): d for b, d in digests(store, horizon()).items()}}
+        return {"region": region, "buckets": {str(b): d for b, d in store.bucket_digests().items()}}
 
     @app.get("/v1/bucket/{bucket}")
     async def bucket(peer: str, bucket: int) -> dict[str, Any]:
         check(peer)
         if not 0 <= bucket < BUCKETS:
             raise GeofleetError(f"bucket must be 0-{BUCKETS - 1}")
-        return {"region": region, **bucket_contents(store, bucket, horizon())}
+        return {"region": region, **bucket_contents(store, bucket)}
 
     return app

@@ -20,7 +20,7 @@ from geofleet.domain.errors import NotFound
 from geofleet.domain.hlc import HLC
 from geofleet.region.registry import Registry
 from geofleet.region.shadows import ShadowService
-from geofleet.replication.antientropy import differing, digests
+from geofleet.replication.antientropy import differing
 from geofleet.replication.apply import Applier
 from geofleet.replication.link import Link, LinkStatus
 from geofleet.replication.server import ChangeFeed, create_peer_app
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 ANTI_ENTROPY_INTERVAL_S = 30.0
 TOMBSTONE_GRACE_S = float(os.environ.get("GEOFLEET_TOMBSTONE_GRACE_S", 24 * 3600))
-"""How long a delete stays as a tombstone at least (and is compared in digests)."""
+"""How long a delete stays as a tombstone at least."""
 STREAMS = ("priority", "all")
 
 
@@ -57,7 +57,7 @@ class Replication:
         paths = data.region(region)
         me = fleet.region(region)
         self._server = EmbeddedServer(uvicorn.Config(
-            create_peer_app(region, set(self.peers), store, self.feed, self.acknowledged, self.horizon),
+            create_peer_app(region, set(self.peers), store, self.feed, self.acknowledged),
             host=me.host, port=me.peer_port, log_level="warning", lifespan="off", access_log=False,
             ssl_certfile=str(paths.peer_cert), ssl_keyfile=str(paths.peer_key), ssl_ca_certs=str(data.peer_ca),
             ssl_cert_reqs=ssl.CERT_REQUIRED, timeout_graceful_shutdown=2,
@@ -137,14 +137,14 @@ class Replication:
             except Exception:  # the loop must outlive any one bad round
                 log.exception("anti-entropy round failed")
 
-    def horizon(self) -> HLC:
+    def _horizon(self) -> HLC:
         return HLC(int((time.time() - TOMBSTONE_GRACE_S) * 1000))
 
     async def sync(self) -> dict[str, Any]:
         """Compare digests with every reachable, unpaused peer, pull what differs, and collect
         tombstones that every region is known to hold."""
         started = HLC(int(time.time() * 1000))
-        horizon = self.horizon()
+        horizon = self._horizon()
         results: dict[str, Any] = {}
         for name in self.peers:
             if not self._resume[name].is_set():
@@ -167,7 +167,7 @@ class Replication:
         url = self.peers[name].peer_url
         response = await self._http.get(f"{url}/v1/digest", params={"peer": self.region})
         theirs = {int(b): d for b, d in _json(response, name)["buckets"].items()}
-        buckets = differing(digests(self._store, self.horizon()), theirs)
+        buckets = differing(self._store.bucket_digests(), theirs)
         publishes = []
         for bucket in buckets:
             content = _json(await self._http.get(f"{url}/v1/bucket/{bucket}", params={"peer": self.region}), name)

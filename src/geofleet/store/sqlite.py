@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from geofleet.domain.digest import BucketDigests, bucket_of, record_item, shadow_item
 from geofleet.domain.hlc import HLC, ZERO
 from geofleet.domain.leaves import Leaves
 from geofleet.domain.records import Kind, Record
@@ -27,18 +28,20 @@ from geofleet.store.base import SHADOW_KIND, Change
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
     kind TEXT NOT NULL, key TEXT NOT NULL, ref TEXT NOT NULL DEFAULT '',
-    body TEXT, hlc TEXT NOT NULL, origin TEXT NOT NULL,
+    body TEXT, hlc TEXT NOT NULL, origin TEXT NOT NULL, bucket INTEGER NOT NULL,
     PRIMARY KEY (kind, key)
 );
 CREATE INDEX IF NOT EXISTS records_ref ON records (kind, ref);
+CREATE INDEX IF NOT EXISTS records_bucket ON records (bucket);
 CREATE TABLE IF NOT EXISTS seen_everywhere (
     kind TEXT NOT NULL, key TEXT NOT NULL, hlc TEXT NOT NULL, PRIMARY KEY (kind, key)
 );
 CREATE TABLE IF NOT EXISTS shadows (
     thing TEXT NOT NULL, name TEXT NOT NULL, doc TEXT NOT NULL,
-    hlc TEXT NOT NULL, origin TEXT NOT NULL,
+    hlc TEXT NOT NULL, origin TEXT NOT NULL, bucket INTEGER NOT NULL, item TEXT NOT NULL,
     PRIMARY KEY (thing, name)
 );
+CREATE INDEX IF NOT EXISTS shadows_bucket ON shadows (bucket);
 CREATE TABLE IF NOT EXISTS changelog (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     hlc TEXT NOT NULL, origin TEXT NOT NULL, kind TEXT NOT NULL, key TEXT NOT NULL,
@@ -76,6 +79,8 @@ class SqliteStore:
         self._db.executescript(_SCHEMA)
         self._depth = 0
         self._logged = False
+        self._digests: BucketDigests | None = None
+        """Anti-entropy digests, built on first use and then kept current by every write."""
         self.on_change: Callable[[], None] | None = None
         """Called after a transaction that appended to the change log commits."""
 
@@ -95,6 +100,7 @@ class SqliteStore:
             self._depth -= 1
             if self._depth == 0:
                 self._db.execute("ROLLBACK")
+                self._digests = None  # rebuilt on next use rather than unwound
             raise
         self._depth -= 1
         if self._depth == 0:
@@ -122,21 +128,25 @@ class SqliteStore:
             args.append(ref)
         return [_record(row) for row in self._db.execute(sql + " ORDER BY key", args)]
 
-    def all_records(self) -> Iterator[Record]:
-        """Every record, tombstones included (anti-entropy)."""
-        for row in self._db.execute(f"SELECT {_RECORD_COLUMNS} FROM records"):
-            yield _record(row)
-
     def put(self, record: Record, *, log: bool = True) -> None:
         """Write a record (a tombstone when ``body`` is None); ``log`` appends it to the change
         log, for writes made in this region."""
         body = _dump(record.body)
+        bucket = bucket_of(record.kind.value, record.key)
         with self.atomic():
+            if self._digests is not None:
+                old = self._db.execute("SELECT hlc, origin FROM records WHERE kind = ? AND key = ? AND body IS NOT "
+                                       "NULL", (record.kind.value, record.key)).fetchone()
+                if old is not None:
+                    self._digests.toggle(bucket, record_item(record.kind.value, record.key, *old))
+                if body is not None:
+                    self._digests.toggle(bucket, record_item(record.kind.value, record.key, record.hlc.encode(),
+                                                             record.origin))
             self._db.execute(
-                f"INSERT INTO records ({_RECORD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
+                f"INSERT INTO records ({_RECORD_COLUMNS}, bucket) VALUES (?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (kind, key) DO UPDATE SET ref = excluded.ref, body = excluded.body, "
                 "hlc = excluded.hlc, origin = excluded.origin",
-                (record.kind.value, record.key, record.ref, body, record.hlc.encode(), record.origin),
+                (record.kind.value, record.key, record.ref, body, record.hlc.encode(), record.origin, bucket),
             )
             if log:
                 self._log(record.hlc, record.origin, record.kind.value, record.key, record.ref, body)
@@ -150,12 +160,20 @@ class SqliteStore:
     def put_shadow(self, thing: str, name: str, shadow: Shadow, hlc: HLC, origin: str,
                    ops: Leaves | None = None) -> None:
         """Store a shadow; ``ops`` (this region's stamped writes) go to the change log."""
+        key = shadow_key(thing, name)
+        bucket, item = bucket_of(SHADOW_KIND, key), shadow_item(key, shadow.leaves)
         with self.atomic():
+            if self._digests is not None:
+                old = self._db.execute("SELECT item FROM shadows WHERE thing = ? AND name = ?",
+                                       (thing, name)).fetchone()
+                if old is not None:
+                    self._digests.toggle(bucket, int(old[0], 16))
+                self._digests.toggle(bucket, item)
             self._db.execute(
-                "INSERT INTO shadows (thing, name, doc, hlc, origin) VALUES (?, ?, ?, ?, ?) "
+                "INSERT INTO shadows (thing, name, doc, hlc, origin, bucket, item) VALUES (?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (thing, name) DO UPDATE SET doc = excluded.doc, hlc = excluded.hlc, "
-                "origin = excluded.origin",
-                (thing, name, _dump(shadow.to_json()), hlc.encode(), origin),
+                "origin = excluded.origin, item = excluded.item",
+                (thing, name, _dump(shadow.to_json()), hlc.encode(), origin, bucket, f"{item:032x}"),
             )
             if ops is not None:
                 self._log(hlc, origin, SHADOW_KIND, shadow_key(thing, name), "", _dump({"ops": ops}))
@@ -168,10 +186,26 @@ class SqliteStore:
         )
         return [row[0] for row in rows]
 
-    def all_shadow_leaves(self) -> Iterator[tuple[str, Leaves]]:
-        """(shadow key, stamped leaves) of every shadow (anti-entropy)."""
-        for thing, name, doc in self._db.execute("SELECT thing, name, doc FROM shadows"):
-            yield shadow_key(thing, name), json.loads(doc).get("leaves") or {}
+    # -- anti-entropy ------------------------------------------------------------------------
+
+    def bucket_digests(self) -> dict[int, str]:
+        if self._digests is None:
+            digests = BucketDigests()
+            for kind, key, hlc, origin, bucket in self._db.execute(
+                    "SELECT kind, key, hlc, origin, bucket FROM records WHERE body IS NOT NULL"):
+                digests.toggle(bucket, record_item(kind, key, hlc, origin))
+            for item, bucket in self._db.execute("SELECT item, bucket FROM shadows"):
+                digests.toggle(bucket, int(item, 16))
+            self._digests = digests
+        return self._digests.as_dict()
+
+    def bucket_items(self, bucket: int) -> tuple[list[Record], list[tuple[str, Leaves]]]:
+        """Every record (tombstones included) and every shadow's leaves in one bucket."""
+        records = [_record(row) for row in self._db.execute(
+            f"SELECT {_RECORD_COLUMNS} FROM records WHERE bucket = ?", (bucket,))]
+        shadows = [(shadow_key(thing, name), json.loads(doc).get("leaves") or {}) for thing, name, doc in
+                   self._db.execute("SELECT thing, name, doc FROM shadows WHERE bucket = ?", (bucket,))]
+        return records, shadows
 
     # -- change log --------------------------------------------------------------------------
 
