@@ -386,6 +386,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="unanswered requests per device in the unthrottled phase (default 4)")
     parser.add_argument("--drain", type=float, default=5.0, help="seconds to wait for late answers (default 5)")
     parser.add_argument("--region", default=REGIONS[0], choices=REGIONS, help="region the devices connect to")
+    parser.add_argument("--fleet-regions", type=int, default=len(REGIONS), choices=range(1, len(REGIONS) + 1),
+                        help="regions in the fleet (1 measures one region alone, without replicas sharing the cores)")
     args = parser.parse_args(argv)
     if args.devices < 1 or args.rate <= 0 or args.seconds <= 0 or args.window < 1:
         parser.error("--devices, --rate, --seconds and --window must be positive")
@@ -396,16 +398,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # clean up on SIGTERM too
     began = time.monotonic()
+    regions = REGIONS[:args.fleet_regions]
+    if args.region not in regions:
+        raise SystemExit(f"--region {args.region} is not among the first {args.fleet_regions} regions {regions}")
     result: dict[str, Any] = {
         "benchmark": "shadow_updates",
-        "config": {"devices": args.devices, "region": args.region, "regions": list(REGIONS),
+        "config": {"devices": args.devices, "region": args.region, "regions": list(regions),
                    "target_rate": args.rate, "seconds": args.seconds, "max_seconds": args.max_seconds,
                    "window_per_device": args.window, "drain_seconds": args.drain, "qos": 1},
         "environment": environment(),
     }
     with tempfile.TemporaryDirectory(prefix="geofleet-bench-") as tmp:
-        log(f"starting a {len(REGIONS)}-region fleet in {tmp}")
-        fleet = start_fleet(Path(tmp) / "fleet", REGIONS)
+        log(f"starting a {len(regions)}-region fleet in {tmp}")
+        fleet = start_fleet(Path(tmp) / "fleet", regions)
         bench = Bench(region_int(fleet, args.region, "pid"))
         try:
             names = [f"bench-dev-{i:03d}" for i in range(args.devices)]
