@@ -30,8 +30,6 @@ from geofleet.web import EmbeddedServer
 log = logging.getLogger(__name__)
 
 
-
-
 class RegionNode:
     def __init__(self, data: DataDir, name: str) -> None:
         fleet = data.config()

@@ -36,13 +36,10 @@ TOMBSTONE_GRACE_S = float(os.environ.get("GEOFLEET_TOMBSTONE_GRACE_S", 24 * 3600
 STREAMS = ("priority", "all")
 
 
-
-
 class Replication:
     def __init__(self, data: DataDir, fleet: FleetConfig, region: str, store: Store, registry: Registry,
                  shadows: ShadowService) -> None:
         self.region = region
-        self._fleet = fleet
         self._store = store
         self._applier = Applier(registry, shadows)
         self.feed = ChangeFeed()
