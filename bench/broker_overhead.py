@@ -43,8 +43,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import select
 import signal
 import socket
@@ -52,23 +50,19 @@ import statistics
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import common
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from geofleet.client import AdminClient
 from geofleet.cluster import LocalFleet
-from geofleet.domain.errors import GeofleetError
 
-HOST = "127.0.0.1"
-REGION = "us-east-1"
+REGION = common.REGIONS[0]
 PUBLISHER = "bench-pub"
 SUBSCRIBER = "bench-sub"
 SUBSCRIBER_POLICY = "bench-dt-reader"
@@ -94,8 +88,7 @@ asyncio.run(main(json.loads(sys.argv[1])))
 """
 
 
-def log(message: str) -> None:
-    print(f"[broker_overhead] {message}", file=sys.stderr, flush=True)
+log = common.logger("broker_overhead")
 
 
 # -- the two brokers -------------------------------------------------------------------------
@@ -104,17 +97,8 @@ def log(message: str) -> None:
 def free_port() -> int:
     """A loopback port free right now (for the bare broker; the fleet picks its own)."""
     with socket.socket() as s:
-        s.bind((HOST, 0))
+        s.bind((common.HOST, 0))
         return int(s.getsockname()[1])
-
-
-def geofleet(*args: str, timeout: float = 60.0) -> str:
-    """Run the geofleet CLI; raise with its stderr if it fails."""
-    result = subprocess.run([sys.executable, "-m", "geofleet", *args], capture_output=True, text=True,
-                            timeout=timeout, stdin=subprocess.DEVNULL)
-    if result.returncode != 0:
-        raise RuntimeError(f"geofleet {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
-    return result.stdout
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
@@ -125,29 +109,6 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 30.0) -> Non
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-
-
-def start_fleet(root: Path) -> LocalFleet:
-    """A one-region ``LocalFleet`` (init on free loopback ports + ``geofleet up``), with the end
-    of the fleet's logs in the error if it does not start (the directory is deleted afterwards)."""
-    try:
-        fleet = LocalFleet.start(root, (REGION,))
-    except GeofleetError as error:
-        logs = [root / "up.log", root / "regions" / REGION / "node.log"]
-        tails = "".join(f"\n--- {p.name} ({p.parent.name}):\n{p.read_text(errors='replace')[-1500:]}"
-                        for p in logs if p.exists())
-        raise RuntimeError(f"{error.message}{tails}") from None
-    devices_dir(fleet).mkdir()
-    return fleet
-
-
-def devices_dir(fleet: LocalFleet) -> Path:
-    return fleet.data.root / "devices"
-
-
-def region_int(fleet: LocalFleet, key: str) -> int:
-    """An integer (port, pid) of the region from the fleet's cluster.json."""
-    return int(str(fleet.region(REGION)[key]))
 
 
 def create_identities(fleet: LocalFleet) -> None:
@@ -163,11 +124,9 @@ def create_identities(fleet: LocalFleet) -> None:
     }
     with AdminClient(fleet.data, REGION) as api:
         api.call("POST", f"/policies/{SUBSCRIBER_POLICY}", json={"policyDocument": json.dumps(reader)})
-    root, out = str(fleet.data.root), str(devices_dir(fleet))
-    geofleet("device", "create", PUBLISHER, "--data-dir", root, "--region", REGION, "--out", out, "--json")
+    common.create_devices(fleet, [PUBLISHER], REGION)
     # device create attaches the given policy to the new certificate (PUT /policies/P/targets/CERT)
-    geofleet("device", "create", SUBSCRIBER, "--data-dir", root, "--region", REGION, "--out", out,
-             "--policy", SUBSCRIBER_POLICY, "--json")
+    common.create_devices(fleet, [SUBSCRIBER], REGION, policy=SUBSCRIBER_POLICY)
 
 
 def start_bare_broker(fleet: LocalFleet, workdir: Path, timeout: float = 30.0
@@ -176,7 +135,7 @@ def start_bare_broker(fleet: LocalFleet, workdir: Path, timeout: float = 30.0
     region = fleet.data.region(REGION)
     config = {
         "listeners": {"default": {
-            "type": "tcp", "bind": f"{HOST}:{port}", "ssl": True,
+            "type": "tcp", "bind": f"{common.HOST}:{port}", "ssl": True,
             "certfile": str(region.server_chain), "keyfile": str(region.server_key),
             "cafile": str(fleet.data.trust_bundle),
         }},
@@ -197,80 +156,27 @@ def start_bare_broker(fleet: LocalFleet, workdir: Path, timeout: float = 30.0
 # -- measuring -------------------------------------------------------------------------------
 
 
-def process_cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a process (Linux /proc), or None where unavailable."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None
+def latency_summary(latencies_ns: list[int]) -> dict[str, float | int | None]:
+    """This script's latency figures: p50, p99, max and mean, in ms to 0.001."""
+    return common.distribution(common.ns_to_ms(latencies_ns), digits=3, quantiles=(50, 99))
 
 
-def percentile(sorted_values: list[float], q: float) -> float:
-    """Nearest-rank percentile of an ascending list (q in [0, 100])."""
-    rank = max(1, min(len(sorted_values), round(q / 100 * len(sorted_values) + 0.5)))
-    return sorted_values[rank - 1]
-
-
-def latency_summary(latencies_ns: list[int]) -> dict[str, float | None]:
-    values = sorted(v / 1e6 for v in latencies_ns)
-    if not values:
-        return {"p50": None, "p99": None, "max": None, "mean": None}
-    return {"p50": round(percentile(values, 50), 3), "p99": round(percentile(values, 99), 3),
-            "max": round(values[-1], 3), "mean": round(sum(values) / len(values), 3)}
-
-
-class Client:
-    """A paho client with a certificate and its own network thread."""
+class Client(common.Session):
+    """A ``Session`` with paho's QoS 1 in-flight limit set, connected once constructed."""
 
     def __init__(self, name: str, port: int, certs: Path, inflight: int) -> None:
-        self.name = name
-        self.connected = threading.Event()
-        self.subscribed = threading.Event()
-        self.failure: str | None = None
-        self.disconnects: list[str] = []
-        self.closing = False
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=name, clean_session=True)
-        self.client.tls_set(ca_certs=str(certs / "root-ca.pem"), certfile=str(certs / f"{name}.cert.pem"),
-                            keyfile=str(certs / f"{name}.key.pem"))
+        super().__init__(name, certs)
         self.client.max_inflight_messages_set(inflight)
-        self.client.on_connect = self._on_connect
-        self.client.on_subscribe = self._on_subscribe
-        self.client.on_disconnect = self._on_disconnect
-        self.client.connect(HOST, port, keepalive=60)
-        # paho leaves Nagle on: a PUBACK followed by the next small write would wait for a delayed ACK.
-        sock = self.client.socket()
-        if isinstance(sock, socket.socket):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.client.loop_start()
-        if not self.connected.wait(15) or self.failure:
-            self.close()
-            raise RuntimeError(f"{name} could not connect to port {port}: {self.failure or 'timeout'}")
+        self.start(port)
+        try:
+            self.wait_connected(15)
+        except RuntimeError:
+            self.stop()
+            raise
 
     def subscribe(self, topic: str, qos: int) -> None:
         self.client.subscribe(topic, qos)
-        if not self.subscribed.wait(15) or self.failure:
-            raise RuntimeError(f"{self.name} could not subscribe to {topic}: {self.failure or 'timeout'}")
-
-    def close(self) -> None:
-        self.closing = True
-        self.client.disconnect()
-        self.client.loop_stop()
-
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
-        if reason.is_failure:
-            self.failure = str(reason)
-        self.connected.set()
-
-    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[Any], properties: Any) -> None:
-        failed = [str(r) for r in reasons if r.is_failure]
-        if failed:
-            self.failure = ", ".join(failed)
-        self.subscribed.set()
-
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
-        if not self.closing:
-            self.disconnects.append(str(reason))
+        self.wait_subscribed(15)
 
 
 @dataclass
@@ -321,12 +227,12 @@ class Pair:
             self.subscriber.subscribe(TOPIC, qos)
             self.publisher = Client(PUBLISHER, port, certs, inflight)
         except BaseException:
-            self.subscriber.close()
+            self.subscriber.stop()
             raise
 
     def close(self) -> None:
-        self.publisher.close()
-        self.subscriber.close()
+        self.publisher.stop()
+        self.subscriber.stop()
 
     def disconnects(self) -> list[str]:
         return [f"{c.name}: {r}" for c in (self.subscriber, self.publisher) for r in c.disconnects]
@@ -365,9 +271,9 @@ class Pair:
 def throughput(pair: Pair, broker_pid: int, messages: int, window: int, drain: float) -> dict[str, Any]:
     """One saturating batch of ``messages`` (after a warm-up): its rate, latencies and broker CPU."""
     pair.send(min(WARMUP_MESSAGES, messages), window, drain)
-    cpu_before = process_cpu_seconds(broker_pid)
+    cpu_before = common.process_cpu_seconds(broker_pid)
     run, first_ns, last_ns = pair.send(messages, window, drain)
-    cpu_after = process_cpu_seconds(broker_pid)
+    cpu_after = common.process_cpu_seconds(broker_pid)
     received = len(run.received)
     elapsed_s = ((run.last_receive_ns or last_ns) - first_ns) / 1e9
     return {
@@ -414,78 +320,48 @@ def compare(node: dict[str, Any], bare: dict[str, Any]) -> dict[str, Any]:
 # -- main ------------------------------------------------------------------------------------
 
 
-def environment() -> dict[str, Any]:
-    versions: dict[str, str | None] = {}
-    for package in ("geofleet", "amqtt", "paho-mqtt"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    return {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
-            **versions, "load_average_before": load_average()}
-
-
-def load_average() -> list[float] | None:
-    """The 1, 5 and 15 minute load averages: other work on the machine skews the numbers."""
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--messages", type=int, default=5000, help="messages per broker and QoS (default 5000)")
-    parser.add_argument("--rounds", type=int, default=5,
+    parser = common.argument_parser(__doc__)
+    parser.add_argument("--messages", type=common.positive(int), default=5000,
+                        help="messages per broker and QoS (default 5000)")
+    parser.add_argument("--rounds", type=common.positive(int), default=5,
                         help="batches per broker and QoS, alternating brokers; the median rate is reported (default 5)")
     parser.add_argument("--qos", type=int, nargs="+", default=[0, 1], choices=[0, 1], help="QoS levels (default 0 1)")
-    parser.add_argument("--window", type=int, default=100,
+    parser.add_argument("--window", type=common.not_negative(int), default=100,
                         help="most messages published but not yet delivered; 0 for no limit (default 100)")
-    parser.add_argument("--inflight", type=int, default=20,
+    parser.add_argument("--inflight", type=common.not_negative(int), default=20,
                         help="paho's QoS 1 in-flight limit for both clients (default 20, paho's default)")
-    parser.add_argument("--latency-messages", type=int, default=300,
+    parser.add_argument("--latency-messages", type=common.not_negative(int), default=300,
                         help="messages sent one at a time for the unloaded latency; 0 skips it (default 300)")
     parser.add_argument("--payload-bytes", type=int, default=64, help="payload size, at least 16 (default 64)")
     parser.add_argument("--drain", type=float, default=10.0,
                         help="seconds to wait for deliveries before counting messages lost (default 10)")
-    args = parser.parse_args(argv)
-    if args.rounds < 1 or args.messages < 1 or args.window < 0 or args.inflight < 0 or args.latency_messages < 0:
-        parser.error("--rounds and --messages must be positive; --window, --inflight and --latency-messages "
-                     "must not be negative")
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # clean up on SIGTERM too
-    began = time.monotonic()
-    result: dict[str, Any] = {
-        "benchmark": "broker_overhead",
-        "config": {"messages": args.messages, "rounds": args.rounds, "qos": args.qos, "window": args.window,
-                   "paho_inflight": args.inflight,
-                   "latency_messages": args.latency_messages, "payload_bytes": args.payload_bytes,
-                   "warmup_messages": min(WARMUP_MESSAGES, args.messages), "region": REGION, "topic": TOPIC},
-        "environment": environment(),
-        "results": {},
-    }
+    began, result = common.begin("broker_overhead", {
+        "messages": args.messages, "rounds": args.rounds, "qos": args.qos, "window": args.window,
+        "paho_inflight": args.inflight, "latency_messages": args.latency_messages,
+        "payload_bytes": args.payload_bytes, "warmup_messages": min(WARMUP_MESSAGES, args.messages),
+        "region": REGION, "topic": TOPIC})
+    result["results"] = {}
     disconnects: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="geofleet-bench-") as tmp:
-        workdir = Path(tmp)
-        log(f"starting a one-region fleet in {tmp}")
-        fleet = start_fleet(workdir / "fleet")
+    with common.throwaway_fleet((REGION,), log) as fleet:
         bare: subprocess.Popen[bytes] | None = None
         try:
             log("creating the publisher and subscriber identities")
             create_identities(fleet)
             log("starting the bare amqtt broker")
-            bare, bare_port = start_bare_broker(fleet, workdir)
-            node = (region_int(fleet, "mqtt_port"), region_int(fleet, "pid"))
+            bare, bare_port = start_bare_broker(fleet, fleet.data.root)
+            node = (common.region_int(fleet, REGION, "mqtt_port"), common.region_int(fleet, REGION, "pid"))
             brokers = {"bare": (bare_port, bare.pid), "node": node}
             for qos in args.qos:
                 pairs: dict[str, Pair] = {}
                 try:
                     for name, (port, _) in brokers.items():
-                        pairs[name] = Pair(port, devices_dir(fleet), qos, args.inflight, args.payload_bytes)
+                        pairs[name] = Pair(port, common.devices_dir(fleet), qos, args.inflight, args.payload_bytes)
                     rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in brokers}
                     for i in range(args.rounds):
                         order = list(brokers) if i % 2 == 0 else list(reversed(brokers))
@@ -510,12 +386,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if bare is not None:
                 stop_process(bare)
-            fleet.stop()
-    result["environment"]["load_average_after"] = load_average()
-    result["total_seconds"] = round(time.monotonic() - began, 1)
-    print(json.dumps(result, indent=2))
-    return 0
+    return common.finish(result, began)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -73,35 +73,27 @@ import asyncio
 import itertools
 import json
 import multiprocessing
-import os
-import platform
 import random
-import signal
 import ssl
-import subprocess
-import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from importlib import metadata
 from multiprocessing.queues import Queue
 from pathlib import Path
 from typing import Any, TypeVar
 
+import common
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from geofleet.client import AdminClient
 from geofleet.cluster import LocalFleet
 from geofleet.domain.errors import GeofleetError
 
-REGIONS = ("us-east-1", "eu-west-1", "ap-southeast-1")
+REGIONS = common.REGIONS
 SOURCE = REGIONS[0]
 TARGETS = REGIONS[1:]
 ISOLATED = REGIONS[2]
-HOST = "127.0.0.1"
 PROBE = "lag-probe"
 LOAD_PROBE = "load-probe"
 LOAD_THINGS = 100
@@ -112,58 +104,19 @@ STATUS_INTERVAL_S = 0.1
 T = TypeVar("T")
 
 
-def log(message: str) -> None:
-    print(f"[replication] {message}", file=sys.stderr, flush=True)
+log = common.logger("replication")
 
 
-# -- statistics and the machine --------------------------------------------------------------
+# -- statistics and waiting ------------------------------------------------------------------
 
 
-def percentile(sorted_values: list[float], q: float) -> float:
-    """Nearest-rank percentile of an ascending list (q in [0, 100])."""
-    rank = max(1, min(len(sorted_values), round(q / 100 * len(sorted_values) + 0.5)))
-    return sorted_values[rank - 1]
-
-
-def summary(values_ms: list[float]) -> dict[str, float | int | None]:
-    values = sorted(values_ms)
-    if not values:
-        return {"count": 0, "p50": None, "p90": None, "p99": None, "max": None, "mean": None}
-    return {"count": len(values), "p50": round(percentile(values, 50), 2), "p90": round(percentile(values, 90), 2),
-            "p99": round(percentile(values, 99), 2), "max": round(values[-1], 2),
-            "mean": round(sum(values) / len(values), 2)}
+def summary(values_ms: Iterable[float]) -> dict[str, float | int | None]:
+    """This script's figures: count, p50, p90, p99, max and mean, to 0.01 ms."""
+    return common.distribution(values_ms, digits=2, count=True)
 
 
 def ms(seconds: float) -> float:
     return seconds * 1000.0
-
-
-def process_cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a process (Linux /proc), or None where unavailable."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def load_average() -> list[float] | None:
-    """The 1, 5 and 15 minute load averages: other work on the machine skews the numbers."""
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
-
-
-def environment() -> dict[str, Any]:
-    versions: dict[str, str | None] = {}
-    for package in ("geofleet", "amqtt", "paho-mqtt", "httpx"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    return {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
-            **versions, "load_average_before": load_average()}
 
 
 def wait_until(condition: Callable[[], T | None], timeout: float, what: str, interval: float = 0.02) -> T:
@@ -179,32 +132,6 @@ def wait_until(condition: Callable[[], T | None], timeout: float, what: str, int
 
 
 # -- the fleet -------------------------------------------------------------------------------
-
-
-def geofleet(*args: str, timeout: float = 60.0) -> str:
-    """Run the geofleet CLI; raise with its stderr if it fails."""
-    result = subprocess.run([sys.executable, "-m", "geofleet", *args], capture_output=True, text=True,
-                            timeout=timeout, stdin=subprocess.DEVNULL)
-    if result.returncode != 0:
-        raise RuntimeError(f"geofleet {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
-    return result.stdout
-
-
-def start_fleet(root: Path) -> LocalFleet:
-    """``LocalFleet.start`` with the end of the fleet's logs in the error if it does not start
-    (the directory is deleted afterwards)."""
-    try:
-        return LocalFleet.start(root, REGIONS)
-    except GeofleetError as error:
-        logs = [root / "up.log", *(root / "regions" / r / "node.log" for r in REGIONS)]
-        tails = "".join(f"\n--- {p.name} ({p.parent.name}):\n{p.read_text(errors='replace')[-1500:]}"
-                        for p in logs if p.exists())
-        raise RuntimeError(f"{error.message}{tails}") from None
-
-
-def region_int(fleet: LocalFleet, region: str, key: str) -> int:
-    """An integer (port, pid) from the fleet's cluster.json for one region."""
-    return int(str(fleet.region(region)[key]))
 
 
 def attribute(api: AdminClient, thing: str, key: str) -> int | None:
@@ -389,7 +316,7 @@ async def _write_load(config: dict[str, Any]) -> dict[str, Any]:
     try:
         # open every connection (TLS handshakes) before the clock starts
         await asyncio.gather(*(http.request("GET", "/health") for http in pool))
-        cpu_before = os.times()
+        cpu_before = common.self_cpu_seconds()
         start = time.monotonic() + 0.05
         end = start + seconds
         last_done = start
@@ -427,13 +354,13 @@ async def _write_load(config: dict[str, Any]) -> dict[str, Any]:
                     probes.append((i, begun, done))
 
         await asyncio.gather(*(worker(http) for http in pool))
-        cpu_after = os.times()
+        cpu_after = common.self_cpu_seconds()
     finally:
         for http in pool:
             http.close()
     return {"start": start, "last_done": last_done, "latencies_ms": latencies, "behind_ms": behind,
             "probes": probes, "errors": errors,
-            "cpu_s": (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)}
+            "cpu_s": cpu_after - cpu_before}
 
 
 def run_writer(fleet: LocalFleet, rate: float, seconds: float, connections: int, probe_every: int,
@@ -485,14 +412,14 @@ class Sampler(threading.Thread):
         self.stop = threading.Event()
         self.samples: list[dict[str, Any]] = []
         self.errors: list[str] = []
-        self.pids = {r: region_int(fleet, r, "pid") for r in REGIONS}
+        self.pids = {r: common.region_int(fleet, r, "pid") for r in REGIONS}
 
     def run(self) -> None:
         clients = {r: AdminClient(self.fleet.data, r) for r in REGIONS}
         try:
             while not self.stop.is_set():
                 sample: dict[str, Any] = {"t": time.monotonic(),
-                                          "cpu": {r: process_cpu_seconds(p) for r, p in self.pids.items()}}
+                                          "cpu": {r: common.process_cpu_seconds(p) for r, p in self.pids.items()}}
                 try:
                     sample["head"] = clients[SOURCE].call("GET", "/replication/status")["head"]
                     for target in TARGETS:
@@ -686,16 +613,14 @@ class Attempt:
         self.closing = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=name, clean_session=True)
-        self.client.tls_set(ca_certs=str(certs / "root-ca.pem"), certfile=str(certs / f"{name}.cert.pem"),
-                            keyfile=str(certs / f"{name}.key.pem"))
+        self.client = common.device_client(name, certs)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
 
     def run(self, timeout: float) -> str:
         """Connect and wait for the answer: 'accepted', 'refused' or 'no answer'."""
         try:
-            self.client.connect(HOST, self.port, keepalive=60)
+            self.client.connect(common.HOST, self.port, keepalive=60)
         except (OSError, ssl.SSLError) as error:
             self.outcome = f"error: {type(error).__name__}"
             return self.outcome
@@ -754,17 +679,6 @@ def watch_revocation(name: str, port: int, certs: Path, session: Attempt, start:
     return result
 
 
-def create_devices(fleet: LocalFleet, names: list[str], certs: Path) -> dict[str, str]:
-    """Devices made in us-east-1; returns thing name -> certificate id."""
-    def create(name: str) -> tuple[str, str]:
-        out = geofleet("device", "create", name, "--data-dir", str(fleet.data.root), "--region", SOURCE,
-                       "--out", str(certs), "--json")
-        return name, str(json.loads(out)["certificateId"])
-
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        return dict(pool.map(create, names))
-
-
 def connect_when_admitted(name: str, port: int, certs: Path, timeout: float) -> Attempt:
     """A session of the device in a region, once the region has its identity (replicated)."""
     deadline = time.monotonic() + timeout
@@ -780,12 +694,11 @@ def connect_when_admitted(name: str, port: int, certs: Path, timeout: float) -> 
 
 
 def revocation(fleet: LocalFleet, count: int, timeout: float) -> dict[str, Any]:
-    certs = fleet.data.root / "devices"
-    certs.mkdir(exist_ok=True)
+    certs = common.devices_dir(fleet)
     names = [f"revoke-{i:02d}" for i in range(count)]
     log(f"  creating {count} devices in {SOURCE}")
-    devices = create_devices(fleet, names, certs)
-    ports = {t: region_int(fleet, t, "mqtt_port") for t in TARGETS}
+    devices = common.create_devices(fleet, names, SOURCE)
+    ports = {t: common.region_int(fleet, t, "mqtt_port") for t in TARGETS}
     runs: list[dict[str, Any]] = []
     with AdminClient(fleet.data, SOURCE) as api, ThreadPoolExecutor(len(TARGETS)) as pool:
         for name, cert_id in devices.items():
@@ -972,57 +885,47 @@ def partition(fleet: LocalFleet, seconds: float, rate: float, timeout: float) ->
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--samples", type=int, default=200, help="writes measured at rest (default 200)")
-    parser.add_argument("--quiet-samples", type=int, default=100,
+    parser = common.argument_parser(__doc__)
+    parser.add_argument("--samples", type=common.positive(int), default=200,
+                        help="writes measured at rest (default 200)")
+    parser.add_argument("--quiet-samples", type=common.not_negative(int), default=100,
                         help="writes at rest measured only by the targets' own lagMs, without polling (default 100)")
-    parser.add_argument("--poll-ms", type=float, default=2.0,
+    parser.add_argument("--poll-ms", type=common.not_negative(float), default=2.0,
                         help="interval between GETs of a target at rest (default 2)")
-    parser.add_argument("--rate", type=float, default=1000.0, help="target writes/s under load (default 1000)")
-    parser.add_argument("--seconds", type=float, default=10.0, help="duration of the load (default 10)")
-    parser.add_argument("--connections", type=int, default=16,
+    parser.add_argument("--rate", type=common.positive(float), default=1000.0,
+                        help="target writes/s under load (default 1000)")
+    parser.add_argument("--seconds", type=common.positive(float), default=10.0,
+                        help="duration of the load (default 10)")
+    parser.add_argument("--connections", type=common.positive(int), default=16,
                         help="the load writer's connections (requests in flight at most; default 16)")
-    parser.add_argument("--probe-every", type=int, default=50,
+    parser.add_argument("--probe-every", type=common.positive(int), default=50,
                         help="every Nth write under load is an end-to-end probe (default 50)")
-    parser.add_argument("--load-poll-ms", type=float, default=5.0,
+    parser.add_argument("--load-poll-ms", type=common.not_negative(float), default=5.0,
                         help="interval between GETs of the probe under load (default 5)")
-    parser.add_argument("--baseline-seconds", type=float, default=5.0,
+    parser.add_argument("--baseline-seconds", type=common.not_negative(float), default=5.0,
                         help="then the same load without replication from us-east-1 (paused); 0 skips (default 5)")
-    parser.add_argument("--revocations", type=int, default=10, help="devices revoked (default 10)")
-    parser.add_argument("--partition-seconds", type=float, default=60.0,
+    parser.add_argument("--revocations", type=common.positive(int), default=10, help="devices revoked (default 10)")
+    parser.add_argument("--partition-seconds", type=common.positive(float), default=60.0,
                         help="how long the partition lasts (default 60)")
-    parser.add_argument("--partition-rate", type=float, default=50.0,
+    parser.add_argument("--partition-rate", type=common.positive(float), default=50.0,
                         help="changes/s written in each region during the partition (default 50)")
-    parser.add_argument("--timeout", type=float, default=30.0,
+    parser.add_argument("--timeout", type=common.positive(float), default=30.0,
                         help="the longest any one wait may take, in seconds (default 30)")
     parser.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES),
                         help="phases to run (default: all)")
-    args = parser.parse_args(argv)
-    if min(args.samples, args.rate, args.seconds, args.connections, args.probe_every, args.revocations,
-           args.partition_seconds, args.partition_rate, args.timeout) <= 0 or args.poll_ms < 0 \
-            or args.load_poll_ms < 0 or args.quiet_samples < 0 or args.baseline_seconds < 0:
-        parser.error("every count, rate and duration must be positive")
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # clean up on SIGTERM too
-    began = time.monotonic()
-    result: dict[str, Any] = {
-        "benchmark": "replication",
-        "config": {"regions": list(REGIONS), "source": SOURCE, "isolated": ISOLATED, "samples": args.samples,
-                   "quiet_samples": args.quiet_samples, "poll_ms": args.poll_ms,
-                   "baseline_seconds": args.baseline_seconds, "rate": args.rate, "seconds": args.seconds,
-                   "connections": args.connections, "probe_every": args.probe_every,
-                   "load_poll_ms": args.load_poll_ms, "revocations": args.revocations,
-                   "partition_seconds": args.partition_seconds, "partition_rate": args.partition_rate,
-                   "timeout": args.timeout, "phases": args.phases},
-        "environment": environment(),
-    }
-    with tempfile.TemporaryDirectory(prefix="geofleet-bench-") as tmp:
-        log(f"starting a {len(REGIONS)}-region fleet in {tmp}")
-        fleet = start_fleet(Path(tmp) / "fleet")
+    began, result = common.begin("replication", {
+        "regions": list(REGIONS), "source": SOURCE, "isolated": ISOLATED, "samples": args.samples,
+        "quiet_samples": args.quiet_samples, "poll_ms": args.poll_ms, "baseline_seconds": args.baseline_seconds,
+        "rate": args.rate, "seconds": args.seconds, "connections": args.connections,
+        "probe_every": args.probe_every, "load_poll_ms": args.load_poll_ms, "revocations": args.revocations,
+        "partition_seconds": args.partition_seconds, "partition_rate": args.partition_rate,
+        "timeout": args.timeout, "phases": args.phases}, (*common.PACKAGES, "httpx"))
+    with common.throwaway_fleet(REGIONS, log) as fleet:
         try:
             result["setup_seconds"] = round(time.monotonic() - began, 1)
             if "at_rest" in args.phases:
@@ -1056,11 +959,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             log("stopping the fleet")
             result["fleet_exit_code"] = fleet.stop()
-    result["environment"]["load_average_after"] = load_average()
-    result["total_seconds"] = round(time.monotonic() - began, 1)
-    print(json.dumps(result, indent=2))
-    return 0
+    return common.finish(result, began)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())
