@@ -1,0 +1,1 @@
+"""Provisioning: which region a new device lives in, and (next) the API that signs it in once."""
