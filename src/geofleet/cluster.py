@@ -127,12 +127,13 @@ class LocalFleet:
         self.data, self.process, self.cluster = data, process, cluster
 
     @classmethod
-    def start(cls, root: Path, regions: tuple[str, ...] = DEFAULT_REGIONS, timeout: float = READY_TIMEOUT_S
-              ) -> LocalFleet:
+    def start(cls, root: Path, regions: tuple[str, ...] = DEFAULT_REGIONS, timeout: float = READY_TIMEOUT_S,
+              settings: dict[str, object] | None = None) -> LocalFleet:
+        """``settings`` are further fleet.json fields (residency, trusted_proxies...)."""
         from geofleet.pki.fleet import initialize
 
         data = DataDir(root)
-        initialize(data, default_config(free_ports=True, regions=regions))
+        initialize(data, default_config(free_ports=True, regions=regions, **(settings or {})))
         log = open(root / "up.log", "ab")  # noqa: SIM115 - the child process owns it
         process = subprocess.Popen([sys.executable, "-m", "geofleet", "up", "--data-dir", str(root)],
                                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from geofleet.domain.errors import ConfigError
+from geofleet.domain.network import parse_networks
 
 DEFAULT_REGIONS = ("us-east-1", "eu-west-1", "ap-southeast-1")
 DEFAULT_MQTT_PORT = 18883
@@ -74,6 +75,16 @@ class FleetConfig:
     fleet: str
     regions: tuple[RegionConfig, ...]
     account: str = "000000000000"
+    default_region: str = ""
+    """Home of devices whose location is unknown (default: the first region)."""
+    residency: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Country or continent code -> the regions its devices may live in."""
+    trusted_proxies: tuple[str, ...] = ()
+    """Networks (CIDR) whose X-Forwarded-For header provisioning believes."""
+
+    @property
+    def home_default(self) -> str:
+        return self.default_region or self.regions[0].name
 
     def region(self, name: str) -> RegionConfig:
         for region in self.regions:
@@ -86,6 +97,8 @@ class FleetConfig:
         data = asdict(self)
         for region in data["regions"]:
             region["hostnames"] = list(region["hostnames"])
+        data["residency"] = {k: list(v) for k, v in self.residency.items()}
+        data["trusted_proxies"] = list(self.trusted_proxies)
         return data
 
     @classmethod
@@ -103,7 +116,17 @@ class FleetConfig:
         ports = [(r.address, p) for r in regions for p in (r.mqtt_port, r.http_port, r.peer_port)]
         if len(set(ports)) != len(ports):
             raise ConfigError("every region needs its own MQTT, HTTP and peer ports on a host")
-        return cls(str(data.get("fleet", "geofleet")), regions, str(data.get("account", "000000000000")))
+        default = str(data.get("default_region", ""))
+        if default and default not in names:
+            raise ConfigError(f"default_region {default!r} is not one of the regions {names}")
+        residency = {str(k).upper(): tuple(str(r) for r in v) for k, v in dict(data.get("residency", {})).items()}
+        trusted = tuple(str(n) for n in data.get("trusted_proxies", ()))
+        try:
+            parse_networks(trusted)
+        except ValueError as exc:
+            raise ConfigError(f"trusted_proxies: {exc}") from None
+        return cls(str(data.get("fleet", "geofleet")), regions, str(data.get("account", "000000000000")),
+                   default, residency, trusted)
 
 
 def _region_from_json(index: int, raw: dict[str, Any]) -> RegionConfig:
@@ -134,7 +157,8 @@ def aws_region_coordinates() -> dict[str, tuple[float, float]]:
             for row in csv.DictReader(text.splitlines())}
 
 
-def default_config(free_ports: bool = False, regions: tuple[str, ...] = DEFAULT_REGIONS) -> FleetConfig:
+def default_config(free_ports: bool = False, regions: tuple[str, ...] = DEFAULT_REGIONS,
+                   **settings: Any) -> FleetConfig:
     """AWS-named regions (default: three) on loopback; with ``free_ports``, on ports free right
     now (for tests, demos and benchmarks that must not collide with anything else running)."""
     raw: list[dict[str, Any]] = [{"name": n} for n in regions]
@@ -142,7 +166,7 @@ def default_config(free_ports: bool = False, regions: tuple[str, ...] = DEFAULT_
         ports = iter(_free_ports(3 * len(raw)))
         for region in raw:
             region.update(mqtt_port=next(ports), http_port=next(ports), peer_port=next(ports))
-    return FleetConfig.from_json({"fleet": "geofleet", "regions": raw})
+    return FleetConfig.from_json({"fleet": "geofleet", "regions": raw, **settings})
 
 
 def _free_ports(count: int) -> list[int]:

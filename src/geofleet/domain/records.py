@@ -24,6 +24,8 @@ class Kind(StrEnum):
     """key ``<certificate id>|<policy name>``, ref = policy name."""
     THING_PRINCIPAL = "thing-principal"
     """key ``<thing name>|<certificate id>``, ref = certificate id."""
+    ENROLLMENT_GROUP = "enrollment-group"
+    """Who may provision: a group's secret key and what its devices get."""
 
 
 class CertificateStatus(StrEnum):
@@ -78,4 +80,6 @@ def dependencies(record: Record) -> list[tuple[Kind, str]]:
         return [(Kind.CERTIFICATE, body["certificateId"]), (Kind.POLICY, body["policyName"])]
     if record.kind is Kind.THING_PRINCIPAL:
         return [(Kind.THING, body["thingName"]), (Kind.CERTIFICATE, body["certificateId"])]
+    if record.kind is Kind.ENROLLMENT_GROUP and body.get("policyName"):
+        return [(Kind.POLICY, body["policyName"])]
     return []

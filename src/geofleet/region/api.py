@@ -19,7 +19,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from geofleet.domain.errors import GeofleetError, Unauthorized
+from geofleet.domain.policy import DEFAULT_POLICY_NAME
 from geofleet.domain.records import CertificateStatus
+from geofleet.provisioning.service import Provisioner, ProvisionRequest, Unavailable
 from geofleet.region.registry import Registry
 from geofleet.region.shadows import ShadowService
 from geofleet.replication.service import Replication
@@ -65,8 +67,24 @@ class PolicyIn(BaseModel):
     policyDocument: str = Field(max_length=20 * 1024)
 
 
+class EnrollmentGroupIn(BaseModel):
+    policyName: str = DEFAULT_POLICY_NAME
+    thingTypeName: str | None = None
+    attributes: dict[str, str] = Field(default_factory=dict)
+    allowedRegions: list[str] | None = None
+    reprovision: bool = False
+
+
+class ProvisionIn(BaseModel):
+    deviceId: str = Field(max_length=128)
+    certificateSigningRequest: str = Field(max_length=16 * 1024)
+    enrollmentGroup: str = Field(max_length=128)
+    timestamp: int
+    signature: str = Field(max_length=128)
+
+
 def create_app(registry: Registry, shadows: ShadowService, token: str, region: str,
-               health: Callable[[], Awaitable[Json]], replication: Replication) -> FastAPI:
+               health: Callable[[], Awaitable[Json]], replication: Replication, provisioner: Provisioner) -> FastAPI:
     def authenticated(authorization: Annotated[str | None, Header()] = None) -> None:
         scheme, _, given = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not secrets.compare_digest(given.encode(), token.encode()):
@@ -240,6 +258,34 @@ def create_app(registry: Registry, shadows: ShadowService, token: str, region: s
     async def list_named_shadows(thing: str) -> Json:
         return {"results": [n for n in shadows.names(thing) if n]}
 
+    # -- provisioning ----------------------------------------------------------------------
+    @app.post("/v1/provision", tags=["provisioning"], status_code=201)
+    async def provision(body: ProvisionIn, request: Request, response: Response) -> Json:
+        """Provision a device (no admin token: the enrollment proof authenticates it). 201 with
+        the certificate, CA chain, home region and ordered endpoints; 200 for a retry."""
+        status, answer = await provisioner.provision(
+            ProvisionRequest(body.deviceId, body.certificateSigningRequest, body.enrollmentGroup, body.timestamp,
+                             body.signature),
+            request.client.host if request.client else "", request.headers.get("x-forwarded-for"))
+        response.status_code = status
+        return answer
+
+    @app.get("/enrollment-groups", tags=["provisioning"], dependencies=guarded)
+    async def list_groups() -> Json:
+        return {"enrollmentGroups": registry.list_enrollment_groups()}
+
+    @app.post("/enrollment-groups/{name}", tags=["provisioning"], status_code=201, dependencies=guarded)
+    async def create_group(name: str, body: EnrollmentGroupIn | None = None) -> Json:
+        """Create a group; the answer holds its secret key, shown this once."""
+        body = body or EnrollmentGroupIn()
+        return registry.create_enrollment_group(name, policy=body.policyName, thing_type=body.thingTypeName,
+                                                attributes=body.attributes, allowed_regions=body.allowedRegions,
+                                                reprovision=body.reprovision)
+
+    @app.post("/enrollment-groups/{name}/revoke", tags=["provisioning"], dependencies=guarded)
+    async def revoke_group(name: str) -> Json:
+        return registry.revoke_enrollment_group(name)
+
     # -- replication ---------------------------------------------------------------------
     @app.get("/replication/status", tags=["replication"], dependencies=guarded)
     async def replication_status() -> Json:
@@ -271,7 +317,9 @@ def create_app(registry: Registry, shadows: ShadowService, token: str, region: s
 def _install_errors_and_limits(app: FastAPI) -> None:
     @app.exception_handler(GeofleetError)
     async def geofleet_error(_: Request, error: GeofleetError) -> JSONResponse:
-        return JSONResponse({"code": error.status, "message": error.message}, status_code=error.status)
+        headers = {"Retry-After": str(error.retry_after)} if isinstance(error, Unavailable) else None
+        return JSONResponse({"code": error.status, "message": error.message}, status_code=error.status,
+                            headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, error: RequestValidationError) -> JSONResponse:

@@ -19,6 +19,8 @@ from geofleet.domain.errors import NotFound
 from geofleet.domain.hlc import Clock
 from geofleet.domain.policy import DEFAULT_POLICY_NAME, default_device_policy
 from geofleet.pki.fleet import region_authority
+from geofleet.provisioning.geolocate import Geolocator
+from geofleet.provisioning.service import Provisioner
 from geofleet.region.api import create_app
 from geofleet.region.gate import RegionGate
 from geofleet.region.registry import Registry
@@ -47,14 +49,22 @@ class RegionNode:
         self.gate.broker = self.broker
         self._ensure_default_policy()
         self.replication = Replication(data, fleet, name, self.store, self.registry, self.shadows)
-        app = create_app(self.registry, self.shadows, data.token(), name, self.health, self.replication)
+        self.provisioner = Provisioner(
+            fleet, name, self.registry, self.store, region_authority(data, name), data.root_ca.read_text(),
+            Geolocator().locate, self._guard, self.replication.healthy_peers,
+        )
+        app = create_app(self.registry, self.shadows, data.token(), name, self.health, self.replication,
+                         self.provisioner)
         self._http = EmbeddedServer(uvicorn.Config(
             app, host=self.config.host, port=self.config.http_port, log_level="warning",
             ssl_certfile=str(paths.server_chain), ssl_keyfile=str(paths.server_key), lifespan="off",
-            access_log=False,
+            access_log=False, proxy_headers=False,  # X-Forwarded-For: only geofleet's trusted_proxies decide
         ))
         self._started = time.time()
         self._stop = asyncio.Event()
+
+    async def _guard(self, owner: str, action: str, body: dict[str, Any]) -> dict[str, Any]:
+        return await self.replication.call_peer(owner, f"/v1/guard/{action}", body)
 
     def _ensure_default_policy(self) -> None:
         try:

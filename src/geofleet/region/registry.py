@@ -7,6 +7,7 @@ cache and cut sessions whose certificate stopped being ACTIVE.
 
 from __future__ import annotations
 
+import secrets
 import time
 import uuid
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from typing import Any
 
 from cryptography import x509
 
+from geofleet.domain.enrollment import encode_key
 from geofleet.domain.errors import Conflict, InvalidRequest, NotFound
 from geofleet.domain.hlc import Clock
 from geofleet.domain.names import check_policy_name, check_thing_name, check_type_name
@@ -290,6 +292,38 @@ class Registry:
 
     def is_attached(self, thing: str, cert_id: str) -> bool:
         return self._live(Kind.THING_PRINCIPAL, pair_key(thing, cert_id)) is not None
+
+    # -- enrollment groups -----------------------------------------------------------------
+
+    def create_enrollment_group(self, name: str, *, policy: str, thing_type: str | None = None,
+                                attributes: dict[str, str] | None = None, allowed_regions: list[str] | None = None,
+                                reprovision: bool = False) -> Json:
+        """A new group with a fresh secret key; the answer is the only time the key is shown."""
+        check_type_name(name)
+        if self._live(Kind.ENROLLMENT_GROUP, name) is not None:
+            raise Conflict(f"enrollment group {name!r} already exists")
+        self._require(Kind.POLICY, policy, "policy")
+        if thing_type is not None:
+            self._check_usable_type(thing_type)
+        body = {"name": name, "key": encode_key(secrets.token_bytes(32)), "policyName": policy,
+                "thingTypeName": thing_type, "attributes": _check_attributes(attributes or {}),
+                "allowedRegions": allowed_regions, "reprovision": reprovision, "revoked": False}
+        self._write(Kind.ENROLLMENT_GROUP, name, body)
+        return body
+
+    def enrollment_group(self, name: str) -> Json:
+        """The group with its key, for verifying proofs (never returned by the API)."""
+        return dict(self._require(Kind.ENROLLMENT_GROUP, name, "enrollment group").body or {})
+
+    def list_enrollment_groups(self) -> list[Json]:
+        return [{k: v for k, v in (r.body or {}).items() if k != "key"}
+                for r in self._store.records(Kind.ENROLLMENT_GROUP)]
+
+    def revoke_enrollment_group(self, name: str) -> Json:
+        body = self.enrollment_group(name)
+        body["revoked"] = True
+        self._write(Kind.ENROLLMENT_GROUP, name, body)
+        return {k: v for k, v in body.items() if k != "key"}
 
     # -- plumbing --------------------------------------------------------------------------
 

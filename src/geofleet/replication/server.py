@@ -76,6 +76,23 @@ def create_peer_app(region: str, peers: set[str], store: Store, feed: ChangeFeed
             found = store.changes(after, limit, kinds)
         return {"region": region, "head": store.head(), "changes": [change_to_json(c) for c in found]}
 
+    @app.post("/v1/guard/{action}")
+    async def guard(peer: str, action: str, body: dict[str, Any]) -> dict[str, Any]:
+        """The provision-once guard of device ids this region owns (see provisioning)."""
+        check(peer)
+        device_id, fingerprint = str(body.get("deviceId", "")), str(body.get("fingerprint", ""))
+        if action == "claim":
+            state, detail = store.guard_claim(device_id, fingerprint, int(time.time() * 1000),
+                                              int(body.get("staleMs", 30_000)))
+            return {"region": region, "state": state, "detail": detail}
+        if action == "complete":
+            store.guard_complete(device_id, fingerprint, dict(body.get("answer") or {}))
+        elif action == "release":
+            store.guard_release(device_id, fingerprint)
+        else:
+            raise GeofleetError(f"unknown guard action {action!r}")
+        return {"region": region, "state": action}
+
     @app.get("/v1/digest")
     async def digest(peer: str) -> dict[str, Any]:
         check(peer)

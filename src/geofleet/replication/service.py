@@ -57,7 +57,7 @@ class Replication:
             create_peer_app(region, set(self.peers), store, self.feed, self.acknowledged),
             host=me.host, port=me.peer_port, log_level="warning", lifespan="off", access_log=False,
             ssl_certfile=str(paths.peer_cert), ssl_keyfile=str(paths.peer_key), ssl_ca_certs=str(data.peer_ca),
-            ssl_cert_reqs=ssl.CERT_REQUIRED, timeout_graceful_shutdown=2,
+            ssl_cert_reqs=ssl.CERT_REQUIRED, timeout_graceful_shutdown=2, proxy_headers=False,
         ))
         client_tls = ssl.create_default_context(cafile=str(data.peer_ca))
         client_tls.load_cert_chain(str(paths.peer_cert), str(paths.peer_key))
@@ -123,6 +123,18 @@ class Replication:
             self._backlog.labels(name, self.region).set(status.backlog)
         self._parked.labels(self.region).set(self._store.parked())
         return bytes(generate_latest(self._metrics))
+
+    async def call_peer(self, peer: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST to a peer's API over the peer channel (mutual TLS with peer certificates)."""
+        response = await self._http.post(f"{self.peers[peer].peer_url}{path}", params={"peer": self.region},
+                                         json=body, timeout=5.0)
+        return _json(response, peer)
+
+    def healthy_peers(self) -> set[str]:
+        """Peers whose change log this region pulled in the last 30 s without an error since."""
+        now_ms = time.time() * 1000
+        return {name for name, s in self.status.items()
+                if s.last_contact_ms is not None and now_ms - s.last_contact_ms < 30_000 and s.last_error is None}
 
     # -- anti-entropy ----------------------------------------------------------------------
 

@@ -97,6 +97,7 @@ _REQUIRED = {
     Kind.POLICY: ("policyName", "policyDocument"),
     Kind.POLICY_ATTACHMENT: ("policyName", "certificateId"),
     Kind.THING_PRINCIPAL: ("thingName", "certificateId"),
+    Kind.ENROLLMENT_GROUP: ("name", "key", "policyName"),
 }
 
 

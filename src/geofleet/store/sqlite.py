@@ -57,6 +57,9 @@ CREATE TABLE IF NOT EXISTS pending (
     PRIMARY KEY (kind, key, hlc, origin, needs_kind, needs_key)
 );
 CREATE INDEX IF NOT EXISTS pending_needs ON pending (needs_kind, needs_key);
+CREATE TABLE IF NOT EXISTS guards (
+    device_id TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, answer TEXT, claimed_ms INTEGER NOT NULL
+);
 """
 
 _RECORD_COLUMNS = "kind, key, ref, body, hlc, origin"
@@ -271,6 +274,34 @@ class SqliteStore:
             ).fetchall()
             self._db.execute("DELETE FROM pending WHERE needs_kind = ? AND needs_key = ?", (kind.value, key))
         return [_record(row) for row in rows]
+
+    # -- provision-once guard (only in a device id's owner region) ------------------------------
+
+    def guard_claim(self, device_id: str, fingerprint: str, now_ms: int, stale_ms: int) -> tuple[str, Any]:
+        """Atomically claim a device id for a CSR. Returns ("claimed", None) for the first claim
+        (or one that took over a claim abandoned for ``stale_ms``), ("done", answer) when this
+        CSR was provisioned already, ("busy", None) while another claim with this CSR is in
+        progress, and ("taken", fingerprint) when the id belongs to another CSR."""
+        with self.atomic():
+            row = self._db.execute("SELECT fingerprint, answer, claimed_ms FROM guards WHERE device_id = ?",
+                                   (device_id,)).fetchone()
+            if row is None or (row[1] is None and now_ms - row[2] > stale_ms):
+                self._db.execute("INSERT OR REPLACE INTO guards (device_id, fingerprint, answer, claimed_ms) "
+                                 "VALUES (?, ?, NULL, ?)", (device_id, fingerprint, now_ms))
+                return "claimed", None
+            if row[0] != fingerprint:
+                return "taken", row[0]
+            return ("done", json.loads(row[1])) if row[1] is not None else ("busy", None)
+
+    def guard_complete(self, device_id: str, fingerprint: str, answer: dict[str, Any]) -> None:
+        with self.atomic():
+            self._db.execute("UPDATE guards SET answer = ? WHERE device_id = ? AND fingerprint = ?",
+                             (_dump(answer), device_id, fingerprint))
+
+    def guard_release(self, device_id: str, fingerprint: str) -> None:
+        """Give up a claim that failed before completing (or to allow re-provisioning)."""
+        with self.atomic():
+            self._db.execute("DELETE FROM guards WHERE device_id = ? AND fingerprint = ?", (device_id, fingerprint))
 
     def mark_tombstones_seen(self, since: HLC, until: HLC) -> None:
         """Every region holds the tombstones written in [since, until): they may be collected."""

@@ -1,0 +1,161 @@
+"""Provisioning a device: who may (enrollment proof), where it lives (geolocation and region
+choice), once only (a guard in the device id's owner region), with its key kept on the device
+(the request carries a CSR).
+
+Any region can serve the request. The guard write is an atomic claim in the owner region
+(rendezvous hashing over the fleet's regions), reached over the peer channel; if the owner
+cannot be reached the answer is 503 with Retry-After, never a second certificate. A retry with
+the same CSR gets the stored answer; a different CSR for a provisioned id gets 409 unless its
+enrollment group allows re-provisioning.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from geofleet.config import FleetConfig
+from geofleet.domain import enrollment
+from geofleet.domain.errors import Conflict, GeofleetError, InvalidRequest, Unauthorized
+from geofleet.domain.geo import Location, NoRegionAllowed, Place, choose_home
+from geofleet.domain.names import check_thing_name
+from geofleet.domain.network import client_address, parse_networks
+from geofleet.domain.placement import owner
+from geofleet.pki.ca import Authority, cert_pem, csr_common_name, load_csr
+from geofleet.region.registry import Registry
+from geofleet.store.base import Store
+
+Json = dict[str, Any]
+GuardCall = Callable[[str, str, Json], Awaitable[Json]]
+"""(owner region, action, body) -> the owner's answer; raises when the owner is unreachable."""
+
+CLAIM_STALE_MS = 30_000
+
+
+class Unavailable(GeofleetError):
+    status = 503
+    code = "ServiceUnavailable"
+
+    def __init__(self, message: str, retry_after: int = 2) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class ProvisionRequest:
+    device_id: str
+    csr: str
+    group: str
+    timestamp: int
+    signature: str
+
+
+class Provisioner:
+    def __init__(self, fleet: FleetConfig, region: str, registry: Registry, store: Store, authority: Authority,
+                 root_ca_pem: str, locate: Callable[[str], Location], guard: GuardCall,
+                 healthy: Callable[[], set[str]]) -> None:
+        self._fleet, self._region = fleet, region
+        self._registry, self._store, self._authority = registry, store, authority
+        self._root_ca_pem = root_ca_pem
+        self._locate, self._guard, self._healthy = locate, guard, healthy
+        self._trusted = parse_networks(fleet.trusted_proxies)
+        self._seen: dict[str, float] = {}
+        """Signatures accepted recently: an identical request replayed within the skew window fails."""
+
+    async def provision(self, request: ProvisionRequest, peer_ip: str, forwarded_for: str | None) -> tuple[int, Json]:
+        """Returns (HTTP status, answer): 201 for a new device, 200 for a retry."""
+        check_thing_name(request.device_id)
+        group = self._group(request.group)
+        fingerprint = enrollment.csr_fingerprint(request.csr)
+        now = time.time()
+        enrollment.verify(enrollment.decode_key(group["key"]), request.device_id, fingerprint, request.timestamp,
+                          request.signature, now)
+        self._check_replay(request.signature, now)
+        csr = load_csr(request.csr)
+        if csr_common_name(csr) != request.device_id:
+            raise InvalidRequest(f"the CSR's subject CN must be the device id {request.device_id!r}")
+        location = self._locate(client_address(peer_ip, forwarded_for, self._trusted))
+        choice = self._choose(location, group)
+        guard_owner = owner(request.device_id, [r.name for r in self._fleet.regions])
+        claim = {"deviceId": request.device_id, "fingerprint": fingerprint, "staleMs": CLAIM_STALE_MS}
+        state, detail = await self._claim(guard_owner, claim)
+        if state == "done":
+            return 200, dict(detail)
+        if state == "busy":
+            raise Unavailable("this device is being provisioned right now: retry shortly", retry_after=1)
+        if state == "taken":
+            if not group.get("reprovision"):
+                raise Conflict(f"device {request.device_id!r} is already provisioned with another key; "
+                               "its enrollment group does not allow re-provisioning")
+            await self._call(guard_owner, "release", {"deviceId": request.device_id, "fingerprint": detail})
+            state, detail = await self._claim(guard_owner, claim)
+            if state != "claimed":
+                raise Unavailable("re-provisioning raced with another request: retry", retry_after=1)
+        try:
+            answer = self._create(request, group, choice.order, list(choice.reasons))
+        except BaseException:
+            await self._call(guard_owner, "release", claim)
+            raise
+        await self._call(guard_owner, "complete", {**claim, "answer": answer})
+        return 201, answer
+
+    def _group(self, name: str) -> Json:
+        try:
+            group = self._registry.enrollment_group(name)
+        except GeofleetError:
+            raise Unauthorized(f"unknown enrollment group {name!r}") from None
+        if group.get("revoked"):
+            raise Unauthorized(f"enrollment group {name!r} is revoked")
+        return group
+
+    def _check_replay(self, signature: str, now: float) -> None:
+        horizon = now - 2 * enrollment.MAX_SKEW_S
+        for old in [s for s, t in self._seen.items() if t < horizon]:
+            del self._seen[old]
+        if signature in self._seen:
+            raise Unauthorized("this exact request was already used: sign a fresh one (new timestamp)")
+        self._seen[signature] = now
+
+    def _choose(self, location: Location, group: Json) -> Any:
+        places = [Place(r.name, r.latitude, r.longitude) for r in self._fleet.regions]
+        down = {r.name for r in self._fleet.regions} - self._healthy() - {self._region}
+        try:
+            return choose_home(location, places, default=self._fleet.home_default, residency=self._fleet.residency,
+                               allowed=group.get("allowedRegions"), unhealthy=down)
+        except NoRegionAllowed as exc:
+            raise InvalidRequest(str(exc)) from None
+
+    async def _claim(self, guard_owner: str, claim: Json) -> tuple[str, Any]:
+        answer = await self._call(guard_owner, "claim", claim)
+        return str(answer["state"]), answer.get("detail")
+
+    async def _call(self, guard_owner: str, action: str, body: Json) -> Json:
+        if guard_owner == self._region:
+            if action == "claim":
+                state, detail = self._store.guard_claim(body["deviceId"], body["fingerprint"],
+                                                        int(time.time() * 1000), CLAIM_STALE_MS)
+                return {"state": state, "detail": detail}
+            if action == "complete":
+                self._store.guard_complete(body["deviceId"], body["fingerprint"], body["answer"])
+            else:
+                self._store.guard_release(body["deviceId"], body["fingerprint"])
+            return {"state": action}
+        try:
+            return await self._guard(guard_owner, action, body)
+        except Exception as exc:
+            raise Unavailable(f"the region that guards this device id ({guard_owner}) cannot be reached "
+                              f"({type(exc).__name__}); retry later") from None
+
+    def _create(self, request: ProvisionRequest, group: Json, order: tuple[str, ...], reasons: list[str]) -> Json:
+        thing = request.device_id
+        self._registry.create_thing(thing, group.get("thingTypeName"), group.get("attributes") or {})
+        cert = self._registry.create_certificate_from_csr(request.csr, set_active=True)
+        self._registry.attach_policy(group["policyName"], cert["certificateId"])
+        self._registry.attach_thing_principal(thing, cert["certificateId"])
+        endpoints = [{"region": name, "host": self._fleet.region(name).address,
+                      "port": self._fleet.region(name).mqtt_port} for name in order]
+        return {"thingName": thing, "certificateId": cert["certificateId"], "certificatePem": cert["certificatePem"],
+                "caChain": [cert_pem(self._authority.cert).decode(), self._root_ca_pem],
+                "homeRegion": order[0], "endpoints": endpoints, "reasons": reasons}

@@ -1,0 +1,189 @@
+"""Geo-aware provisioning over real HTTPS against a real three-region fleet: the right home,
+once only across regions, idempotent retries, and clear refusals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from geofleet.client import AdminClient
+from geofleet.domain.enrollment import csr_fingerprint, decode_key, device_key, sign
+from geofleet.domain.placement import owner
+from geofleet.pki.ca import key_pem, make_csr, new_key
+from tests.conftest import REGIONS, Fleet
+from tests.helpers import Device, wait_for
+
+PROXY = "127.0.0.2"
+"""Requests sent from this loopback address come 'through our proxy' (trusted_proxies)."""
+LONDON, VIRGINIA, TOKYO, SAO_PAULO = "81.2.69.142", "8.8.8.8", "133.11.0.1", "200.160.2.3"
+
+
+@pytest.fixture(scope="module")
+def pfleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Fleet, str]]:
+    fleet = Fleet.start(tmp_path_factory.mktemp("prov") / "fleet", tuple(REGIONS),
+                        settings={"trusted_proxies": [f"{PROXY}/32"]})
+    assert isinstance(fleet, Fleet)
+    with AdminClient(fleet.data, "us-east-1") as api:
+        key = api.call("POST", "/enrollment-groups/factory", json={"attributes": {"batch": "b1"}})["key"]
+    wait_for(lambda: _group_everywhere(fleet), 10, "the enrollment group in every region")
+    yield fleet, key
+    fleet.stop()
+
+
+def _group_everywhere(fleet: Fleet) -> bool:
+    for region in REGIONS:
+        with AdminClient(fleet.data, region) as api:
+            if not any(g["name"] == "factory" for g in api.call("GET", "/enrollment-groups")["enrollmentGroups"]):
+                return False
+    return True
+
+
+def request_body(device_id: str, group_key: str, csr: str, *, timestamp: int | None = None,
+                 group: str = "factory", key: bytes | None = None) -> dict[str, Any]:
+    at = int(time.time()) if timestamp is None else timestamp
+    signing_key = key or device_key(decode_key(group_key), device_id)
+    return {"deviceId": device_id, "certificateSigningRequest": csr, "enrollmentGroup": group, "timestamp": at,
+            "signature": sign(signing_key, device_id, csr_fingerprint(csr), at)}
+
+
+def post(fleet: Fleet, region: str, body: Any, forwarded_for: str | None = None, via_proxy: bool = True,
+         raw: bytes | None = None) -> httpx.Response:
+    transport = httpx.HTTPTransport(local_address=PROXY if via_proxy else "127.0.0.1",
+                                    verify=ssl.create_default_context(cafile=str(fleet.data.root_ca)))
+    headers = {"X-Forwarded-For": forwarded_for} if forwarded_for else {}
+    with httpx.Client(transport=transport, timeout=15) as http:
+        url = f"{fleet.data.config().region(region).http_url}/v1/provision"
+        if raw is not None:
+            return http.post(url, content=raw, headers={**headers, "Content-Type": "application/json"})
+        return http.post(url, json=body, headers=headers)
+
+
+@pytest.mark.parametrize("address, home", [(LONDON, "eu-west-1"), (VIRGINIA, "us-east-1"),
+                                           (TOKYO, "ap-southeast-1"), (SAO_PAULO, "us-east-1")])
+def test_devices_from_several_continents_get_their_home_and_work_everywhere(
+        pfleet: tuple[Fleet, str], address: str, home: str, tmp_path: Path) -> None:
+    fleet, group_key = pfleet
+    name = fleet.new_name("prov")
+    key = new_key()
+    answer = post(fleet, "ap-southeast-1", request_body(name, group_key, make_csr(key, name).decode()), address)
+    assert answer.status_code == 201, answer.text
+    body = answer.json()
+    assert body["homeRegion"] == home and body["endpoints"][0]["region"] == home
+    assert sorted(e["region"] for e in body["endpoints"]) == sorted(REGIONS), "every region, home first"
+    assert any(home in reason for reason in body["reasons"])
+    assert "PRIVATE KEY" not in answer.text
+    (tmp_path / "cert.pem").write_text(body["certificatePem"])
+    (tmp_path / "key.pem").write_bytes(key_pem(key))
+    (tmp_path / "ca.pem").write_text(body["caChain"][-1])
+    for endpoint in body["endpoints"]:
+        device = Device(name, endpoint["port"], tmp_path / "ca.pem", tmp_path / "cert.pem", tmp_path / "key.pem")
+        wait_for(lambda d=device: d.try_connect(), 10, f"{name} admitted in {endpoint['region']}")
+
+
+def test_retry_with_the_same_csr_returns_the_same_certificate(pfleet: tuple[Fleet, str]) -> None:
+    fleet, group_key = pfleet
+    name = fleet.new_name("retry")
+    csr = make_csr(new_key(), name).decode()
+    first = post(fleet, "us-east-1", request_body(name, group_key, csr), LONDON)
+    second = post(fleet, "eu-west-1", request_body(name, group_key, csr, timestamp=int(time.time()) + 1), LONDON)
+    assert (first.status_code, second.status_code) == (201, 200)
+    assert first.json()["certificateId"] == second.json()["certificateId"]
+    other = post(fleet, "us-east-1", request_body(name, group_key, make_csr(new_key(), name).decode()), LONDON)
+    assert other.status_code == 409 and "already provisioned" in other.json()["message"]
+
+
+def test_one_hundred_concurrent_requests_across_regions_give_one_certificate(pfleet: tuple[Fleet, str]) -> None:
+    fleet, group_key = pfleet
+    name = fleet.new_name("race")
+    statuses: list[int] = []
+    certificates: set[str] = set()
+    lock = threading.Lock()
+
+    def attempt(i: int) -> None:
+        csr = make_csr(new_key(), name).decode()
+        response = post(fleet, REGIONS[i % 3], request_body(name, group_key, csr), VIRGINIA)
+        with lock:
+            statuses.append(response.status_code)
+            if response.status_code == 201:
+                certificates.add(response.json()["certificateId"])
+
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(100)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(statuses) == 100 and statuses.count(201) == 1, sorted(statuses)
+    assert set(statuses) <= {201, 409, 503}
+    with AdminClient(fleet.data, "us-east-1") as api:
+        wait_for(lambda: api.call("GET", f"/things/{name}/principals")["principals"] == list(certificates), 10,
+                 "exactly the one certificate attached")
+
+
+def _weak_csrs(name: str) -> list[tuple[str, str]]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
+    def csr(key: Any) -> str:
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        request = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
+        return request.public_bytes(serialization.Encoding.PEM).decode()
+    return [(csr(rsa.generate_private_key(65537, 1024)), "2048"), (csr(ec.generate_private_key(ec.SECP256K1())),
+                                                                   "curve"),
+            (make_csr(new_key(), "someone-else").decode(), "CN must be the device id"), ("garbage", "PEM")]
+
+
+def test_bad_requests_are_refused_with_clear_errors(pfleet: tuple[Fleet, str]) -> None:
+    fleet, group_key = pfleet
+    name = fleet.new_name("bad")
+    csr = make_csr(new_key(), name).decode()
+    good = request_body(name, group_key, csr)
+    cases: list[tuple[Any, int, str]] = [
+        ({**good, "signature": "00" * 32}, 401, "signature does not match"),
+        (request_body(name, group_key, csr, timestamp=int(time.time()) - 3600), 401, "timestamp"),
+        (request_body(name, group_key, csr, group="nobody"), 401, "unknown enrollment group"),
+        (request_body(name, group_key, csr, key=b"x" * 32), 401, "signature does not match"),
+        ({**good, "deviceId": "bad/name"}, 400, "invalid thing name"),
+        ({"deviceId": name}, 400, "invalid request"),
+    ]
+    cases += [(request_body(name, group_key, bad), 400, message) for bad, message in _weak_csrs(name)]
+    for body, status, message in cases:
+        response = post(fleet, "us-east-1", body, LONDON)
+        assert response.status_code == status and message in response.json()["message"], (message, response.text)
+    huge = post(fleet, "us-east-1", None, raw=b'{"deviceId": "' + b"x" * 100_000 + b'"}')
+    assert huge.status_code == 413
+    assert post(fleet, "us-east-1", good, LONDON).status_code == 201, "the refusals claimed nothing"
+    replay = post(fleet, "us-east-1", good, LONDON)
+    assert replay.status_code == 401 and "already used" in replay.json()["message"]
+
+
+def test_forged_forwarded_for_from_an_untrusted_address_is_ignored(pfleet: tuple[Fleet, str]) -> None:
+    fleet, group_key = pfleet
+    name = fleet.new_name("forged")
+    body = request_body(name, group_key, make_csr(new_key(), name).decode())
+    answer = post(fleet, "eu-west-1", body, forwarded_for=TOKYO, via_proxy=False)
+    assert answer.status_code == 201
+    assert answer.json()["homeRegion"] == "us-east-1", "unknown location (loopback): the default region"
+
+
+def test_owner_region_down_gives_503_and_never_a_second_certificate(pfleet: tuple[Fleet, str]) -> None:
+    """Runs last in this module: it kills a region of the module's fleet."""
+    fleet, group_key = pfleet
+    victim = "ap-southeast-1"
+    name = next(n for n in (f"orphan-{i}" for i in range(1000)) if owner(n, REGIONS) == victim)
+    os.kill(int(str(fleet.region(victim)["pid"])), signal.SIGKILL)
+    answer = post(fleet, "us-east-1", request_body(name, group_key, make_csr(new_key(), name).decode()), LONDON)
+    assert answer.status_code == 503 and int(answer.headers["Retry-After"]) > 0
+    assert victim in answer.json()["message"]
+    with AdminClient(fleet.data, "us-east-1") as api:
+        assert not any(t["thingName"] == name for t in api.call("GET", "/things")["things"])
