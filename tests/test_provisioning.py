@@ -3,6 +3,7 @@ once only across regions, idempotent retries, and clear refusals."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import ssl
@@ -41,11 +42,7 @@ def pfleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Fleet, st
 
 
 def _group_everywhere(fleet: Fleet) -> bool:
-    for region in REGIONS:
-        with AdminClient(fleet.data, region) as api:
-            if not any(g["name"] == "factory" for g in api.call("GET", "/enrollment-groups")["enrollmentGroups"]):
-                return False
-    return True
+    return all(_has_group(fleet, region, "factory") for region in REGIONS)
 
 
 def request_body(device_id: str, group_key: str, csr: str, *, timestamp: int | None = None,
@@ -174,6 +171,50 @@ def test_forged_forwarded_for_from_an_untrusted_address_is_ignored(pfleet: tuple
     answer = post(fleet, "eu-west-1", body, forwarded_for=TOKYO, via_proxy=False)
     assert answer.status_code == 201
     assert answer.json()["homeRegion"] == "us-east-1", "unknown location (loopback): the default region"
+
+
+def test_factory_and_device_cli_provision_once(pfleet: tuple[Fleet, str], tmp_path: Path) -> None:
+    from tests.helpers import geofleet
+
+    fleet, _ = pfleet
+    common = ["--data-dir", str(fleet.data.root), "--region", "us-east-1"]
+    group = json.loads(geofleet("enrollment", "create", "line-7", *common, "--json").stdout)
+    device_id = fleet.new_name("boot")
+    device_key = geofleet("enrollment", "device-key", "--device-id", device_id, "--group-key", group["key"]).stdout
+    wait_for(lambda: all(_has_group(fleet, r, "line-7") for r in REGIONS), 10, "the group everywhere")
+    listed = json.loads(geofleet("enrollment", "list", *common, "--json").stdout)
+    assert all("key" not in g for g in listed) and any(g["name"] == "line-7" for g in listed)
+    eu = fleet.data.config().region("eu-west-1").http_url
+    boot = ["device", "bootstrap", "--device-id", device_id, "--enrollment-key", device_key.strip(),
+            "--group", "line-7", "--root-ca", str(fleet.data.root_ca), "--out", str(tmp_path), "--json"]
+    first = json.loads(geofleet(*boot, "--bootstrap", "https://127.0.0.1:1", "--bootstrap", eu).stdout)
+    assert first["homeRegion"] == "us-east-1", "loopback is no location: the default region"
+    for suffix in (".key.pem", ".cert.pem", ".json"):
+        assert (tmp_path / f"{device_id}{suffix}").stat().st_mode & 0o777 == 0o600
+    cert = (tmp_path / f"{device_id}.cert.pem").read_text()
+    again = json.loads(geofleet(*boot, "--bootstrap", "https://127.0.0.1:1").stdout)
+    assert again == first and (tmp_path / f"{device_id}.cert.pem").read_text() == cert, "never provisions twice"
+    geofleet("enrollment", "revoke", "line-7", *common)
+    wait_for(lambda: _group_revoked(fleet, "eu-west-1", "line-7"), 10, "the revocation in eu-west-1")
+    other = fleet.new_name("boot")
+    other_key = geofleet("enrollment", "device-key", "--device-id", other, "--group-key", group["key"]).stdout
+    refused = geofleet("device", "bootstrap", "--device-id", other, "--enrollment-key", other_key.strip(),
+                       "--group", "line-7", "--root-ca", str(fleet.data.root_ca), "--out", str(tmp_path / "o"),
+                       "--bootstrap", eu, check=False)
+    assert refused.returncode == 1 and "revoked" in refused.stderr
+
+
+def _groups(fleet: Fleet, region: str) -> list[dict[str, Any]]:
+    with AdminClient(fleet.data, region) as api:
+        return list(api.call("GET", "/enrollment-groups")["enrollmentGroups"])
+
+
+def _has_group(fleet: Fleet, region: str, name: str) -> bool:
+    return any(g["name"] == name for g in _groups(fleet, region))
+
+
+def _group_revoked(fleet: Fleet, region: str, name: str) -> bool:
+    return any(g["name"] == name and g["revoked"] for g in _groups(fleet, region))
 
 
 def test_owner_region_down_gives_503_and_never_a_second_certificate(pfleet: tuple[Fleet, str]) -> None:

@@ -33,12 +33,14 @@ thing_app = typer.Typer(no_args_is_help=True, help="Read the thing registry.")
 cert_app = typer.Typer(no_args_is_help=True, help="Manage certificates.")
 shadow_app = typer.Typer(no_args_is_help=True, help="Read and update device shadows.")
 replication_app = typer.Typer(no_args_is_help=True, help="Watch replication between regions.")
+enrollment_app = typer.Typer(no_args_is_help=True, help="Who may provision devices: enrollment groups.")
 app.add_typer(region_app, name="region")
 app.add_typer(device_app, name="device")
 app.add_typer(thing_app, name="thing")
 app.add_typer(cert_app, name="cert")
 app.add_typer(shadow_app, name="shadow")
 app.add_typer(replication_app, name="replication")
+app.add_typer(enrollment_app, name="enrollment")
 
 DataDirOpt = Annotated[Path, typer.Option("--data-dir", help="The fleet's data directory.")]
 RegionOpt = Annotated[str, typer.Option("--region", help="Which region to ask.")]
@@ -229,6 +231,72 @@ def replication_status(data_dir: DataDirOpt, as_json: JsonOpt = False) -> None:
         lines.append(f"{row['source']:16} {row['target']:16} {'-' if lag is None else f'{lag:.0f}':>8} "
                      f"{row.get('backlog', '-')!s:>8} {agree:8} {row.get('lastError') or ''}")
     _print(rows, as_json, "\n".join(lines))
+
+
+@enrollment_app.command("create")
+def enrollment_create(
+    name: str,
+    data_dir: DataDirOpt,
+    region: RegionOpt,
+    policy: Annotated[str, typer.Option(help="Policy its devices get.")] = DEFAULT_POLICY_NAME,
+    allowed_region: Annotated[list[str] | None, typer.Option("--allowed-region", help="Repeatable.")] = None,
+    reprovision: Annotated[bool, typer.Option(help="Allow a provisioned device to come back with a new key.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create an enrollment group; prints its secret key (shown this once)."""
+    with _client(data_dir, region) as api:
+        group = api.call("POST", f"/enrollment-groups/{name}", json={
+            "policyName": policy, "allowedRegions": allowed_region or None, "reprovision": reprovision})
+    _print(group, as_json, f"enrollment group {name} created; its key (keep it secret, shown once):\n{group['key']}")
+
+
+@enrollment_app.command("list")
+def enrollment_list(data_dir: DataDirOpt, region: RegionOpt, as_json: JsonOpt = False) -> None:
+    """List enrollment groups (without their keys)."""
+    with _client(data_dir, region) as api:
+        groups = api.call("GET", "/enrollment-groups")["enrollmentGroups"]
+    lines = [f"{g['name']}\t{g['policyName']}\t{'revoked' if g['revoked'] else 'active'}" for g in groups]
+    _print(groups, as_json, "\n".join(lines) or "(no enrollment groups)")
+
+
+@enrollment_app.command("revoke")
+def enrollment_revoke(name: str, data_dir: DataDirOpt, region: RegionOpt) -> None:
+    """Revoke a group: none of its devices can provision any more."""
+    with _client(data_dir, region) as api:
+        api.call("POST", f"/enrollment-groups/{name}/revoke")
+    typer.echo(f"enrollment group {name} revoked")
+
+
+@enrollment_app.command("device-key")
+def enrollment_device_key(
+    device_id: Annotated[str, typer.Option("--device-id")],
+    group_key: Annotated[str, typer.Option("--group-key", help="The group's key (base64).")],
+) -> None:
+    """Derive a device's enrollment key at the factory (offline)."""
+    from geofleet.domain.enrollment import decode_key, device_key, encode_key
+
+    check_thing_name(device_id)
+    typer.echo(encode_key(device_key(decode_key(group_key), device_id)))
+
+
+@device_app.command("bootstrap")
+def device_bootstrap(
+    device_id: Annotated[str, typer.Option("--device-id")],
+    enrollment_key: Annotated[str, typer.Option("--enrollment-key", help="This device's key (base64).")],
+    group: Annotated[str, typer.Option("--group", help="Its enrollment group.")],
+    bootstrap_url: Annotated[list[str], typer.Option("--bootstrap", help="A region's HTTPS URL; repeatable.")],
+    root_ca: Annotated[Path, typer.Option("--root-ca", help="The fleet root CA the device trusts.")],
+    out: Annotated[Path, typer.Option("--out", help="Where the device keeps its credentials.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Provision this device once: key made here, CSR signed by the fleet, credentials stored 0600."""
+    from geofleet.device import bootstrap
+
+    check_thing_name(device_id)
+    credentials = bootstrap(device_id, enrollment_key, group, bootstrap_url, root_ca, out)
+    result = {"deviceId": device_id, "homeRegion": credentials.home_region, "endpoints": credentials.endpoints,
+              "certificate": str(credentials.cert_file), "key": str(credentials.key_file)}
+    _print(result, as_json, f"device {device_id} provisioned; home region {credentials.home_region}; files in {out}")
 
 
 def main() -> None:

@@ -55,11 +55,11 @@ class ProvisionRequest:
 class Provisioner:
     def __init__(self, fleet: FleetConfig, region: str, registry: Registry, store: Store, authority: Authority,
                  root_ca_pem: str, locate: Callable[[str], Location], guard: GuardCall,
-                 healthy: Callable[[], set[str]]) -> None:
+                 unreachable: Callable[[], set[str]]) -> None:
         self._fleet, self._region = fleet, region
         self._registry, self._store, self._authority = registry, store, authority
         self._root_ca_pem = root_ca_pem
-        self._locate, self._guard, self._healthy = locate, guard, healthy
+        self._locate, self._guard, self._unreachable = locate, guard, unreachable
         self._trusted = parse_networks(fleet.trusted_proxies)
         self._seen: dict[str, float] = {}
         """Signatures accepted recently: an identical request replayed within the skew window fails."""
@@ -120,7 +120,7 @@ class Provisioner:
 
     def _choose(self, location: Location, group: Json) -> Any:
         places = [Place(r.name, r.latitude, r.longitude) for r in self._fleet.regions]
-        down = {r.name for r in self._fleet.regions} - self._healthy() - {self._region}
+        down = self._unreachable() - {self._region}
         try:
             return choose_home(location, places, default=self._fleet.home_default, residency=self._fleet.residency,
                                allowed=group.get("allowedRegions"), unhealthy=down)

@@ -51,7 +51,7 @@ class RegionNode:
         self.replication = Replication(data, fleet, name, self.store, self.registry, self.shadows)
         self.provisioner = Provisioner(
             fleet, name, self.registry, self.store, region_authority(data, name), data.root_ca.read_text(),
-            Geolocator().locate, self._guard, self.replication.healthy_peers,
+            Geolocator().locate, self._guard, self.replication.unreachable_peers,
         )
         app = create_app(self.registry, self.shadows, data.token(), name, self.health, self.replication,
                          self.provisioner)

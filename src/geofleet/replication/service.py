@@ -130,11 +130,9 @@ class Replication:
                                          json=body, timeout=5.0)
         return _json(response, peer)
 
-    def healthy_peers(self) -> set[str]:
-        """Peers whose change log this region pulled in the last 30 s without an error since."""
-        now_ms = time.time() * 1000
-        return {name for name, s in self.status.items()
-                if s.last_contact_ms is not None and now_ms - s.last_contact_ms < 30_000 and s.last_error is None}
+    def unreachable_peers(self) -> set[str]:
+        """Peers whose last pull failed (a region not yet heard from counts as reachable)."""
+        return {name for name, status in self.status.items() if status.last_error is not None}
 
     # -- anti-entropy ----------------------------------------------------------------------
 
