@@ -94,6 +94,8 @@ def test_retry_with_the_same_csr_returns_the_same_certificate(pfleet: tuple[Flee
     first = post(fleet, "us-east-1", request_body(name, group_key, csr), LONDON)
     second = post(fleet, "eu-west-1", request_body(name, group_key, csr, timestamp=int(time.time()) + 1), LONDON)
     assert (first.status_code, second.status_code) == (201, 200)
+    assert {"auth", "geo", "guard", "sign", "registry"} <= {
+        part.split(";")[0].strip() for part in first.headers["Server-Timing"].split(",")}
     assert first.json()["certificateId"] == second.json()["certificateId"]
     other = post(fleet, "us-east-1", request_body(name, group_key, make_csr(new_key(), name).decode()), LONDON)
     assert other.status_code == 409 and "already provisioned" in other.json()["message"]

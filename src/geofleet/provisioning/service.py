@@ -11,8 +11,9 @@ enrollment group allows re-provisioning.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,8 @@ from geofleet.domain.geo import Location, NoRegionAllowed, Place, choose_home
 from geofleet.domain.names import check_thing_name
 from geofleet.domain.network import client_address, parse_networks
 from geofleet.domain.placement import owner
-from geofleet.pki.ca import Authority, cert_pem, csr_common_name, load_csr
+from geofleet.domain.records import CertificateStatus
+from geofleet.pki.ca import Authority, cert_pem, csr_common_name, load_csr, sign_csr
 from geofleet.region.registry import Registry
 from geofleet.store.base import Store
 
@@ -41,6 +43,24 @@ class Unavailable(GeofleetError):
     def __init__(self, message: str, retry_after: int = 2) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class Timings:
+    """Milliseconds spent per step of one request (reported in a Server-Timing header)."""
+
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.ms[name] = self.ms.get(name, 0.0) + (time.perf_counter() - started) * 1000
+
+    def header(self) -> str:
+        return ", ".join(f"{name};dur={ms:.2f}" for name, ms in self.ms.items())
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,23 +84,29 @@ class Provisioner:
         self._seen: dict[str, float] = {}
         """Signatures accepted recently: an identical request replayed within the skew window fails."""
 
-    async def provision(self, request: ProvisionRequest, peer_ip: str, forwarded_for: str | None) -> tuple[int, Json]:
-        """Returns (HTTP status, answer): 201 for a new device, 200 for a retry."""
-        check_thing_name(request.device_id)
-        group = self._group(request.group)
-        fingerprint = enrollment.csr_fingerprint(request.csr)
-        now = time.time()
-        enrollment.verify(enrollment.decode_key(group["key"]), request.device_id, fingerprint, request.timestamp,
-                          request.signature, now)
-        self._check_replay(request.signature, now)
-        csr = load_csr(request.csr)
-        if csr_common_name(csr) != request.device_id:
-            raise InvalidRequest(f"the CSR's subject CN must be the device id {request.device_id!r}")
-        location = self._locate(client_address(peer_ip, forwarded_for, self._trusted))
-        choice = self._choose(location, group)
+    async def provision(self, request: ProvisionRequest, peer_ip: str, forwarded_for: str | None,
+                        timings: Timings | None = None) -> tuple[int, Json]:
+        """Returns (HTTP status, answer): 201 for a new device, 200 for a retry. ``timings``
+        collects milliseconds per step (auth, geo, guard, sign, registry) for Server-Timing."""
+        timings = timings if timings is not None else Timings()
+        with timings.step("auth"):
+            check_thing_name(request.device_id)
+            group = self._group(request.group)
+            fingerprint = enrollment.csr_fingerprint(request.csr)
+            now = time.time()
+            enrollment.verify(enrollment.decode_key(group["key"]), request.device_id, fingerprint,
+                              request.timestamp, request.signature, now)
+            self._check_replay(request.signature, now)
+            csr = load_csr(request.csr)
+            if csr_common_name(csr) != request.device_id:
+                raise InvalidRequest(f"the CSR's subject CN must be the device id {request.device_id!r}")
+        with timings.step("geo"):
+            location = self._locate(client_address(peer_ip, forwarded_for, self._trusted))
+            choice = self._choose(location, group)
         guard_owner = owner(request.device_id, [r.name for r in self._fleet.regions])
         claim = {"deviceId": request.device_id, "fingerprint": fingerprint, "staleMs": CLAIM_STALE_MS}
-        state, detail = await self._claim(guard_owner, claim)
+        with timings.step("guard"):
+            state, detail = await self._claim(guard_owner, claim)
         if state == "done":
             return 200, dict(detail)
         if state == "busy":
@@ -94,11 +120,12 @@ class Provisioner:
             if state != "claimed":
                 raise Unavailable("re-provisioning raced with another request: retry", retry_after=1)
         try:
-            answer = self._create(request, group, choice.order, list(choice.reasons))
+            answer = self._create(request, group, choice.order, list(choice.reasons), timings)
         except BaseException:
             await self._call(guard_owner, "release", claim)
             raise
-        await self._call(guard_owner, "complete", {**claim, "answer": answer})
+        with timings.step("guard"):
+            await self._call(guard_owner, "complete", {**claim, "answer": answer})
         return 201, answer
 
     def _group(self, name: str) -> Json:
@@ -148,12 +175,16 @@ class Provisioner:
             raise Unavailable(f"the region that guards this device id ({guard_owner}) cannot be reached "
                               f"({type(exc).__name__}); retry later") from None
 
-    def _create(self, request: ProvisionRequest, group: Json, order: tuple[str, ...], reasons: list[str]) -> Json:
+    def _create(self, request: ProvisionRequest, group: Json, order: tuple[str, ...], reasons: list[str],
+                timings: Timings) -> Json:
         thing = request.device_id
-        self._registry.create_thing(thing, group.get("thingTypeName"), group.get("attributes") or {})
-        cert = self._registry.create_certificate_from_csr(request.csr, set_active=True)
-        self._registry.attach_policy(group["policyName"], cert["certificateId"])
-        self._registry.attach_thing_principal(thing, cert["certificateId"])
+        with timings.step("sign"):
+            signed = sign_csr(self._authority, request.csr)
+        with timings.step("registry"), self._store.atomic():
+            self._registry.create_thing(thing, group.get("thingTypeName"), group.get("attributes") or {})
+            cert = self._registry.register_certificate(cert_pem(signed).decode(), CertificateStatus.ACTIVE)
+            self._registry.attach_policy(group["policyName"], cert["certificateId"])
+            self._registry.attach_thing_principal(thing, cert["certificateId"])
         endpoints = [{"region": name, "host": self._fleet.region(name).address,
                       "port": self._fleet.region(name).mqtt_port} for name in order]
         return {"thingName": thing, "certificateId": cert["certificateId"], "certificatePem": cert["certificatePem"],

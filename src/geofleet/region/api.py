@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 from geofleet.domain.errors import GeofleetError, Unauthorized
 from geofleet.domain.policy import DEFAULT_POLICY_NAME
 from geofleet.domain.records import CertificateStatus
-from geofleet.provisioning.service import Provisioner, ProvisionRequest, Unavailable
+from geofleet.provisioning.service import Provisioner, ProvisionRequest, Timings, Unavailable
 from geofleet.region.registry import Registry
 from geofleet.region.shadows import ShadowService
 from geofleet.replication.service import Replication
@@ -263,11 +263,13 @@ def create_app(registry: Registry, shadows: ShadowService, token: str, region: s
     async def provision(body: ProvisionIn, request: Request, response: Response) -> Json:
         """Provision a device (no admin token: the enrollment proof authenticates it). 201 with
         the certificate, CA chain, home region and ordered endpoints; 200 for a retry."""
+        timings = Timings()
         status, answer = await provisioner.provision(
             ProvisionRequest(body.deviceId, body.certificateSigningRequest, body.enrollmentGroup, body.timestamp,
                              body.signature),
-            request.client.host if request.client else "", request.headers.get("x-forwarded-for"))
+            request.client.host if request.client else "", request.headers.get("x-forwarded-for"), timings)
         response.status_code = status
+        response.headers["Server-Timing"] = timings.header()
         return answer
 
     @app.get("/enrollment-groups", tags=["provisioning"], dependencies=guarded)
