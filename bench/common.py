@@ -1,6 +1,6 @@
 """What the benchmark scripts in this directory share: their environment record, statistics,
 progress logging, the throw-away fleet and its devices, paho-mqtt device sessions, CPU time and
-the command-line plumbing.
+the command-line plumbing, and a minimal HTTP/1.1 client.
 
 Each script (``python bench/X.py``) has this directory on ``sys.path``, so ``import common``
 finds this module (``ruff check bench`` and ``mypy --strict bench`` find it the same way: no
@@ -12,11 +12,13 @@ set-up for devices), so their figures can be compared with each other.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -25,6 +27,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
@@ -233,14 +236,15 @@ def geofleet(*args: str, timeout: float = 60.0) -> str:
     return result.stdout
 
 
-def start_fleet(root: Path, regions: Sequence[str]) -> LocalFleet:
+def start_fleet(root: Path, regions: Sequence[str], settings: dict[str, object] | None = None) -> LocalFleet:
     """``LocalFleet.start`` (init on free loopback ports + ``geofleet up``) in ``root``, with an
-    empty ``devices`` directory for device certificates (see ``devices_dir``).
+    empty ``devices`` directory for device certificates (see ``devices_dir``); ``settings`` are
+    further fleet.json fields (``trusted_proxies``, ``residency``...), if any.
 
     Why the wrapper: if the fleet does not start, the error carries the end of ``up.log`` and of
     each region's ``node.log``, because the directory holding them is deleted afterwards."""
     try:
-        fleet = LocalFleet.start(root, tuple(regions))
+        fleet = LocalFleet.start(root, tuple(regions), settings=settings)
     except GeofleetError as error:
         logs = [root / "up.log", *(root / "regions" / r / "node.log" for r in regions)]
         tails = "".join(f"\n--- {p.name} ({p.parent.name}):\n{p.read_text(errors='replace')[-1500:]}"
@@ -251,15 +255,17 @@ def start_fleet(root: Path, regions: Sequence[str]) -> LocalFleet:
 
 
 @contextmanager
-def throwaway_fleet(regions: Sequence[str], log: Callable[[str], None]) -> Iterator[LocalFleet]:
-    """A fleet of ``regions`` (``start_fleet``) in a temporary directory; on exit the fleet is
-    stopped (if the caller has not stopped it already) and the directory deleted.
+def throwaway_fleet(regions: Sequence[str], log: Callable[[str], None],
+                    settings: dict[str, object] | None = None) -> Iterator[LocalFleet]:
+    """A fleet of ``regions`` (``start_fleet``, with fleet.json ``settings`` if any) in a
+    temporary directory; on exit the fleet is stopped (if the caller has not stopped it already)
+    and the directory deleted.
 
     Why: a benchmark must leave no region processes and no certificates behind, however it ends
     (an error, Ctrl-C, SIGTERM via ``begin``)."""
     with tempfile.TemporaryDirectory(prefix="geofleet-bench-") as tmp:
         log(f"starting a {len(regions)}-region fleet in {tmp}")
-        fleet = start_fleet(Path(tmp) / "fleet", regions)
+        fleet = start_fleet(Path(tmp) / "fleet", regions, settings)
         try:
             yield fleet
         finally:

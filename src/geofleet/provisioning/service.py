@@ -102,9 +102,22 @@ class Provisioner:
                 raise InvalidRequest(f"the CSR's subject CN must be the device id {request.device_id!r}")
         with timings.step("geo"):
             location = self._locate(client_address(peer_ip, forwarded_for, self._trusted))
+
+        def create(order: tuple[str, ...], reasons: list[str]) -> Json:
+            return self._create(request, group, order, reasons, timings)
+
+        return await self.once(request.device_id, fingerprint, group, location, create, timings)
+
+    async def once(self, device_id: str, fingerprint: str, group: Json, location: Location,
+                   create: Callable[[tuple[str, ...], list[str]], Json], timings: Timings | None = None
+                   ) -> tuple[int, Json]:
+        """The provision-once protocol around ``create`` (which writes the device and returns the
+        answer): region choice, claim at the owner, stored answer for retries, release on failure."""
+        timings = timings if timings is not None else Timings()
+        with timings.step("geo"):
             choice = self._choose(location, group)
-        guard_owner = owner(request.device_id, [r.name for r in self._fleet.regions])
-        claim = {"deviceId": request.device_id, "fingerprint": fingerprint, "staleMs": CLAIM_STALE_MS}
+        guard_owner = owner(device_id, [r.name for r in self._fleet.regions])
+        claim = {"deviceId": device_id, "fingerprint": fingerprint, "staleMs": CLAIM_STALE_MS}
         with timings.step("guard"):
             state, detail = await self._claim(guard_owner, claim)
         if state == "done":
@@ -113,20 +126,27 @@ class Provisioner:
             raise Unavailable("this device is being provisioned right now: retry shortly", retry_after=1)
         if state == "taken":
             if not group.get("reprovision"):
-                raise Conflict(f"device {request.device_id!r} is already provisioned with another key; "
+                raise Conflict(f"device {device_id!r} is already provisioned with another key; "
                                "its enrollment group does not allow re-provisioning")
-            await self._call(guard_owner, "release", {"deviceId": request.device_id, "fingerprint": detail})
+            await self._call(guard_owner, "release", {"deviceId": device_id, "fingerprint": detail})
             state, detail = await self._claim(guard_owner, claim)
             if state != "claimed":
                 raise Unavailable("re-provisioning raced with another request: retry", retry_after=1)
         try:
-            answer = self._create(request, group, choice.order, list(choice.reasons), timings)
+            answer = create(choice.order, list(choice.reasons))
         except BaseException:
             await self._call(guard_owner, "release", claim)
             raise
         with timings.step("guard"):
             await self._call(guard_owner, "complete", {**claim, "answer": answer})
         return 201, answer
+
+    def endpoints(self, order: tuple[str, ...]) -> list[Json]:
+        return [{"region": name, "host": self._fleet.region(name).address, "port": self._fleet.region(name).mqtt_port}
+                for name in order]
+
+    def group(self, name: str) -> Json:
+        return self._group(name)
 
     def _group(self, name: str) -> Json:
         try:
@@ -185,8 +205,7 @@ class Provisioner:
             cert = self._registry.register_certificate(cert_pem(signed).decode(), CertificateStatus.ACTIVE)
             self._registry.attach_policy(group["policyName"], cert["certificateId"])
             self._registry.attach_thing_principal(thing, cert["certificateId"])
-        endpoints = [{"region": name, "host": self._fleet.region(name).address,
-                      "port": self._fleet.region(name).mqtt_port} for name in order]
+        endpoints = self.endpoints(order)
         return {"thingName": thing, "certificateId": cert["certificateId"], "certificatePem": cert["certificatePem"],
                 "caChain": [cert_pem(self._authority.cert).decode(), self._root_ca_pem],
                 "homeRegion": order[0], "endpoints": endpoints, "reasons": reasons}
