@@ -34,7 +34,7 @@ over HTTPS (verified against the fleet root) with the admin token. Four phases:
    Then (``load_without_replication``, ``--baseline-seconds``) the same writer while both
    targets pause their links from us-east-1, so nobody pulls its log: what replication costs
    the source; then the links resume and ``catch_up_s`` is how long the backlog takes to apply.
-   The writer speaks HTTP/1.1 itself (class ``Http1``): httpx's async client cost 2-5 ms of CPU
+   The writer speaks HTTP/1.1 itself (``common.Http1``): httpx's async client cost 2-5 ms of CPU
    per request on the 2-core machine this was written on, more than the region spends on a
    write, against about 0.2 ms for ``Http1``.
 3. ``revocation``: ``--revocations`` fresh devices (``geofleet device create`` in us-east-1). For
@@ -263,46 +263,6 @@ def _load_writer(config: dict[str, Any], results: Queue[Any]) -> None:
         results.put({"error": f"{type(error).__name__}: {error}"})
 
 
-class Http1:
-    """One HTTP/1.1 keep-alive connection over TLS (verified against the fleet root) that sends a
-    request and reads the response (Content-Length bodies only, which is what the region sends).
-    See the module docstring for why the writer does not use httpx."""
-
-    def __init__(self, url: str, tls: ssl.SSLContext, token: str) -> None:
-        host_port = url.split("://", 1)[1].rstrip("/")
-        self.host, port = host_port.rsplit(":", 1)
-        self.port = int(port)
-        self.tls = tls
-        self.headers = f"Host: {host_port}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\n"
-        self.streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
-
-    async def request(self, method: str, path: str, body: bytes = b"") -> int:
-        """Send one request and return the response's status; OSError or ValueError if it failed."""
-        if self.streams is None:
-            self.streams = await asyncio.open_connection(self.host, self.port, ssl=self.tls,
-                                                         server_hostname=self.host.strip("[]"))
-        reader, writer = self.streams
-        try:
-            writer.write(f"{method} {path} HTTP/1.1\r\n{self.headers}Content-Length: {len(body)}\r\n\r\n".encode()
-                         + body)
-            head = await reader.readuntil(b"\r\n\r\n")
-            status = int(head.split(b" ", 2)[1])
-            length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                           if line.lower().startswith(b"content-length:")), None)
-            if length is None:
-                raise ValueError("a response without Content-Length")
-            await reader.readexactly(length)
-            return status
-        except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            self.close()
-            raise
-
-    def close(self) -> None:
-        if self.streams is not None:
-            self.streams[1].close()
-            self.streams = None
-
-
 async def _write_load(config: dict[str, Any]) -> dict[str, Any]:
     rate, seconds, connections = float(config["rate"]), float(config["seconds"]), int(config["connections"])
     probe_every = int(config["probe_every"])
@@ -312,7 +272,7 @@ async def _write_load(config: dict[str, Any]) -> dict[str, Any]:
     probes: list[tuple[int, float, float]] = []
     errors: dict[str, int] = {}
     indexes = itertools.count()
-    pool = [Http1(config["url"], tls, config["token"]) for _ in range(connections)]
+    pool = [common.Http1(config["url"], tls, config["token"]) for _ in range(connections)]
     try:
         # open every connection (TLS handshakes) before the clock starts
         await asyncio.gather(*(http.request("GET", "/health") for http in pool))
@@ -321,7 +281,7 @@ async def _write_load(config: dict[str, Any]) -> dict[str, Any]:
         end = start + seconds
         last_done = start
 
-        async def worker(http: Http1) -> None:
+        async def worker(http: common.Http1) -> None:
             nonlocal last_done
             while True:
                 i = next(indexes)

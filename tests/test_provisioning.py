@@ -219,6 +219,58 @@ def _group_revoked(fleet: Fleet, region: str, name: str) -> bool:
     return any(g["name"] == name and g["revoked"] for g in _groups(fleet, region))
 
 
+def test_aws_fleet_provisioning_over_mqtt_with_a_claim_certificate(pfleet: tuple[Fleet, str], tmp_path: Path) -> None:
+    fleet, _ = pfleet
+    claim_key = new_key()
+    with AdminClient(fleet.data, "eu-west-1") as api:
+        claim = api.call("POST", "/enrollment-groups/factory/claim-certificate",
+                         json={"certificateSigningRequest": make_csr(claim_key, "claim").decode()})
+    (tmp_path / "claim.pem").write_text(claim["certificatePem"])
+    (tmp_path / "claim.key").write_bytes(key_pem(claim_key))
+    ca = fleet.data.root_ca
+    port = fleet.port("eu-west-1")
+    topics = ["$aws/certificates/create-from-csr/json/accepted", "$aws/certificates/create-from-csr/json/rejected",
+              "$aws/provisioning-templates/factory/provision/json/accepted",
+              "$aws/provisioning-templates/factory/provision/json/rejected"]
+    device = Device("serial-0001", port, ca, tmp_path / "claim.pem", tmp_path / "claim.key").connect()
+    bystander = Device("serial-0002", port, ca, tmp_path / "claim.pem", tmp_path / "claim.key").connect()
+    device.subscribe(*topics)
+    bystander.subscribe(*topics)
+
+    bad = device.request("$aws/certificates/create-from-csr/json", {"certificateSigningRequest": "nope"})
+    assert bad.topic.endswith("/rejected")
+    assert bad.json()["statusCode"] == 400 and bad.json()["errorCode"] == "InvalidParameters"
+
+    name = fleet.new_name("fleetprov")
+    key = new_key()
+    created = device.request("$aws/certificates/create-from-csr/json",
+                             {"certificateSigningRequest": make_csr(key, name).decode()}).json()
+    assert {"certificateId", "certificatePem", "certificateOwnershipToken"} <= created.keys()
+    with AdminClient(fleet.data, "eu-west-1") as api:
+        assert api.call("GET", f"/certificates/{created['certificateId']}")["status"] == "PENDING_ACTIVATION"
+    provisioned = device.request("$aws/provisioning-templates/factory/provision/json",
+                                 {"certificateOwnershipToken": created["certificateOwnershipToken"],
+                                  "parameters": {"SerialNumber": name}}).json()
+    assert provisioned["thingName"] == name
+    endpoints = json.loads(provisioned["deviceConfiguration"]["endpoints"])
+    assert endpoints[0]["region"] == provisioned["deviceConfiguration"]["homeRegion"]
+    assert not any("certificate" in m.topic or "provisioning" in m.topic for m in bystander.messages), \
+        "replies go to the requesting connection only"
+    wrong = device.request("$aws/provisioning-templates/factory/provision/json",
+                           {"certificateOwnershipToken": "forged", "parameters": {"SerialNumber": "x"}}).json()
+    assert wrong["errorCode"] == "Unauthorized"
+    device.close()
+    bystander.close()
+    (tmp_path / "dev.pem").write_text(created["certificatePem"])
+    (tmp_path / "dev.key").write_bytes(key_pem(key))
+    for endpoint in endpoints:
+        real = Device(name, endpoint["port"], ca, tmp_path / "dev.pem", tmp_path / "dev.key")
+        wait_for(lambda d=real: d.try_connect(), 10, f"{name} admitted in {endpoint['region']}")
+    claim_as_device = Device("serial-0003", port, ca, tmp_path / "claim.pem", tmp_path / "claim.key").connect()
+    assert claim_as_device.subscribe(f"dt/{name}/#") == [0x80], "a claim certificate can do nothing else"
+    claim_as_device.close()
+
+
 def test_owner_region_down_gives_503_and_never_a_second_certificate(pfleet: tuple[Fleet, str]) -> None:
     """Runs last in this module: it kills a region of the module's fleet."""
     fleet, group_key = pfleet

@@ -89,6 +89,9 @@ class EmbeddedBroker:
         assert self._amqtt is not None, "broker not started"
         await self._amqtt.internal_message_broadcast(topic, payload, qos)
 
+    async def deliver(self, connection: Connection, topic: str, payload: bytes, qos: int = 1) -> bool:
+        return self._amqtt is not None and await self._amqtt.deliver(connection, topic, payload, qos)
+
     async def disconnect(self, select: Callable[[Connection], bool], reason: DisconnectReason) -> int:
         if self._amqtt is None:
             return 0
@@ -107,7 +110,8 @@ class _GatedAmqtt(AmqttBroker):  # type: ignore[misc]
         super().__init__(config)
         self._gate = gate
         self._tls = tls
-        self._closing: set[asyncio.Future[None]] = set()
+        self._closing: set[asyncio.Future[Any]] = set()
+        """Fire-and-forget tasks kept referenced until done."""
         self._index = TopicFilterIndex()
         self.live: dict[str, tuple[Connection, Any]] = {}
         """client id -> (connection, protocol handler) of every connection past CONNACK."""
@@ -203,6 +207,22 @@ class _GatedAmqtt(AmqttBroker):  # type: ignore[misc]
         for topic_filter in filters:
             if topic_filter not in self._subscriptions:
                 self._index.discard(topic_filter)
+
+    async def deliver(self, connection: Connection, topic: str, payload: bytes, qos: int) -> bool:
+        live = self.live.get(connection.client_id)
+        if live is None or live[0] is not connection:
+            return False
+        handler = live[1]
+        for topic_filter in self._index.match(topic):
+            for target, subscribed_qos in self._subscriptions.get(topic_filter, ()):
+                if target.client_id == connection.client_id and self._gate.authorize(connection, Action.RECEIVE,
+                                                                                     topic):
+                    task = asyncio.ensure_future(handler.mqtt_publish(topic, payload, min(qos, subscribed_qos),
+                                                                      retain=False))
+                    self._closing.add(task)
+                    task.add_done_callback(self._closing.discard)
+                    return True
+        return False
 
     async def _run_broadcast(self, running_tasks: Any) -> None:
         broadcast = await self._broadcast_queue.get()

@@ -71,6 +71,11 @@ class Broker(Protocol):
         gets it at min(qos, its subscription's QoS)."""
         ...
 
+    async def deliver(self, connection: Connection, topic: str, payload: bytes, qos: int = 1) -> bool:
+        """Send to that one connection only (if it subscribed to the topic and may receive it):
+        replies that carry one client's secrets, as AWS's fleet provisioning does."""
+        ...
+
     async def disconnect(self, select: Callable[[Connection], bool], reason: DisconnectReason) -> int:
         """Close every live connection ``select`` picks; returns how many were closed."""
         ...

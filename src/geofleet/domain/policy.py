@@ -197,3 +197,21 @@ def default_device_policy() -> dict[str, Any]:
 
 
 DEFAULT_POLICY_NAME = "geofleet-default-device"
+
+
+CLAIM_POLICY_NAME = "geofleet-fleet-provisioning-claim"
+
+
+def claim_policy() -> dict[str, Any]:
+    """What a claim certificate may do: AWS fleet provisioning's topics and nothing else."""
+    topics = ["$aws/certificates/create-from-csr/*", "$aws/provisioning-templates/*"]
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": "iot:Connect", "Resource": "arn:aws:iot:*:*:client/*"},
+            {"Effect": "Allow", "Action": ["iot:Publish", "iot:Receive"],
+             "Resource": [f"arn:aws:iot:*:*:topic/{t}" for t in topics]},
+            {"Effect": "Allow", "Action": "iot:Subscribe",
+             "Resource": [f"arn:aws:iot:*:*:topicfilter/{t}" for t in topics]},
+        ],
+    }

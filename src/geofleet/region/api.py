@@ -284,6 +284,12 @@ def create_app(registry: Registry, shadows: ShadowService, token: str, region: s
                                                 attributes=body.attributes, allowed_regions=body.allowedRegions,
                                                 reprovision=body.reprovision)
 
+    @app.post("/enrollment-groups/{name}/claim-certificate", tags=["provisioning"], status_code=201,
+              dependencies=guarded)
+    async def claim_certificate(name: str, body: CsrIn) -> Json:
+        """A claim certificate for AWS-style fleet provisioning over MQTT, from a CSR."""
+        return registry.create_claim_certificate(name, body.certificateSigningRequest)
+
     @app.post("/enrollment-groups/{name}/revoke", tags=["provisioning"], dependencies=guarded)
     async def revoke_group(name: str) -> Json:
         return registry.revoke_enrollment_group(name)

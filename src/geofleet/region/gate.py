@@ -21,6 +21,7 @@ from geofleet.domain.events import presence_payload, thing_payload
 from geofleet.domain.names import parse_shadow_request, presence_topic, thing_event_topic
 from geofleet.domain.policy import Action, Principal, is_allowed
 from geofleet.domain.records import CertificateStatus, Kind, Record
+from geofleet.provisioning.fleet_mqtt import FleetProvisioning
 from geofleet.region.registry import Registry
 from geofleet.region.shadows import ShadowService
 
@@ -44,6 +45,7 @@ class RegionGate:
         self._version = _now_ms()
         self._tasks: set[asyncio.Task[None]] = set()
         self.broker: Broker | None = None
+        self.fleet_provisioning: FleetProvisioning | None = None
         registry.observe(self._registry_changed)
 
     # -- the Gate port ---------------------------------------------------------------------
@@ -87,6 +89,9 @@ class RegionGate:
             request = parse_shadow_request(topic)
             if request is not None:
                 await self._shadows.handle(request, payload)
+        elif topic.startswith(("$aws/certificates/", "$aws/provisioning-templates/")) \
+                and self.fleet_provisioning is not None and self.fleet_provisioning.handles(topic):
+            await self.fleet_provisioning.handle(connection, topic, payload)
 
     # -- events ----------------------------------------------------------------------------
 

@@ -17,8 +17,9 @@ from geofleet.broker.amqtt_broker import EmbeddedBroker
 from geofleet.config import DataDir, RegionConfig
 from geofleet.domain.errors import NotFound
 from geofleet.domain.hlc import Clock
-from geofleet.domain.policy import DEFAULT_POLICY_NAME, default_device_policy
+from geofleet.domain.policy import CLAIM_POLICY_NAME, DEFAULT_POLICY_NAME, claim_policy, default_device_policy
 from geofleet.pki.fleet import region_authority
+from geofleet.provisioning.fleet_mqtt import FleetProvisioning
 from geofleet.provisioning.geolocate import Geolocator
 from geofleet.provisioning.service import Provisioner
 from geofleet.region.api import create_app
@@ -40,19 +41,22 @@ class RegionNode:
         paths = data.region(name)
         self.store = SqliteStore(paths.store)
         self.clock = Clock(start=self.store.last_hlc())
-        self.registry = Registry(self.store, self.clock, name, fleet.account, region_authority(data, name))
+        authority = region_authority(data, name)
+        self.registry = Registry(self.store, self.clock, name, fleet.account, authority)
         self.broker = EmbeddedBroker(
             self.config.host, self.config.mqtt_port, paths.server_chain, paths.server_key, data.trust_bundle
         )
         self.shadows = ShadowService(self.store, self.clock, name, self.broker.publish)
         self.gate = RegionGate(self.registry, self.shadows, name, fleet.account)
         self.gate.broker = self.broker
-        self._ensure_default_policy()
+        self._ensure_builtin_policies()
         self.replication = Replication(data, fleet, name, self.store, self.registry, self.shadows)
         self.provisioner = Provisioner(
-            fleet, name, self.registry, self.store, region_authority(data, name), data.root_ca.read_text(),
+            fleet, name, self.registry, self.store, authority, data.root_ca.read_text(),
             Geolocator().locate, self._guard, self.replication.unreachable_peers,
         )
+        self.gate.fleet_provisioning = FleetProvisioning(
+            self.provisioner, self.registry, self.store, authority, self.broker, Geolocator().locate)
         app = create_app(self.registry, self.shadows, data.token(), name, self.health, self.replication,
                          self.provisioner)
         self._http = EmbeddedServer(uvicorn.Config(
@@ -66,11 +70,12 @@ class RegionNode:
     async def _guard(self, owner: str, action: str, body: dict[str, Any]) -> dict[str, Any]:
         return await self.replication.call_peer(owner, f"/v1/guard/{action}", body)
 
-    def _ensure_default_policy(self) -> None:
-        try:
-            self.registry.get_policy(DEFAULT_POLICY_NAME)
-        except NotFound:
-            self.registry.create_policy(DEFAULT_POLICY_NAME, json.dumps(default_device_policy()))
+    def _ensure_builtin_policies(self) -> None:
+        for name, document in ((DEFAULT_POLICY_NAME, default_device_policy()), (CLAIM_POLICY_NAME, claim_policy())):
+            try:
+                self.registry.get_policy(name)
+            except NotFound:
+                self.registry.create_policy(name, json.dumps(document))
 
     async def health(self) -> dict[str, Any]:
         return {"status": "ok", "region": self.config.name, "uptimeSeconds": round(time.time() - self._started, 1),

@@ -19,7 +19,7 @@ from geofleet.domain.enrollment import encode_key
 from geofleet.domain.errors import Conflict, InvalidRequest, NotFound
 from geofleet.domain.hlc import Clock
 from geofleet.domain.names import check_policy_name, check_thing_name, check_type_name
-from geofleet.domain.policy import Policy, parse_policy
+from geofleet.domain.policy import CLAIM_POLICY_NAME, Policy, parse_policy
 from geofleet.domain.records import CertificateStatus, Kind, Record, dependencies, pair_key, supersedes
 from geofleet.pki.ca import Authority, cert_pem, certificate_id, load_cert, sign_csr
 from geofleet.store.base import Store
@@ -168,13 +168,23 @@ class Registry:
         """Register a certificate issued by the fleet's PKI elsewhere (another region's CA)."""
         return self._register(load_cert(pem), status)
 
-    def _register(self, cert: x509.Certificate, status: CertificateStatus) -> Json:
+    def create_claim_certificate(self, group: str, csr_pem: str) -> Json:
+        """A claim certificate for AWS-style fleet provisioning over MQTT: it may only ask for a
+        device certificate on behalf of ``group`` (the claim policy allows nothing else)."""
+        body = self.enrollment_group(group)
+        if body.get("revoked"):
+            raise Conflict(f"enrollment group {group!r} is revoked")
+        cert = self._register(sign_csr(self._authority, csr_pem), CertificateStatus.ACTIVE, {"claimGroup": group})
+        self.attach_policy(CLAIM_POLICY_NAME, cert["certificateId"])
+        return cert
+
+    def _register(self, cert: x509.Certificate, status: CertificateStatus, extra: Json | None = None) -> Json:
         cert_id = certificate_id(cert)
         existing = self._live(Kind.CERTIFICATE, cert_id)
         if existing is not None:
             raise Conflict(f"certificate {cert_id} is already registered")
         body = {"certificateId": cert_id, "certificatePem": cert_pem(cert).decode(), "status": status.value,
-                "issuer": cert.issuer.rfc4514_string(), "creationDate": int(time.time())}
+                "issuer": cert.issuer.rfc4514_string(), "creationDate": int(time.time()), **(extra or {})}
         self._write(Kind.CERTIFICATE, cert_id, body)
         return {"certificateId": cert_id, "certificateArn": self.arn("cert", cert_id),
                 "certificatePem": body["certificatePem"]}
