@@ -271,6 +271,35 @@ def test_aws_fleet_provisioning_over_mqtt_with_a_claim_certificate(pfleet: tuple
     claim_as_device.close()
 
 
+def test_individual_enrollment_and_moving_a_device(pfleet: tuple[Fleet, str]) -> None:
+    fleet, _ = pfleet
+    name = fleet.new_name("solo")
+    with AdminClient(fleet.data, "us-east-1") as api:
+        key = decode_key(api.call("POST", f"/enrollments/{name}", json={})["key"])
+    wait_for(lambda: all(_enrolled(fleet, r, name) for r in REGIONS), 10, "the enrollment everywhere")
+    csr = make_csr(new_key(), name).decode()
+    body = {**request_body(name, "", csr, key=key), "enrollmentGroup": None}
+    answer = post(fleet, "eu-west-1", body, TOKYO)
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["homeRegion"] == "ap-southeast-1"
+    stranger = fleet.new_name("solo")
+    refused = post(fleet, "eu-west-1", {**request_body(stranger, "", csr, key=key), "enrollmentGroup": None}, TOKYO)
+    assert refused.status_code == 401 and "individual enrollment" in refused.json()["message"]
+    from tests.helpers import geofleet
+
+    moved = json.loads(geofleet("device", "move", name, "--to", "eu-west-1", "--data-dir", str(fleet.data.root),
+                                "--region", "us-east-1", "--json").stdout)
+    assert moved["endpoints"][0]["region"] == "eu-west-1" and moved["homeRegion"] == "eu-west-1"
+    with AdminClient(fleet.data, "ap-southeast-1") as api:
+        wait_for(lambda: api.call("GET", f"/things/{name}")["attributes"].get("geofleet:homeRegion") == "eu-west-1",
+                 10, "the move to replicate")
+
+
+def _enrolled(fleet: Fleet, region: str, device_id: str) -> bool:
+    with AdminClient(fleet.data, region) as api:
+        return any(e["name"] == device_id for e in api.call("GET", "/enrollments")["enrollments"])
+
+
 def test_owner_region_down_gives_503_and_never_a_second_certificate(pfleet: tuple[Fleet, str]) -> None:
     """Runs last in this module: it kills a region of the module's fleet."""
     fleet, group_key = pfleet

@@ -279,14 +279,29 @@ def enrollment_device_key(
     typer.echo(encode_key(device_key(decode_key(group_key), device_id)))
 
 
+@device_app.command("move")
+def device_move(
+    name: str,
+    data_dir: DataDirOpt,
+    region: RegionOpt,
+    to: Annotated[str, typer.Option("--to", help="The device's new home region.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Move a device's home region; its attributes and shadows are in every region already."""
+    with _client(data_dir, region) as api:
+        moved = api.call("POST", f"/things/{name}/move", json={"region": to})
+    order = " > ".join(e["region"] for e in moved["endpoints"])
+    _print(moved, as_json, f"device {name} now lives in {to}; endpoints: {order}")
+
+
 @device_app.command("bootstrap")
 def device_bootstrap(
     device_id: Annotated[str, typer.Option("--device-id")],
     enrollment_key: Annotated[str, typer.Option("--enrollment-key", help="This device's key (base64).")],
-    group: Annotated[str, typer.Option("--group", help="Its enrollment group.")],
     bootstrap_url: Annotated[list[str], typer.Option("--bootstrap", help="A region's HTTPS URL; repeatable.")],
     root_ca: Annotated[Path, typer.Option("--root-ca", help="The fleet root CA the device trusts.")],
     out: Annotated[Path, typer.Option("--out", help="Where the device keeps its credentials.")],
+    group: Annotated[str | None, typer.Option("--group", help="Its enrollment group (none: individual).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Provision this device once: key made here, CSR signed by the fleet, credentials stored 0600."""

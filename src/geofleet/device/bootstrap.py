@@ -40,8 +40,9 @@ class Credentials:
     home_region: str
 
 
-def bootstrap(device_id: str, enrollment_key: str, group: str, urls: list[str], root_ca: Path, out: Path,
+def bootstrap(device_id: str, enrollment_key: str, group: str | None, urls: list[str], root_ca: Path, out: Path,
               timeout: float = 10.0) -> Credentials:
+    """Provision once; ``group`` is None for a device with an individual enrollment."""
     existing = _load(out, device_id)
     if existing is not None:
         return existing

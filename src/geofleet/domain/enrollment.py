@@ -51,11 +51,17 @@ def sign(key: bytes, device_id: str, fingerprint: str, timestamp: int) -> str:
 def verify(group_key: bytes, device_id: str, fingerprint: str, timestamp: int, signature: str, now: float,
            max_skew_s: int = MAX_SKEW_S) -> None:
     """Raise Unauthorized, saying which check failed, unless the proof is valid now."""
+    verify_device(device_key(group_key, device_id), device_id, fingerprint, timestamp, signature, now, max_skew_s)
+
+
+def verify_device(key: bytes, device_id: str, fingerprint: str, timestamp: int, signature: str, now: float,
+                  max_skew_s: int = MAX_SKEW_S) -> None:
+    """The same check with the device's own key (an individual enrollment has no group)."""
     if abs(now - timestamp) > max_skew_s:
         raise Unauthorized(
             f"the request timestamp is {abs(now - timestamp):.0f} s from the service's clock "
             f"(at most {max_skew_s} s allowed): check the device's clock and sign a fresh request"
         )
-    expected = sign(device_key(group_key, device_id), device_id, fingerprint, timestamp)
+    expected = sign(key, device_id, fingerprint, timestamp)
     if not hmac.compare_digest(expected, signature.lower()):
         raise Unauthorized("the enrollment signature does not match this device id, CSR and timestamp")

@@ -26,6 +26,8 @@ class Kind(StrEnum):
     """key ``<thing name>|<certificate id>``, ref = certificate id."""
     ENROLLMENT_GROUP = "enrollment-group"
     """Who may provision: a group's secret key and what its devices get."""
+    ENROLLMENT = "enrollment"
+    """An individual enrollment: one device id on the allow-list, with its own key."""
 
 
 class CertificateStatus(StrEnum):
@@ -80,6 +82,6 @@ def dependencies(record: Record) -> list[tuple[Kind, str]]:
         return [(Kind.CERTIFICATE, body["certificateId"]), (Kind.POLICY, body["policyName"])]
     if record.kind is Kind.THING_PRINCIPAL:
         return [(Kind.THING, body["thingName"]), (Kind.CERTIFICATE, body["certificateId"])]
-    if record.kind is Kind.ENROLLMENT_GROUP and body.get("policyName"):
+    if record.kind in (Kind.ENROLLMENT_GROUP, Kind.ENROLLMENT) and body.get("policyName"):
         return [(Kind.POLICY, body["policyName"])]
     return []

@@ -34,6 +34,8 @@ GuardCall = Callable[[str, str, Json], Awaitable[Json]]
 """(owner region, action, body) -> the owner's answer; raises when the owner is unreachable."""
 
 CLAIM_STALE_MS = 30_000
+HOME_ATTRIBUTE = "geofleet:homeRegion"
+"""Thing attribute that records a device's home region (set by provisioning and by moves)."""
 
 
 class Unavailable(GeofleetError):
@@ -67,7 +69,8 @@ class Timings:
 class ProvisionRequest:
     device_id: str
     csr: str
-    group: str
+    group: str | None
+    """None: the device has an individual enrollment."""
     timestamp: int
     signature: str
 
@@ -91,11 +94,13 @@ class Provisioner:
         timings = timings if timings is not None else Timings()
         with timings.step("auth"):
             check_thing_name(request.device_id)
-            group = self._group(request.group)
+            group = self._group(request.group or request.device_id, individual=not request.group)
             fingerprint = enrollment.csr_fingerprint(request.csr)
             now = time.time()
-            enrollment.verify(enrollment.decode_key(group["key"]), request.device_id, fingerprint,
-                              request.timestamp, request.signature, now)
+            key = enrollment.decode_key(group["key"])
+            if request.group:
+                key = enrollment.device_key(key, request.device_id)
+            enrollment.verify_device(key, request.device_id, fingerprint, request.timestamp, request.signature, now)
             self._check_replay(request.signature, now)
             csr = load_csr(request.csr)
             if csr_common_name(csr) != request.device_id:
@@ -141,6 +146,15 @@ class Provisioner:
             await self._call(guard_owner, "complete", {**claim, "answer": answer})
         return 201, answer
 
+    def move(self, thing: str, region: str) -> Json:
+        """Migrate a device's home (an operator's decision, like DPS re-provisioning): its
+        attributes and shadows are everywhere already; what changes is its endpoint order."""
+        home = self._fleet.region(region)
+        self._registry.update_thing(thing, attributes={HOME_ATTRIBUTE: region})
+        places = [Place(r.name, r.latitude, r.longitude) for r in self._fleet.regions]
+        order = choose_home(Location(home.latitude, home.longitude), places, default=region).order
+        return {"thingName": thing, "homeRegion": region, "endpoints": self.endpoints(order)}
+
     def endpoints(self, order: tuple[str, ...]) -> list[Json]:
         return [{"region": name, "host": self._fleet.region(name).address, "port": self._fleet.region(name).mqtt_port}
                 for name in order]
@@ -148,13 +162,14 @@ class Provisioner:
     def group(self, name: str) -> Json:
         return self._group(name)
 
-    def _group(self, name: str) -> Json:
+    def _group(self, name: str, individual: bool = False) -> Json:
+        what = "individual enrollment for device" if individual else "enrollment group"
         try:
-            group = self._registry.enrollment_group(name)
+            group = self._registry.enrollment_group(name, individual)
         except GeofleetError:
-            raise Unauthorized(f"unknown enrollment group {name!r}") from None
+            raise Unauthorized(f"unknown {what} {name!r}") from None
         if group.get("revoked"):
-            raise Unauthorized(f"enrollment group {name!r} is revoked")
+            raise Unauthorized(f"{what} {name!r} is revoked")
         return group
 
     def _check_replay(self, signature: str, now: float) -> None:
@@ -201,7 +216,8 @@ class Provisioner:
         with timings.step("sign"):
             signed = sign_csr(self._authority, request.csr)
         with timings.step("registry"), self._store.atomic():
-            self._registry.create_thing(thing, group.get("thingTypeName"), group.get("attributes") or {})
+            self._registry.create_thing(thing, group.get("thingTypeName"),
+                                        {**(group.get("attributes") or {}), HOME_ATTRIBUTE: order[0]})
             cert = self._registry.register_certificate(cert_pem(signed).decode(), CertificateStatus.ACTIVE)
             self._registry.attach_policy(group["policyName"], cert["certificateId"])
             self._registry.attach_thing_principal(thing, cert["certificateId"])

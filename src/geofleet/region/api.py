@@ -75,10 +75,15 @@ class EnrollmentGroupIn(BaseModel):
     reprovision: bool = False
 
 
+class MoveIn(BaseModel):
+    region: str = Field(max_length=64)
+
+
 class ProvisionIn(BaseModel):
     deviceId: str = Field(max_length=128)
     certificateSigningRequest: str = Field(max_length=16 * 1024)
-    enrollmentGroup: str = Field(max_length=128)
+    enrollmentGroup: str | None = Field(default=None, max_length=128)
+    """Omitted for a device with an individual enrollment."""
     timestamp: int
     signature: str = Field(max_length=128)
 
@@ -283,6 +288,27 @@ def create_app(registry: Registry, shadows: ShadowService, token: str, region: s
         return registry.create_enrollment_group(name, policy=body.policyName, thing_type=body.thingTypeName,
                                                 attributes=body.attributes, allowed_regions=body.allowedRegions,
                                                 reprovision=body.reprovision)
+
+    @app.post("/things/{name}/move", tags=["provisioning"], dependencies=guarded)
+    async def move_device(name: str, body: MoveIn) -> Json:
+        """Give a device a new home region; answers its new endpoint order."""
+        return provisioner.move(name, body.region)
+
+    @app.get("/enrollments", tags=["provisioning"], dependencies=guarded)
+    async def list_enrollments() -> Json:
+        return {"enrollments": registry.list_enrollment_groups(individual=True)}
+
+    @app.post("/enrollments/{device_id}", tags=["provisioning"], status_code=201, dependencies=guarded)
+    async def create_enrollment(device_id: str, body: EnrollmentGroupIn | None = None) -> Json:
+        """Allow one device id to provision, with its own key (shown this once)."""
+        body = body or EnrollmentGroupIn()
+        return registry.create_enrollment_group(device_id, policy=body.policyName, thing_type=body.thingTypeName,
+                                                attributes=body.attributes, allowed_regions=body.allowedRegions,
+                                                reprovision=body.reprovision, individual=True)
+
+    @app.post("/enrollments/{device_id}/revoke", tags=["provisioning"], dependencies=guarded)
+    async def revoke_enrollment(device_id: str) -> Json:
+        return registry.revoke_enrollment_group(device_id, individual=True)
 
     @app.post("/enrollment-groups/{name}/claim-certificate", tags=["provisioning"], status_code=201,
               dependencies=guarded)

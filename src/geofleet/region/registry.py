@@ -307,32 +307,36 @@ class Registry:
 
     def create_enrollment_group(self, name: str, *, policy: str, thing_type: str | None = None,
                                 attributes: dict[str, str] | None = None, allowed_regions: list[str] | None = None,
-                                reprovision: bool = False) -> Json:
-        """A new group with a fresh secret key; the answer is the only time the key is shown."""
-        check_type_name(name)
-        if self._live(Kind.ENROLLMENT_GROUP, name) is not None:
-            raise Conflict(f"enrollment group {name!r} already exists")
+                                reprovision: bool = False, individual: bool = False) -> Json:
+        """A new group (or, with ``individual``, an allow-list entry whose name is the device id)
+        with a fresh secret key; the answer is the only time the key is shown."""
+        kind = Kind.ENROLLMENT if individual else Kind.ENROLLMENT_GROUP
+        (check_thing_name if individual else check_type_name)(name)
+        if self._live(kind, name) is not None:
+            raise Conflict(f"{'enrollment' if individual else 'enrollment group'} {name!r} already exists")
         self._require(Kind.POLICY, policy, "policy")
         if thing_type is not None:
             self._check_usable_type(thing_type)
         body = {"name": name, "key": encode_key(secrets.token_bytes(32)), "policyName": policy,
                 "thingTypeName": thing_type, "attributes": _check_attributes(attributes or {}),
                 "allowedRegions": allowed_regions, "reprovision": reprovision, "revoked": False}
-        self._write(Kind.ENROLLMENT_GROUP, name, body)
+        self._write(kind, name, body)
         return body
 
-    def enrollment_group(self, name: str) -> Json:
-        """The group with its key, for verifying proofs (never returned by the API)."""
-        return dict(self._require(Kind.ENROLLMENT_GROUP, name, "enrollment group").body or {})
+    def enrollment_group(self, name: str, individual: bool = False) -> Json:
+        """The group (or individual enrollment) with its key, for verifying proofs; the API never
+        returns keys after creation."""
+        kind = Kind.ENROLLMENT if individual else Kind.ENROLLMENT_GROUP
+        return dict(self._require(kind, name, "enrollment" if individual else "enrollment group").body or {})
 
-    def list_enrollment_groups(self) -> list[Json]:
-        return [{k: v for k, v in (r.body or {}).items() if k != "key"}
-                for r in self._store.records(Kind.ENROLLMENT_GROUP)]
+    def list_enrollment_groups(self, individual: bool = False) -> list[Json]:
+        kind = Kind.ENROLLMENT if individual else Kind.ENROLLMENT_GROUP
+        return [{k: v for k, v in (r.body or {}).items() if k != "key"} for r in self._store.records(kind)]
 
-    def revoke_enrollment_group(self, name: str) -> Json:
-        body = self.enrollment_group(name)
+    def revoke_enrollment_group(self, name: str, individual: bool = False) -> Json:
+        body = self.enrollment_group(name, individual)
         body["revoked"] = True
-        self._write(Kind.ENROLLMENT_GROUP, name, body)
+        self._write(Kind.ENROLLMENT if individual else Kind.ENROLLMENT_GROUP, name, body)
         return {k: v for k, v in body.items() if k != "key"}
 
     # -- plumbing --------------------------------------------------------------------------

@@ -98,6 +98,7 @@ _REQUIRED = {
     Kind.POLICY_ATTACHMENT: ("policyName", "certificateId"),
     Kind.THING_PRINCIPAL: ("thingName", "certificateId"),
     Kind.ENROLLMENT_GROUP: ("name", "key", "policyName"),
+    Kind.ENROLLMENT: ("name", "key", "policyName"),
 }
 
 
