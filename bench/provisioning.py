@@ -18,24 +18,34 @@ signed with its device key (HMAC of the group key and the device id) and the cur
 so every signature is unique and within the service's 300 s clock-skew bound.
 
 Request i (device ``bench-NNNNN``) goes to region i mod 3 and carries ``X-Forwarded-For: <ip>``
-with ip = ``FORWARDED_FOR[(i // 3) mod 6]`` (public addresses in GB, US, JP, BR, ZA and AU; every
-address reaches every region), so the geolocation and region choice are exercised. Requests are
-sent from 127.0.0.2, which the fleet trusts, so it believes that header. Each of the
-``--concurrency`` clients holds one HTTP/1.1 keep-alive TLS connection (verified against the
-fleet root) to each region, opened before the clock starts, and has at most one request in
-flight; the clients speak HTTP/1.1 themselves (``common.Http1``, all in one asyncio loop) since
-httpx would cost more client CPU than a region spends on a request, on the same two cores.
-``--warmup`` requests (other device ids, same mix) go first and are not counted: the first
-geolocation in a region process loads its data. No new request starts after ``--max-seconds``.
+with ip = ``FORWARDED_FOR[(i // 3) mod 6]`` (public addresses in GB, US, JP, BR, ZA and AU;
+every address reaches every region), so the geolocation and region choice are exercised. (With
+``--fleet-regions 1`` the fleet is us-east-1 alone, which then gets every request: what one
+region does without guard calls to peers and without replication; with ``--pause-replication``
+every region stops pulling its peers' changes for the timed run, which shows what replication
+costs while the guard calls still go to the owner regions.) Requests are sent from 127.0.0.2,
+which the fleet trusts, so it believes that header. Each of the ``--concurrency`` clients holds
+one HTTP/1.1 keep-alive TLS connection (verified against the fleet root) to each region, opened
+before the clock starts (again after the warm-up), and has at most one request in flight; the
+clients speak HTTP/1.1 themselves (``common.Http1``, all in one asyncio loop) since httpx would
+cost more client CPU than a region spends on a request, on the same two cores. ``--warmup``
+requests (other device ids, same mix) go first and are not counted: the first geolocation in a
+region process loads its data. No new request starts after ``--max-seconds``.
 
-Latency: from just before a request is written to its whole answer having been read.
+Latency: from just before a request is written to its whole answer having been read (if the
+region had closed an idle kept-alive connection, the request is sent again on a new one and the
+latency includes that; ``stale_connection_retries`` counts those).
 ``devices_per_s`` = 201 answers / wall time (the first request to the last answer).
 ``server_timing_ms`` gives each step's distribution; ``steps_total`` is their sum per request and
 ``outside_steps`` the rest of the latency (HTTP, JSON and pydantic, waiting for the event loop,
 the client). ``guard_by_owner`` splits the guard step by whether the device id's owner region
 (where the provision-once guard lives) was the region asked (``local``: SQLite) or another one
 (``peer``: two HTTPS round trips over the peer channel, claim and complete). ``cpu_percent`` is
-from /proc (100 = one core busy for the whole run).
+from /proc (100 = one core busy for the whole run) and ``region_cpu_ms_per_device`` the CPU
+time of all region processes together per 201 answer. ``connections_closed`` counts the TCP
+connections closed during the run on the regions' peer ports (the peer channel: guard calls and
+replication pulls) and on their public API ports (from the growth of the TIME_WAIT sockets in
+/proc/net/tcp): with keep-alive working, both stay near 0.
 
 Prints one JSON object on stdout; progress goes to stderr. Everything stays on 127.0.0.1 (and
 127.0.0.2, as the clients' source address) and the fleet is stopped and deleted at the end.
@@ -51,6 +61,7 @@ import ssl
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import common
@@ -101,6 +112,7 @@ class Outcome:
     timing: dict[str, float] = field(default_factory=dict)
     home_region: str | None = None
     problem: str | None = None
+    retried: bool = False
 
 
 def parse_server_timing(header: str | None) -> dict[str, float]:
@@ -162,6 +174,13 @@ def create_group(fleet: LocalFleet, regions: tuple[str, ...], timeout: float) ->
             admin.close()
 
 
+def replication(fleet: LocalFleet, regions: tuple[str, ...], action: str) -> None:
+    """``POST /replication/<action>`` (pause or resume, every peer) in every region."""
+    for region in regions:
+        with AdminClient(fleet.data, region) as admin:
+            admin.call("POST", f"/replication/{action}")
+
+
 class Load:
     """The clients: ``concurrency`` of them, each with a keep-alive connection to every region."""
 
@@ -197,9 +216,7 @@ class Load:
                 http = connections[device.region]
                 begun = time.perf_counter()
                 try:
-                    answer = await asyncio.wait_for(
-                        http.exchange("POST", "/v1/provision", bodies[i],
-                                      f"X-Forwarded-For: {device.forwarded_for}\r\n"), self.timeout)
+                    answer = await asyncio.wait_for(self._send(http, outcome, bodies[i]), self.timeout)
                 except (*common.HTTP1_ERRORS, TimeoutError) as error:
                     http.close()
                     outcome.problem = type(error).__name__
@@ -219,6 +236,37 @@ class Load:
 
         await asyncio.gather(*(client(connections) for connections in self.clients))
         return outcomes
+
+    @staticmethod
+    async def _send(http: common.Http1, outcome: Outcome, body: bytes) -> common.HttpAnswer:
+        """POST the request; once more on a new connection if a kept-alive one turns out closed
+        by the server (its idle timeout) before any answer: the server never saw the request."""
+        headers = f"X-Forwarded-For: {outcome.device.forwarded_for}\r\n"
+        reused = http.streams is not None
+        try:
+            return await http.exchange("POST", "/v1/provision", body, headers)
+        except asyncio.IncompleteReadError as error:
+            if not reused or error.partial:
+                raise
+        outcome.retried = True
+        return await http.exchange("POST", "/v1/provision", body, headers)
+
+
+def closed_connections(ports: set[int]) -> int | None:
+    """TCP connections in TIME_WAIT with one end on one of ``ports`` (Linux /proc/net/tcp), or
+    None where unavailable. Whichever end closes a connection holds it in TIME_WAIT for 60 s, so
+    the growth of this count over a shorter run is how many connections were closed in it."""
+    try:
+        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return None
+    count = 0
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 3 and fields[3] == "06" and (int(fields[1].rsplit(":", 1)[1], 16) in ports
+                                                      or int(fields[2].rsplit(":", 1)[1], 16) in ports):
+            count += 1
+    return count
 
 
 def cpu_seconds(pids: dict[str, int]) -> dict[str, float | None]:
@@ -258,6 +306,7 @@ def summarize(outcomes: list[Outcome], wall: float, not_sent: int, regions: tupl
         "by_status": dict(sorted(statuses.items())),
         "problems": dict(problems),
         "problem_samples": samples,
+        "stale_connection_retries": sum(o.retried for o in outcomes),
         "wall_seconds": round(wall, 3),
         "devices_per_s": round(len(created) / wall, 1) if wall > 0 else None,
         "latency_ms": dist(latencies),
@@ -281,7 +330,16 @@ async def provision_all(fleet: LocalFleet, regions: tuple[str, ...], group_key: 
         warm = await load.run(warmup, [signed_body(d, group_key, now) for d in warmup],
                               time.monotonic() + args.max_seconds)
         warm_statuses = Counter(str(o.status) if o.status is not None else "no answer" for o in warm)
+        load.close()  # fresh connections: none has sat idle near the server's keep-alive timeout
+        await load.connect()
+        if args.pause_replication:
+            log("pausing replication in every region")
+            replication(fleet, regions, "pause")
         pids = {region: common.region_int(fleet, region, "pid") for region in regions}
+        config = fleet.data.config()
+        ports = {"peer_channel": {config.region(r).peer_port for r in regions},
+                 "public_api": {config.region(r).http_port for r in regions}}
+        closed_before = {name: closed_connections(group) for name, group in ports.items()}
         bodies = [signed_body(d, group_key, int(time.time())) for d in devices]
         log(f"run: {len(devices)} devices, {args.concurrency} clients")
         cpu_before, own_before = cpu_seconds(pids), common.self_cpu_seconds()
@@ -289,6 +347,9 @@ async def provision_all(fleet: LocalFleet, regions: tuple[str, ...], group_key: 
         outcomes = await load.run(devices, bodies, time.monotonic() + args.max_seconds)
         wall = time.perf_counter() - started
         cpu_after, own_after = cpu_seconds(pids), common.self_cpu_seconds()
+        closed_after = {name: closed_connections(group) for name, group in ports.items()}
+        if args.pause_replication:
+            replication(fleet, regions, "resume")
     finally:
         load.close()
     run = summarize(outcomes, wall, len(devices) - len(outcomes), regions, continents)
@@ -297,9 +358,13 @@ async def provision_all(fleet: LocalFleet, regions: tuple[str, ...], group_key: 
         before, after = cpu_before[region], cpu_after[region]
         regions_cpu[region] = round(100 * (after - before) / wall, 1) if before is not None and after is not None \
             else None
-    run["cpu_percent"] = {"regions": regions_cpu,
-                          "regions_total": round(sum(v for v in regions_cpu.values() if v is not None), 1),
+    regions_total = sum(v for v in regions_cpu.values() if v is not None)
+    run["cpu_percent"] = {"regions": regions_cpu, "regions_total": round(regions_total, 1),
                           "bench_process": round(100 * (own_after - own_before) / wall, 1)}
+    created = run["by_status"].get("201", 0)
+    run["region_cpu_ms_per_device"] = round(10 * regions_total * wall / created, 2) if created else None
+    run["connections_closed"] = {name: after - before if before is not None and after is not None else None
+                                 for name, before, after in ((n, closed_before[n], closed_after[n]) for n in ports)}
     return {"warmup": {"sent": len(warm), "by_status": dict(sorted(warm_statuses.items()))}, "run": run}
 
 
@@ -318,6 +383,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "must stay well under the service's 300 s clock-skew bound")
     parser.add_argument("--group-timeout", type=common.positive(float), default=30.0,
                         help="seconds to wait for the enrollment group to reach every region (default 30)")
+    parser.add_argument("--pause-replication", action="store_true",
+                        help="every region stops pulling changes from its peers during the timed run (POST "
+                             "/replication/pause; resumed after it), to show what replication costs")
+    regions = common.REGIONS
+    parser.add_argument("--fleet-regions", type=int, default=len(regions), choices=range(1, len(regions) + 1),
+                        help="regions in the fleet, the first N of " + ", ".join(regions) + " (default 3; 1 measures "
+                             "one region alone: every guard local, no replication)")
     args = parser.parse_args(argv)
     if args.max_seconds + args.timeout > enrollment.MAX_SKEW_S - 30:
         parser.error(f"--max-seconds + --timeout must stay under {enrollment.MAX_SKEW_S - 30} s: requests are "
@@ -327,10 +399,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    regions = common.REGIONS
+    regions = common.REGIONS[:args.fleet_regions]
     began, result = common.begin("provisioning", {
         "devices": args.devices, "concurrency": args.concurrency, "warmup": args.warmup, "regions": list(regions),
-        "timeout_s": args.timeout, "max_seconds": args.max_seconds, "source_address": PROXY,
+        "timeout_s": args.timeout, "max_seconds": args.max_seconds,
+        "pause_replication": args.pause_replication, "source_address": PROXY,
         "trusted_proxies": [f"{PROXY}/32"], "forwarded_for": list(FORWARDED_FOR),
         "target": {"devices_per_s": TARGET_DEVICES_PER_S, "p99_ms": TARGET_P99_MS}},
         packages=(*common.PACKAGES, "cryptography", "fastapi", "uvicorn"))
