@@ -61,8 +61,12 @@ class Replication:
         ))
         client_tls = ssl.create_default_context(cafile=str(data.peer_ca))
         client_tls.load_cert_chain(str(paths.peer_cert), str(paths.peer_key))
+        # Links hold one long poll per peer and stream; requests (guard calls, anti-entropy) get a
+        # pool of their own, so they never evict a link's connection (a fresh mutual-TLS handshake).
         self._http = httpx.AsyncClient(verify=client_tls, timeout=30.0,
-                                       limits=httpx.Limits(max_connections=4 * max(1, len(self.peers))))
+                                       limits=httpx.Limits(max_connections=len(STREAMS) * max(1, len(self.peers)) + 2))
+        self._calls = httpx.AsyncClient(verify=client_tls, timeout=10.0,
+                                        limits=httpx.Limits(max_connections=64, max_keepalive_connections=64))
         self._tasks: list[asyncio.Task[None]] = []
         self._metrics = CollectorRegistry()
         self._lag = Gauge("geofleet_replication_lag_seconds", "Write in the source region to apply here, last change",
@@ -93,6 +97,7 @@ class Replication:
         self.feed.close()  # long-polling peers get their (empty) answer now
         await asyncio.gather(*self._tasks[:1], return_exceptions=True)
         await self._http.aclose()
+        await self._calls.aclose()
 
     # -- operations ------------------------------------------------------------------------
 
@@ -126,8 +131,8 @@ class Replication:
 
     async def call_peer(self, peer: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST to a peer's API over the peer channel (mutual TLS with peer certificates)."""
-        response = await self._http.post(f"{self.peers[peer].peer_url}{path}", params={"peer": self.region},
-                                         json=body, timeout=5.0)
+        response = await self._calls.post(f"{self.peers[peer].peer_url}{path}", params={"peer": self.region},
+                                          json=body, timeout=5.0)
         return _json(response, peer)
 
     def unreachable_peers(self) -> set[str]:
@@ -172,12 +177,12 @@ class Replication:
 
     async def _sync_with(self, name: str) -> dict[str, Any]:
         url = self.peers[name].peer_url
-        response = await self._http.get(f"{url}/v1/digest", params={"peer": self.region})
+        response = await self._calls.get(f"{url}/v1/digest", params={"peer": self.region})
         theirs = {int(b): d for b, d in _json(response, name)["buckets"].items()}
         buckets = differing(self._store.bucket_digests(), theirs)
         publishes = []
         for bucket in buckets:
-            content = _json(await self._http.get(f"{url}/v1/bucket/{bucket}", params={"peer": self.region}), name)
+            content = _json(await self._calls.get(f"{url}/v1/bucket/{bucket}", params={"peer": self.region}), name)
             records = [parse_record(r, f"record from {name}") for r in content.get("records", [])]
             shadows = content.get("shadows", [])
             with self._store.atomic():
