@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from geofleet.config import aws_region_coordinates
@@ -54,3 +56,29 @@ def test_devices_from_several_continents_get_their_home_in_the_default_fleet(add
     coordinates = aws_region_coordinates()
     fleet = [Place(n, *coordinates[n]) for n in ("us-east-1", "eu-west-1", "ap-southeast-1")]
     assert choose_home(Geolocator().locate(address), fleet, default="us-east-1").home == home
+
+
+def test_a_maxmind_city_database_gives_city_precision_first(tmp_path: Path) -> None:
+    from mmdb_writer import MMDBWriter
+    from netaddr import IPSet
+
+    writer = MMDBWriter(ip_version=6, database_type="GeoLite2-City", ipv4_compatible=True)
+    writer.insert_network(IPSet(["81.2.69.0/24"]), {  # a London address, placed in Edinburgh by this file
+        "country": {"iso_code": "GB"}, "continent": {"code": "EU"},
+        "location": {"latitude": 55.95, "longitude": -3.19}})
+    writer.insert_network(IPSet(["198.51.100.0/24"]), {"country": {"iso_code": "FR"}})  # no coordinates
+    writer.to_db_file(str(tmp_path / "city.mmdb"))
+    locator = Geolocator(tmp_path / "city.mmdb")
+    assert locator.locate("81.2.69.142") == Location(55.95, -3.19, "GB", "EU")
+    assert locator.locate("8.8.8.8").country == "US", "not in the file: the packaged data answers"
+    assert locator.locate("198.51.100.7") == Location(), "no coordinates in the file, reserved address"
+
+
+def test_region_weights_come_from_the_fleet_config() -> None:
+    from geofleet.config import FleetConfig
+    from geofleet.domain.errors import ConfigError
+
+    fleet = FleetConfig.from_json({"regions": [{"name": "eu-west-3"}, {"name": "eu-central-1", "weight": 10}]})
+    assert fleet.region("eu-central-1").weight == 10 and fleet.region("eu-west-3").weight == 1
+    with pytest.raises(ConfigError, match="weight must be positive"):
+        FleetConfig.from_json({"regions": [{"name": "eu-west-3", "weight": 0}]})

@@ -300,6 +300,24 @@ def _enrolled(fleet: Fleet, region: str, device_id: str) -> bool:
         return any(e["name"] == device_id for e in api.call("GET", "/enrollments")["enrollments"])
 
 
+def test_reprovisioning_with_a_new_key_when_the_group_allows_it(pfleet: tuple[Fleet, str]) -> None:
+    fleet, _ = pfleet
+    with AdminClient(fleet.data, "us-east-1") as api:
+        key = api.call("POST", "/enrollment-groups/refurbished", json={"reprovision": True})["key"]
+    wait_for(lambda: all(_has_group(fleet, r, "refurbished") for r in REGIONS), 10, "the group everywhere")
+    name = fleet.new_name("refurb")
+    first = post(fleet, "us-east-1", {**request_body(name, key, make_csr(new_key(), name).decode()),
+                                      "enrollmentGroup": "refurbished"}, LONDON)
+    second = post(fleet, "eu-west-1", {**request_body(name, key, make_csr(new_key(), name).decode()),
+                                       "enrollmentGroup": "refurbished"}, LONDON)
+    assert (first.status_code, second.status_code) == (201, 201), second.text
+    assert first.json()["certificateId"] != second.json()["certificateId"]
+    with AdminClient(fleet.data, "eu-west-1") as api:
+        assert api.call("GET", f"/things/{name}/principals")["principals"] == [second.json()["certificateId"]]
+        assert api.call("GET", f"/certificates/{first.json()['certificateId']}")["status"] == "INACTIVE", \
+            "the earlier key no longer works"
+
+
 def test_owner_region_down_gives_503_and_never_a_second_certificate(pfleet: tuple[Fleet, str]) -> None:
     """Runs last in this module: it kills a region of the module's fleet."""
     fleet, group_key = pfleet

@@ -43,6 +43,8 @@ class RegionConfig:
     peer_port: int = DEFAULT_PEER_PORT
     """Replication between regions: HTTPS with mutual TLS, region certificates only."""
     hostnames: tuple[str, ...] = ()
+    weight: float = 1.0
+    """Region choice divides this region's distance by its weight (2: counts as half as far)."""
 
     @property
     def server_names(self) -> tuple[str, ...]:
@@ -81,6 +83,8 @@ class FleetConfig:
     """Country or continent code -> the regions its devices may live in."""
     trusted_proxies: tuple[str, ...] = ()
     """Networks (CIDR) whose X-Forwarded-For header provisioning believes."""
+    geoip_database: str = ""
+    """Optional MaxMind-format .mmdb (City) file for city-level geolocation; relative to the data dir."""
 
     @property
     def home_default(self) -> str:
@@ -126,7 +130,7 @@ class FleetConfig:
         except ValueError as exc:
             raise ConfigError(f"trusted_proxies: {exc}") from None
         return cls(str(data.get("fleet", "geofleet")), regions, str(data.get("account", "000000000000")),
-                   default, residency, trusted)
+                   default, residency, trusted, str(data.get("geoip_database", "")))
 
 
 def _region_from_json(index: int, raw: dict[str, Any]) -> RegionConfig:
@@ -147,7 +151,15 @@ def _region_from_json(index: int, raw: dict[str, Any]) -> RegionConfig:
         http_port=int(raw.get("http_port", DEFAULT_HTTP_PORT + index)),
         peer_port=int(raw.get("peer_port", DEFAULT_PEER_PORT + index)),
         hostnames=tuple(str(h) for h in raw.get("hostnames", ())),
+        weight=_positive(raw.get("weight", 1.0), f"region {name!r} weight"),
     )
+
+
+def _positive(value: Any, what: str) -> float:
+    number = float(value)
+    if number <= 0:
+        raise ConfigError(f"{what} must be positive, not {value!r}")
+    return number
 
 
 def aws_region_coordinates() -> dict[str, tuple[float, float]]:

@@ -105,13 +105,13 @@ class FleetProvisioning:
         check_thing_name(thing)
         settings = self._provisioner.group(group)
 
-        def activate(order: tuple[str, ...], reasons: list[str]) -> Json:
+        def activate(order: tuple[str, ...], reasons: list[str], previous: str | None) -> Json:
             with self._store.atomic():
                 self._registry.create_thing(thing, settings.get("thingTypeName"),
                                             {**(settings.get("attributes") or {}), HOME_ATTRIBUTE: order[0]})
                 self._registry.update_certificate(cert_id, CertificateStatus.ACTIVE)
                 self._registry.attach_policy(settings["policyName"], cert_id)
-                self._registry.attach_thing_principal(thing, cert_id)
+                self._provisioner.replace_principal(thing, cert_id, previous)
             return {"thingName": thing, "deviceConfiguration": {
                 "homeRegion": order[0], "endpoints": json.dumps(self._provisioner.endpoints(order))}}
 

@@ -11,6 +11,7 @@ enrollment group allows re-provisioning.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -108,13 +109,13 @@ class Provisioner:
         with timings.step("geo"):
             location = self._locate(client_address(peer_ip, forwarded_for, self._trusted))
 
-        def create(order: tuple[str, ...], reasons: list[str]) -> Json:
-            return self._create(request, group, order, reasons, timings)
+        def create(order: tuple[str, ...], reasons: list[str], previous: str | None) -> Json:
+            return self._create(request, group, order, reasons, timings, previous)
 
         return await self.once(request.device_id, fingerprint, group, location, create, timings)
 
     async def once(self, device_id: str, fingerprint: str, group: Json, location: Location,
-                   create: Callable[[tuple[str, ...], list[str]], Json], timings: Timings | None = None
+                   create: Callable[[tuple[str, ...], list[str], str | None], Json], timings: Timings | None = None
                    ) -> tuple[int, Json]:
         """The provision-once protocol around ``create`` (which writes the device and returns the
         answer): region choice, claim at the owner, stored answer for retries, release on failure."""
@@ -129,16 +130,20 @@ class Provisioner:
             return 200, dict(detail)
         if state == "busy":
             raise Unavailable("this device is being provisioned right now: retry shortly", retry_after=1)
+        previous: str | None = None
         if state == "taken":
             if not group.get("reprovision"):
                 raise Conflict(f"device {device_id!r} is already provisioned with another key; "
                                "its enrollment group does not allow re-provisioning")
-            await self._call(guard_owner, "release", {"deviceId": device_id, "fingerprint": detail})
+            previous = detail.get("certificateId")
+            if previous is not None:
+                await self._await_certificate(previous)
+            await self._call(guard_owner, "release", {"deviceId": device_id, "fingerprint": detail["fingerprint"]})
             state, detail = await self._claim(guard_owner, claim)
             if state != "claimed":
                 raise Unavailable("re-provisioning raced with another request: retry", retry_after=1)
         try:
-            answer = create(choice.order, list(choice.reasons))
+            answer = create(choice.order, list(choice.reasons), previous)
         except BaseException:
             await self._call(guard_owner, "release", claim)
             raise
@@ -154,6 +159,24 @@ class Provisioner:
         places = [Place(r.name, r.latitude, r.longitude) for r in self._fleet.regions]
         order = choose_home(Location(home.latitude, home.longitude), places, default=region).order
         return {"thingName": thing, "homeRegion": region, "endpoints": self.endpoints(order)}
+
+    def replace_principal(self, thing: str, cert_id: str, previous: str | None = None) -> None:
+        """A provisioned device has one certificate: a re-provisioned device's earlier ones are
+        deactivated (their sessions cut) and detached, since the old key may be in other hands."""
+        for old in {*self._registry.principals_of(thing), *([previous] if previous else [])} - {cert_id}:
+            if self._registry.certificate_status(old) is CertificateStatus.ACTIVE:
+                self._registry.update_certificate(old, CertificateStatus.INACTIVE)
+            self._registry.detach_thing_principal(thing, old, even_if_absent=True)
+        self._registry.attach_thing_principal(thing, cert_id)
+
+    async def _await_certificate(self, cert_id: str, timeout: float = 5.0) -> None:
+        """The device's previous certificate may have been issued in another region and not be
+        here yet: wait (bounded) for replication to bring it, so that it can be retired."""
+        deadline = time.monotonic() + timeout
+        while self._registry.certificate_status(cert_id) is None:
+            if time.monotonic() > deadline:
+                raise Unavailable("the device's previous certificate has not reached this region yet: retry", 1)
+            await asyncio.sleep(0.02)
 
     def endpoints(self, order: tuple[str, ...]) -> list[Json]:
         return [{"region": name, "host": self._fleet.region(name).address, "port": self._fleet.region(name).mqtt_port}
@@ -185,7 +208,8 @@ class Provisioner:
         down = self._unreachable() - {self._region}
         try:
             return choose_home(location, places, default=self._fleet.home_default, residency=self._fleet.residency,
-                               allowed=group.get("allowedRegions"), unhealthy=down)
+                               allowed=group.get("allowedRegions"), unhealthy=down,
+                               weights={r.name: r.weight for r in self._fleet.regions})
         except NoRegionAllowed as exc:
             raise InvalidRequest(str(exc)) from None
 
@@ -211,7 +235,7 @@ class Provisioner:
                               f"({type(exc).__name__}); retry later") from None
 
     def _create(self, request: ProvisionRequest, group: Json, order: tuple[str, ...], reasons: list[str],
-                timings: Timings) -> Json:
+                timings: Timings, previous: str | None) -> Json:
         thing = request.device_id
         with timings.step("sign"):
             signed = sign_csr(self._authority, request.csr)
@@ -220,7 +244,7 @@ class Provisioner:
                                         {**(group.get("attributes") or {}), HOME_ATTRIBUTE: order[0]})
             cert = self._registry.register_certificate(cert_pem(signed).decode(), CertificateStatus.ACTIVE)
             self._registry.attach_policy(group["policyName"], cert["certificateId"])
-            self._registry.attach_thing_principal(thing, cert["certificateId"])
+            self.replace_principal(thing, cert["certificateId"], previous)
         endpoints = self.endpoints(order)
         return {"thingName": thing, "certificateId": cert["certificateId"], "certificatePem": cert["certificatePem"],
                 "caChain": [cert_pem(self._authority.cert).decode(), self._root_ca_pem],

@@ -51,12 +51,14 @@ class RegionNode:
         self.gate.broker = self.broker
         self._ensure_builtin_policies()
         self.replication = Replication(data, fleet, name, self.store, self.registry, self.shadows)
+        geoip = (data.root / fleet.geoip_database) if fleet.geoip_database else None
+        locator = Geolocator(geoip)
         self.provisioner = Provisioner(
             fleet, name, self.registry, self.store, authority, data.root_ca.read_text(),
-            Geolocator().locate, self._guard, self.replication.unreachable_peers,
+            locator.locate, self._guard, self.replication.unreachable_peers,
         )
         self.gate.fleet_provisioning = FleetProvisioning(
-            self.provisioner, self.registry, self.store, authority, self.broker, Geolocator().locate)
+            self.provisioner, self.registry, self.store, authority, self.broker, locator.locate)
         app = create_app(self.registry, self.shadows, data.token(), name, self.health, self.replication,
                          self.provisioner)
         self._http = EmbeddedServer(uvicorn.Config(

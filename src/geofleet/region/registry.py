@@ -289,10 +289,15 @@ class Registry:
             self._write(Kind.THING_PRINCIPAL, pair_key(thing, cert_id),
                         {"thingName": thing, "certificateId": cert_id}, ref=cert_id)
 
-    def detach_thing_principal(self, thing: str, cert_id: str) -> None:
+    def detach_thing_principal(self, thing: str, cert_id: str, *, even_if_absent: bool = False) -> None:
+        """``even_if_absent`` writes the tombstone anyway, so that an attachment still on its way
+        from another region (older) cannot re-attach the certificate when it arrives."""
         record = self._live(Kind.THING_PRINCIPAL, pair_key(thing, cert_id))
         if record is not None:
             self._delete(record)
+        elif even_if_absent:
+            self._delete(Record(Kind.THING_PRINCIPAL, pair_key(thing, cert_id), None, self._clock.now(), self._region,
+                                cert_id))
 
     def principals_of(self, thing: str) -> list[str]:
         return [(r.body or {})["certificateId"] for r in self._store.records(Kind.THING_PRINCIPAL, prefix=f"{thing}|")]

@@ -281,7 +281,7 @@ class SqliteStore:
         """Atomically claim a device id for a CSR. Returns ("claimed", None) for the first claim
         (or one that took over a claim abandoned for ``stale_ms``), ("done", answer) when this
         CSR was provisioned already, ("busy", None) while another claim with this CSR is in
-        progress, and ("taken", fingerprint) when the id belongs to another CSR."""
+        progress, and ("taken", {fingerprint, certificateId}) when the id belongs to another CSR."""
         with self.atomic():
             row = self._db.execute("SELECT fingerprint, answer, claimed_ms FROM guards WHERE device_id = ?",
                                    (device_id,)).fetchone()
@@ -290,7 +290,8 @@ class SqliteStore:
                                  "VALUES (?, ?, NULL, ?)", (device_id, fingerprint, now_ms))
                 return "claimed", None
             if row[0] != fingerprint:
-                return "taken", row[0]
+                previous = json.loads(row[1]).get("certificateId") if row[1] is not None else None
+                return "taken", {"fingerprint": row[0], "certificateId": previous}
             return ("done", json.loads(row[1])) if row[1] is not None else ("busy", None)
 
     def guard_complete(self, device_id: str, fingerprint: str, answer: dict[str, Any]) -> None:
