@@ -95,6 +95,7 @@ class Link:
             if batch.changes:
                 self._store.set_cursor(self.peer, self.stream, batch.changes[-1].seq)
         now_ms = time.time() * 1000
+        self._status.last_contact_ms, self._status.last_error = int(now_ms), None  # either stream proves the peer up
         if self.stream == "all":
             self._note(batch.head, batch.changes[-1].seq if batch.changes else cursor, now_ms, batch)
         for publish in publishes:
@@ -104,7 +105,6 @@ class Link:
     def _note(self, head: int, cursor: int, now_ms: float, batch: Any) -> None:
         status = self._status
         status.peer_head, status.cursor = head, cursor
-        status.last_contact_ms, status.last_error = int(now_ms), None
         status.applied += len(batch.changes)
         for change in batch.changes:
             lag = max(0.0, now_ms - change.hlc.wall_ms)
