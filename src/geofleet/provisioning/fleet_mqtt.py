@@ -27,7 +27,7 @@ from geofleet.domain.geo import Location
 from geofleet.domain.names import check_thing_name
 from geofleet.domain.records import CertificateStatus
 from geofleet.pki.ca import Authority, cert_pem, sign_csr
-from geofleet.provisioning.service import HOME_ATTRIBUTE, Provisioner, Unavailable
+from geofleet.provisioning.service import Provisioner, Unavailable
 from geofleet.region.registry import Registry
 from geofleet.store.base import Store
 
@@ -107,11 +107,8 @@ class FleetProvisioning:
 
         def activate(order: tuple[str, ...], reasons: list[str], previous: str | None) -> Json:
             with self._store.atomic():
-                self._registry.create_thing(thing, settings.get("thingTypeName"),
-                                            {**(settings.get("attributes") or {}), HOME_ATTRIBUTE: order[0]})
                 self._registry.update_certificate(cert_id, CertificateStatus.ACTIVE)
-                self._registry.attach_policy(settings["policyName"], cert_id)
-                self._provisioner.replace_principal(thing, cert_id, previous)
+                self._provisioner.write_device(thing, settings, cert_id, order[0], previous)
             return {"thingName": thing, "deviceConfiguration": {
                 "homeRegion": order[0], "endpoints": json.dumps(self._provisioner.endpoints(order))}}
 

@@ -29,12 +29,12 @@ from geofleet.domain.records import CertificateStatus
 from geofleet.pki.ca import Authority, cert_pem, csr_common_name, load_csr, sign_csr
 from geofleet.region.registry import Registry
 from geofleet.store.base import Store
+from geofleet.store.guard import DEFAULT_STALE_MS, guard_action
 
 Json = dict[str, Any]
 GuardCall = Callable[[str, str, Json], Awaitable[Json]]
 """(owner region, action, body) -> the owner's answer; raises when the owner is unreachable."""
 
-CLAIM_STALE_MS = 30_000
 HOME_ATTRIBUTE = "geofleet:homeRegion"
 """Thing attribute that records a device's home region (set by provisioning and by moves)."""
 
@@ -95,7 +95,7 @@ class Provisioner:
         timings = timings if timings is not None else Timings()
         with timings.step("auth"):
             check_thing_name(request.device_id)
-            group = self._group(request.group or request.device_id, individual=not request.group)
+            group = self.group(request.group or request.device_id, individual=not request.group)
             fingerprint = enrollment.csr_fingerprint(request.csr)
             now = time.time()
             key = enrollment.decode_key(group["key"])
@@ -123,7 +123,7 @@ class Provisioner:
         with timings.step("geo"):
             choice = self._choose(location, group)
         guard_owner = owner(device_id, [r.name for r in self._fleet.regions])
-        claim = {"deviceId": device_id, "fingerprint": fingerprint, "staleMs": CLAIM_STALE_MS}
+        claim = {"deviceId": device_id, "fingerprint": fingerprint, "staleMs": DEFAULT_STALE_MS}
         with timings.step("guard"):
             state, detail = await self._claim(guard_owner, claim)
         if state == "done":
@@ -160,7 +160,16 @@ class Provisioner:
         order = choose_home(Location(home.latitude, home.longitude), places, default=region).order
         return {"thingName": thing, "homeRegion": region, "endpoints": self.endpoints(order)}
 
-    def replace_principal(self, thing: str, cert_id: str, previous: str | None = None) -> None:
+    def write_device(self, thing: str, group: Json, cert_id: str, home: str, previous: str | None) -> None:
+        """The registry side of provisioning (inside the caller's transaction): the thing with
+        its group's type and attributes and its home, the group's policy on the certificate,
+        and the certificate as the thing's only principal."""
+        self._registry.create_thing(thing, group.get("thingTypeName"),
+                                    {**(group.get("attributes") or {}), HOME_ATTRIBUTE: home})
+        self._registry.attach_policy(group["policyName"], cert_id)
+        self._replace_principal(thing, cert_id, previous)
+
+    def _replace_principal(self, thing: str, cert_id: str, previous: str | None) -> None:
         """A provisioned device has one certificate: a re-provisioned device's earlier ones are
         deactivated (their sessions cut) and detached, since the old key may be in other hands."""
         for old in {*self._registry.principals_of(thing), *([previous] if previous else [])} - {cert_id}:
@@ -182,10 +191,8 @@ class Provisioner:
         return [{"region": name, "host": self._fleet.region(name).address, "port": self._fleet.region(name).mqtt_port}
                 for name in order]
 
-    def group(self, name: str) -> Json:
-        return self._group(name)
-
-    def _group(self, name: str, individual: bool = False) -> Json:
+    def group(self, name: str, individual: bool = False) -> Json:
+        """An enrollment (group, or individual) that may provision now; Unauthorized otherwise."""
         what = "individual enrollment for device" if individual else "enrollment group"
         try:
             group = self._registry.enrollment_group(name, individual)
@@ -219,15 +226,7 @@ class Provisioner:
 
     async def _call(self, guard_owner: str, action: str, body: Json) -> Json:
         if guard_owner == self._region:
-            if action == "claim":
-                state, detail = self._store.guard_claim(body["deviceId"], body["fingerprint"],
-                                                        int(time.time() * 1000), CLAIM_STALE_MS)
-                return {"state": state, "detail": detail}
-            if action == "complete":
-                self._store.guard_complete(body["deviceId"], body["fingerprint"], body["answer"])
-            else:
-                self._store.guard_release(body["deviceId"], body["fingerprint"])
-            return {"state": action}
+            return guard_action(self._store, action, body)
         try:
             return await self._guard(guard_owner, action, body)
         except Exception as exc:
@@ -240,11 +239,8 @@ class Provisioner:
         with timings.step("sign"):
             signed = sign_csr(self._authority, request.csr)
         with timings.step("registry"), self._store.atomic():
-            self._registry.create_thing(thing, group.get("thingTypeName"),
-                                        {**(group.get("attributes") or {}), HOME_ATTRIBUTE: order[0]})
             cert = self._registry.register_certificate(cert_pem(signed).decode(), CertificateStatus.ACTIVE)
-            self._registry.attach_policy(group["policyName"], cert["certificateId"])
-            self.replace_principal(thing, cert["certificateId"], previous)
+            self.write_device(thing, group, cert["certificateId"], order[0], previous)
         endpoints = self.endpoints(order)
         return {"thingName": thing, "certificateId": cert["certificateId"], "certificatePem": cert["certificatePem"],
                 "caChain": [cert_pem(self._authority.cert).decode(), self._root_ca_pem],

@@ -16,6 +16,7 @@ from geofleet.domain.errors import GeofleetError
 from geofleet.replication.antientropy import bucket_contents
 from geofleet.replication.wire import change_to_json
 from geofleet.store.base import Store
+from geofleet.store.guard import guard_action
 
 MAX_BATCH = 1000
 MAX_WAIT_S = 30.0
@@ -80,18 +81,7 @@ def create_peer_app(region: str, peers: set[str], store: Store, feed: ChangeFeed
     async def guard(peer: str, action: str, body: dict[str, Any]) -> dict[str, Any]:
         """The provision-once guard of device ids this region owns (see provisioning)."""
         check(peer)
-        device_id, fingerprint = str(body.get("deviceId", "")), str(body.get("fingerprint", ""))
-        if action == "claim":
-            state, detail = store.guard_claim(device_id, fingerprint, int(time.time() * 1000),
-                                              int(body.get("staleMs", 30_000)))
-            return {"region": region, "state": state, "detail": detail}
-        if action == "complete":
-            store.guard_complete(device_id, fingerprint, dict(body.get("answer") or {}))
-        elif action == "release":
-            store.guard_release(device_id, fingerprint)
-        else:
-            raise GeofleetError(f"unknown guard action {action!r}")
-        return {"region": region, "state": action}
+        return {"region": region, **guard_action(store, action, body)}
 
     @app.get("/v1/digest")
     async def digest(peer: str) -> dict[str, Any]:
