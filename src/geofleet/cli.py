@@ -18,6 +18,7 @@ import typer
 
 from geofleet.client import AdminClient
 from geofleet.config import DataDir, FleetConfig, default_config, write_private, write_public
+from geofleet.domain.endpoints import HOME_ATTRIBUTE
 from geofleet.domain.errors import ConfigError, GeofleetError
 from geofleet.domain.names import check_thing_name
 from geofleet.domain.policy import DEFAULT_POLICY_NAME
@@ -127,7 +128,7 @@ def device_create(
     data = DataDir(data_dir)
     key = new_key()
     with _client(data_dir, region) as api:
-        api.call("POST", f"/things/{name}", json={})
+        api.call("POST", f"/things/{name}", json={"attributes": {HOME_ATTRIBUTE: region}})
         cert = api.call("POST", "/certificates/from-csr",
                         json={"certificateSigningRequest": make_csr(key, name).decode(), "setAsActive": True})
         cert_id = cert["certificateId"]

@@ -52,12 +52,17 @@ class AdminClient:
                 f"region {self.region.name} at {self.region.http_url} did not answer ({exc.__class__.__name__}); "
                 "is it running?"
             ) from None
-        if response.status_code >= 400:
-            try:
-                message = response.json().get("message", response.text)
-            except ValueError:
-                message = response.text
-            error = _BY_STATUS.get(response.status_code, errors.GeofleetError)(str(message))
-            error.status = response.status_code
-            raise error
-        return response.json() if response.content else None
+        return answer(response)
+
+
+def answer(response: httpx.Response) -> Any:
+    """The JSON body of a success; the ``GeofleetError`` the server raised otherwise."""
+    if response.status_code >= 400:
+        try:
+            message = response.json().get("message", response.text)
+        except ValueError:
+            message = response.text
+        error = _BY_STATUS.get(response.status_code, errors.GeofleetError)(str(message))
+        error.status = response.status_code
+        raise error
+    return response.json() if response.content else None

@@ -125,6 +125,8 @@ class LocalFleet:
 
     def __init__(self, data: DataDir, process: subprocess.Popen[bytes], cluster: dict[str, object]) -> None:
         self.data, self.process, self.cluster = data, process, cluster
+        self.restarted: dict[str, subprocess.Popen[bytes]] = {}
+        """Regions started again after a kill: children of this process, not of ``geofleet up``."""
 
     @classmethod
     def start(cls, root: Path, regions: tuple[str, ...] = DEFAULT_REGIONS, timeout: float = READY_TIMEOUT_S,
@@ -153,8 +155,28 @@ class LocalFleet:
         assert isinstance(info, dict)
         return info
 
+    def pid(self, name: str) -> int:
+        return int(str(self.region(name)["pid"]))
+
+    def send_signal(self, name: str, signum: int) -> None:
+        """Send a region's process a signal: SIGKILL (a crash), SIGSTOP/SIGCONT (a black hole)."""
+        os.kill(self.pid(name), signum)
+        if signum == signal.SIGKILL:
+            process = self.restarted.pop(name, None)
+            if process is not None:
+                process.wait()
+
+    def restart(self, name: str, timeout: float = READY_TIMEOUT_S) -> None:
+        """Start a killed region again, as an operator would, and wait until it is ready."""
+        process = spawn_region(self.data, name)
+        wait_ready(self.data, name, process, timeout)
+        self.restarted[name] = process
+        self.region(name)["pid"] = process.pid
+
     def stop(self) -> int:
         """SIGTERM ``geofleet up`` (which stops every region) and return its exit code."""
+        _stop_all(self.restarted)
+        self.restarted.clear()
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:

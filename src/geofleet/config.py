@@ -85,6 +85,11 @@ class FleetConfig:
     """Networks (CIDR) whose X-Forwarded-For header provisioning believes."""
     geoip_database: str = ""
     """Optional MaxMind-format .mmdb (City) file for city-level geolocation; relative to the data dir."""
+    failover_mode: str = "active-active"
+    """``active-active`` (a device may use any healthy permitted region) or ``active-standby``
+    (only its home's standby, and only while the home is down); see ``domain.endpoints``."""
+    standby: dict[str, str] = field(default_factory=dict)
+    """Region -> its standby in active-standby mode (default: the nearest other region)."""
 
     @property
     def home_default(self) -> str:
@@ -129,8 +134,16 @@ class FleetConfig:
             parse_networks(trusted)
         except ValueError as exc:
             raise ConfigError(f"trusted_proxies: {exc}") from None
+        mode = str(data.get("failover_mode", "active-active"))
+        if mode not in ("active-active", "active-standby"):
+            raise ConfigError(f"failover_mode must be 'active-active' or 'active-standby', not {mode!r}")
+        standby = {str(k): str(v) for k, v in dict(data.get("standby", {})).items()}
+        for primary, second in standby.items():
+            if primary not in names or second not in names or primary == second:
+                raise ConfigError(f"standby {primary!r} -> {second!r}: both must be regions of this fleet, "
+                                  "and different")
         return cls(str(data.get("fleet", "geofleet")), regions, str(data.get("account", "000000000000")),
-                   default, residency, trusted, str(data.get("geoip_database", "")))
+                   default, residency, trusted, str(data.get("geoip_database", "")), mode, standby)
 
 
 def _region_from_json(index: int, raw: dict[str, Any]) -> RegionConfig:

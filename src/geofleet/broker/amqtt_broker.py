@@ -33,7 +33,7 @@ from amqtt.broker import Broker as AmqttBroker
 from amqtt.contexts import Action as AmqttAction
 from amqtt.mqtt.disconnect import DisconnectPacket
 
-from geofleet.broker.base import Connection, DisconnectReason, Gate
+from geofleet.broker.base import Connection, DisconnectReason, Gate, Tap
 from geofleet.domain.policy import Action
 from geofleet.domain.topics import TopicFilterIndex
 
@@ -64,6 +64,7 @@ class EmbeddedBroker:
         self._files = {"certfile": str(chain), "keyfile": str(key)}
         self._tls = server_tls_context(chain, key, trust)
         self._amqtt: _GatedAmqtt | None = None
+        self._taps: list[Tap] = []
 
     @property
     def port(self) -> int:
@@ -75,7 +76,7 @@ class EmbeddedBroker:
                                       **self._files}},
             "plugins": {},
         }
-        self._amqtt = _GatedAmqtt(config, gate, self._tls)
+        self._amqtt = _GatedAmqtt(config, gate, self._tls, self._taps)
         await self._amqtt.start()
 
     async def stop(self) -> None:
@@ -104,10 +105,15 @@ class EmbeddedBroker:
     def connections(self) -> list[Connection]:
         return [] if self._amqtt is None else [c for c, _ in self._amqtt.live.values()]
 
+    def tap(self, listener: Tap) -> Callable[[], None]:
+        self._taps.append(listener)
+        return lambda: self._taps.remove(listener)
+
 
 class _GatedAmqtt(AmqttBroker):  # type: ignore[misc]
-    def __init__(self, config: dict[str, Any], gate: Gate, tls: ssl.SSLContext) -> None:
+    def __init__(self, config: dict[str, Any], gate: Gate, tls: ssl.SSLContext, taps: list[Tap]) -> None:
         super().__init__(config)
+        self._taps = taps
         self._gate = gate
         self._tls = tls
         self._closing: set[asyncio.Future[Any]] = set()
@@ -227,6 +233,8 @@ class _GatedAmqtt(AmqttBroker):  # type: ignore[misc]
     async def _run_broadcast(self, running_tasks: Any) -> None:
         broadcast = await self._broadcast_queue.get()
         topic, data = broadcast["topic"], broadcast["data"]
+        for tap in list(self._taps):
+            tap(topic, bytes(data))
         for topic_filter in self._index.match(topic):
             for target, subscribed_qos in list(self._subscriptions.get(topic_filter, ())):
                 qos = min(broadcast.get("qos", subscribed_qos), subscribed_qos)

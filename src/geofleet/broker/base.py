@@ -40,6 +40,12 @@ class Connection:
     connected_ms: int
     reason: DisconnectReason | None = None
     """Set by whoever ends the connection on purpose, before it is closed."""
+    internal: bool = False
+    """The region's own health probe: no lifecycle events, no presence, one topic."""
+
+
+Tap = Callable[[str, bytes], None]
+"""Sees every message the broker routes (topic, payload), devices' and the region's own."""
 
 
 class Gate(Protocol):
@@ -81,3 +87,7 @@ class Broker(Protocol):
         ...
 
     def connections(self) -> list[Connection]: ...
+
+    def tap(self, listener: Tap) -> Callable[[], None]:
+        """Call ``listener`` for every routed message until the returned function is called."""
+        ...

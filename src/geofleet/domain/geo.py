@@ -45,6 +45,9 @@ class Choice:
     order: tuple[str, ...]
     """Home first, then every other allowed, healthy region by effective distance."""
     reasons: tuple[str, ...] = field(default=())
+    permitted: tuple[str, ...] = ()
+    """Home first, then every region the rules allow, healthy or not, by effective distance:
+    the regions the device may fail over to."""
 
 
 class NoRegionAllowed(ValueError):
@@ -84,9 +87,9 @@ def choose_home(
         candidates = [c for c in candidates if c in rule]
         reasons.append(f"residency rule {rule_key}: {', '.join(sorted(rule))}")
     if allowed is not None:
-        permitted = set(allowed)
-        candidates = [c for c in candidates if c in permitted]
-        reasons.append(f"enrollment allows: {', '.join(sorted(permitted))}")
+        allowed_set = set(allowed)
+        candidates = [c for c in candidates if c in allowed_set]
+        reasons.append(f"enrollment allows: {', '.join(sorted(allowed_set))}")
     if not candidates:
         raise NoRegionAllowed("no configured region satisfies the residency rules: " + "; ".join(reasons))
     down = set(unhealthy)
@@ -113,7 +116,8 @@ def choose_home(
         order = (default, *[n for n in order if n != default])
     home_km = distance_km(origin[0], origin[1], places[order[0]].latitude, places[order[0]].longitude)
     reasons.append(f"home {order[0]}: {home_km:.0f} km away")
-    return Choice(order[0], order, tuple(reasons))
+    failover = sorted((c for c in candidates if c != order[0]), key=effective)
+    return Choice(order[0], order, tuple(reasons), (order[0], *failover))
 
 
 def _residency_rule(location: Location, rules: Mapping[str, Iterable[str]]) -> tuple[str, set[str] | None]:

@@ -28,6 +28,9 @@ class Kind(StrEnum):
     """Who may provision: a group's secret key and what its devices get."""
     ENROLLMENT = "enrollment"
     """An individual enrollment: one device id on the allow-list, with its own key."""
+    PRESENCE = "presence"
+    """key ``<device>|<region>``, ref = device: that region's latest session of the device
+    (see ``domain.presence``); only that region writes it."""
 
 
 class CertificateStatus(StrEnum):

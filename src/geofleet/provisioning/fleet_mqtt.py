@@ -108,7 +108,7 @@ class FleetProvisioning:
         def activate(order: tuple[str, ...], reasons: list[str], previous: str | None) -> Json:
             with self._store.atomic():
                 self._registry.update_certificate(cert_id, CertificateStatus.ACTIVE)
-                self._provisioner.write_device(thing, settings, cert_id, order[0], previous)
+                self._provisioner.write_device(thing, settings, cert_id, order, previous)
             return {"thingName": thing, "deviceConfiguration": {
                 "homeRegion": order[0], "endpoints": json.dumps(self._provisioner.endpoints(order))}}
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from geofleet.config import FleetConfig
 from geofleet.domain import enrollment
+from geofleet.domain.endpoints import HOME_ATTRIBUTE, REGIONS_ATTRIBUTE
 from geofleet.domain.errors import Conflict, GeofleetError, InvalidRequest, Unauthorized
 from geofleet.domain.geo import Location, NoRegionAllowed, Place, choose_home
 from geofleet.domain.names import check_thing_name
@@ -35,7 +36,6 @@ Json = dict[str, Any]
 GuardCall = Callable[[str, str, Json], Awaitable[Json]]
 """(owner region, action, body) -> the owner's answer; raises when the owner is unreachable."""
 
-HOME_ATTRIBUTE = "geofleet:homeRegion"
 """Thing attribute that records a device's home region (set by provisioning and by moves)."""
 
 
@@ -143,7 +143,7 @@ class Provisioner:
             if state != "claimed":
                 raise Unavailable("re-provisioning raced with another request: retry", retry_after=1)
         try:
-            answer = create(choice.order, list(choice.reasons), previous)
+            answer = create(choice.permitted, list(choice.reasons), previous)
         except BaseException:
             await self._call(guard_owner, "release", claim)
             raise
@@ -155,17 +155,19 @@ class Provisioner:
         """Migrate a device's home (an operator's decision, like DPS re-provisioning): its
         attributes and shadows are everywhere already; what changes is its endpoint order."""
         home = self._fleet.region(region)
-        self._registry.update_thing(thing, attributes={HOME_ATTRIBUTE: region})
         places = [Place(r.name, r.latitude, r.longitude) for r in self._fleet.regions]
         order = choose_home(Location(home.latitude, home.longitude), places, default=region).order
+        self._registry.update_thing(thing, attributes={HOME_ATTRIBUTE: region, REGIONS_ATTRIBUTE: ",".join(order)})
         return {"thingName": thing, "homeRegion": region, "endpoints": self.endpoints(order)}
 
-    def write_device(self, thing: str, group: Json, cert_id: str, home: str, previous: str | None) -> None:
+    def write_device(self, thing: str, group: Json, cert_id: str, order: tuple[str, ...], previous: str | None
+                     ) -> None:
         """The registry side of provisioning (inside the caller's transaction): the thing with
-        its group's type and attributes and its home, the group's policy on the certificate,
-        and the certificate as the thing's only principal."""
+        its group's type and attributes, its home and the regions it may fail over to, the
+        group's policy on the certificate, and the certificate as the thing's only principal."""
         self._registry.create_thing(thing, group.get("thingTypeName"),
-                                    {**(group.get("attributes") or {}), HOME_ATTRIBUTE: home})
+                                    {**(group.get("attributes") or {}), HOME_ATTRIBUTE: order[0],
+                                     REGIONS_ATTRIBUTE: ",".join(order)})
         self._registry.attach_policy(group["policyName"], cert_id)
         self._replace_principal(thing, cert_id, previous)
 
@@ -240,7 +242,7 @@ class Provisioner:
             signed = sign_csr(self._authority, request.csr)
         with timings.step("registry"), self._store.atomic():
             cert = self._registry.register_certificate(cert_pem(signed).decode(), CertificateStatus.ACTIVE)
-            self.write_device(thing, group, cert["certificateId"], order[0], previous)
+            self.write_device(thing, group, cert["certificateId"], order, previous)
         endpoints = self.endpoints(order)
         return {"thingName": thing, "certificateId": cert["certificateId"], "certificatePem": cert["certificatePem"],
                 "caChain": [cert_pem(self._authority.cert).decode(), self._root_ca_pem],

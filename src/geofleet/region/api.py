@@ -1,7 +1,8 @@
 """The region's HTTP admin API (FastAPI; OpenAPI at ``/openapi.json`` and ``/docs``).
 
-Every route needs the fleet's admin token (``Authorization: Bearer ...``) except ``/health``,
-which says only whether the node is up, so that load balancers and health checkers can call it.
+Every route needs the fleet's admin token (``Authorization: Bearer ...``) except ``/health``
+and ``/v1/endpoints/<device>`` (see ``directory_api``) and ``/v1/provision`` (which checks the
+device's enrollment signature instead).
 Errors come back as ``{"code": ..., "message": ...}`` with a 4xx status; shadow routes use
 AWS's shadow error codes and messages.
 """
@@ -12,7 +13,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse
@@ -88,8 +89,12 @@ class ProvisionIn(BaseModel):
     signature: str = Field(max_length=128)
 
 
+Routes = Callable[[list[Any]], APIRouter]
+"""Builds more routes, given the dependency that guards admin routes."""
+
+
 def create_app(registry: Registry, shadows: ShadowService, token: str, region: str,
-               health: Callable[[], Awaitable[Json]], replication: Replication, provisioner: Provisioner) -> FastAPI:
+               replication: Replication, provisioner: Provisioner, more: Routes) -> FastAPI:
     def authenticated(authorization: Annotated[str | None, Header()] = None) -> None:
         scheme, _, given = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not secrets.compare_digest(given.encode(), token.encode()):
@@ -100,9 +105,7 @@ def create_app(registry: Registry, shadows: ShadowService, token: str, region: s
     _install_errors_and_limits(app)
     guarded = [Depends(authenticated)]
 
-    @app.get("/health", tags=["health"])
-    async def get_health() -> Json:
-        return await health()
+    app.include_router(more(guarded))
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=guarded)
     async def openapi() -> Json:

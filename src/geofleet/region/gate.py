@@ -22,6 +22,7 @@ from geofleet.domain.names import parse_shadow_request, presence_topic, thing_ev
 from geofleet.domain.policy import Action, Principal, is_allowed
 from geofleet.domain.records import CertificateStatus, Kind, Record
 from geofleet.provisioning.fleet_mqtt import FleetProvisioning
+from geofleet.region.presence import PresenceDirectory
 from geofleet.region.registry import Registry
 from geofleet.region.shadows import ShadowService
 
@@ -46,6 +47,9 @@ class RegionGate:
         self._tasks: set[asyncio.Task[None]] = set()
         self.broker: Broker | None = None
         self.fleet_provisioning: FleetProvisioning | None = None
+        self.presence: PresenceDirectory | None = None
+        self.probe: tuple[str, str, str] | None = None
+        """(certificate id, client id, topic) of the region's health probe."""
         registry.observe(self._registry_changed)
 
     # -- the Gate port ---------------------------------------------------------------------
@@ -54,6 +58,8 @@ class RegionGate:
         if certificate_der is None or not client_id:
             return None
         cert_id = hashlib.sha256(certificate_der).hexdigest()
+        if self.probe is not None and (cert_id, client_id) == self.probe[:2]:
+            return Connection(client_id, str(uuid.uuid4()), cert_id, None, ip, _now_ms(), internal=True)
         status = self._registry.certificate_status(cert_id)
         if status is not CertificateStatus.ACTIVE:
             log.info("refused %s from %s: certificate %s is %s", client_id, ip, cert_id,
@@ -67,6 +73,8 @@ class RegionGate:
         return connection
 
     def authorize(self, connection: Connection, action: Action, topic: str) -> bool:
+        if connection.internal:
+            return self.probe is not None and topic == self.probe[2] and action is not Action.CONNECT
         key = (connection.certificate_id, connection.client_id, connection.thing_name, action, topic)
         decision = self._decisions.get(key)
         if decision is None:
@@ -79,9 +87,17 @@ class RegionGate:
         return decision
 
     async def connected(self, connection: Connection) -> None:
+        if connection.internal:
+            return
+        if self.presence is not None:
+            self.presence.connected(connection)
         await self._presence("connected", connection)
 
     async def disconnected(self, connection: Connection) -> None:
+        if connection.internal:
+            return
+        if self.presence is not None:
+            self.presence.disconnected(connection)
         await self._presence("disconnected", connection)
 
     async def message(self, connection: Connection, topic: str, payload: bytes) -> None:

@@ -8,7 +8,6 @@ import contextlib
 import json
 import logging
 import signal
-import time
 from typing import Any
 
 import uvicorn
@@ -23,7 +22,11 @@ from geofleet.provisioning.fleet_mqtt import FleetProvisioning
 from geofleet.provisioning.geolocate import Geolocator
 from geofleet.provisioning.service import Provisioner
 from geofleet.region.api import create_app
+from geofleet.region.concierge import Concierge
+from geofleet.region.directory_api import directory_routes
 from geofleet.region.gate import RegionGate
+from geofleet.region.health import BrokerProbe, Health
+from geofleet.region.presence import PresenceDirectory
 from geofleet.region.registry import Registry
 from geofleet.region.shadows import ShadowService
 from geofleet.replication.service import Replication
@@ -49,8 +52,20 @@ class RegionNode:
         self.shadows = ShadowService(self.store, self.clock, name, self.broker.publish)
         self.gate = RegionGate(self.registry, self.shadows, name, fleet.account)
         self.gate.broker = self.broker
+        self.presence = PresenceDirectory(self.store, self.registry, self.clock, name)
+        self.presence.broker = self.broker
+        self.gate.presence = self.presence
         self._ensure_builtin_policies()
-        self.replication = Replication(data, fleet, name, self.store, self.registry, self.shadows)
+        ended = self.presence.forget_own_sessions()
+        if ended:
+            log.info("region %s: %d device session(s) ended with the previous process", name, ended)
+        probe = BrokerProbe(authority, self.config, data.trust_bundle, paths.root)
+        self.gate.probe = (probe.certificate_id, probe.client_id, probe.topic)
+        self.replication = Replication(data, fleet, name, self.store, self.registry, self.shadows,
+                                       lambda: self.health.local())
+        self.health = Health(name, self.store, self.broker, probe, list(self.replication.peers),
+                             self.replication.get_peer)
+        self.concierge = Concierge(fleet, name, self.registry, self.health)
         geoip = (data.root / fleet.geoip_database) if fleet.geoip_database else None
         locator = Geolocator(geoip)
         self.provisioner = Provisioner(
@@ -59,14 +74,14 @@ class RegionNode:
         )
         self.gate.fleet_provisioning = FleetProvisioning(
             self.provisioner, self.registry, self.store, authority, self.broker, locator.locate)
-        app = create_app(self.registry, self.shadows, data.token(), name, self.health, self.replication,
-                         self.provisioner)
+        app = create_app(self.registry, self.shadows, data.token(), name, self.replication, self.provisioner,
+                         lambda guarded: directory_routes(name, guarded, self.health, self.concierge, self.presence,
+                                                          self.broker))
         self._http = EmbeddedServer(uvicorn.Config(
             app, host=self.config.host, port=self.config.http_port, log_level="warning",
             ssl_certfile=str(paths.server_chain), ssl_keyfile=str(paths.server_key), lifespan="off",
             access_log=False, proxy_headers=False,  # X-Forwarded-For: only geofleet's trusted_proxies decide
         ))
-        self._started = time.time()
         self._stop = asyncio.Event()
 
     async def _guard(self, owner: str, action: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -79,10 +94,6 @@ class RegionNode:
             except NotFound:
                 self.registry.create_policy(name, json.dumps(document))
 
-    async def health(self) -> dict[str, Any]:
-        return {"status": "ok", "region": self.config.name, "uptimeSeconds": round(time.time() - self._started, 1),
-                "connections": len(self.broker.connections())}
-
     async def run(self) -> None:
         """Serve until SIGINT/SIGTERM or ``stop()``; then close everything cleanly."""
         loop = asyncio.get_running_loop()
@@ -91,10 +102,12 @@ class RegionNode:
                 loop.add_signal_handler(sig, self._stop.set)
         await self.broker.start(self.gate)
         await self.replication.start()
+        await self.health.start()
         http = asyncio.create_task(self._http.serve())
         while not self._http.started and not http.done():
             await asyncio.sleep(0.01)
         if http.done():
+            await self.health.stop()
             await self.replication.stop()
             await self.broker.stop()
             raise RuntimeError(f"region {self.config.name}: HTTP API failed to start on port {self.config.http_port}")
@@ -105,6 +118,7 @@ class RegionNode:
         finally:
             self._http.should_exit = True
             await http
+            await self.health.stop()
             await self.replication.stop()
             await self.broker.stop()
             self.store.close()

@@ -357,10 +357,17 @@ class Registry:
         return record
 
     def _write(self, kind: Kind, key: str, body: Json, ref: str = "") -> None:
-        self._commit(Record(kind, key, body, self._clock.now(), self._region, ref))
+        self.put_local(kind, key, body, ref)
 
     def _delete(self, record: Record) -> None:
         self._commit(Record(record.kind, record.key, None, self._clock.now(), self._region, record.ref))
+
+    def put_local(self, kind: Kind, key: str, body: Json, ref: str = "") -> Record:
+        """Write a record of a kind this class does not manage itself (presence), with the same
+        log, replication and observers as every registry write."""
+        record = Record(kind, key, body, self._clock.now(), self._region, ref)
+        self._commit(record)
+        return record
 
     def _commit(self, record: Record, *, log: bool = True) -> None:
         previous = self._store.get(record.kind, record.key)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Query
@@ -51,7 +52,7 @@ class UnknownPeer(GeofleetError):
 
 
 def create_peer_app(region: str, peers: set[str], store: Store, feed: ChangeFeed,
-                    acknowledged: dict[str, int]) -> FastAPI:
+                    acknowledged: dict[str, int], health: Callable[[], Awaitable[dict[str, Any]]]) -> FastAPI:
     app = FastAPI(title=f"geofleet replication {region}", openapi_url=None, docs_url=None, redoc_url=None)
 
     @app.exception_handler(GeofleetError)
@@ -82,6 +83,12 @@ def create_peer_app(region: str, peers: set[str], store: Store, feed: ChangeFeed
         """The provision-once guard of device ids this region owns (see provisioning)."""
         check(peer)
         return {"region": region, **guard_action(store, action, body)}
+
+    @app.get("/v1/health")
+    async def peer_health(peer: str) -> dict[str, Any]:
+        """This region's own deep health, for its peers' view of the fleet."""
+        check(peer)
+        return await health()
 
     @app.get("/v1/digest")
     async def digest(peer: str) -> dict[str, Any]:

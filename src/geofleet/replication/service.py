@@ -9,6 +9,7 @@ import os
 import random
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -38,7 +39,7 @@ STREAMS = ("priority", "all")
 
 class Replication:
     def __init__(self, data: DataDir, fleet: FleetConfig, region: str, store: Store, registry: Registry,
-                 shadows: ShadowService) -> None:
+                 shadows: ShadowService, health: Callable[[], Awaitable[dict[str, Any]]]) -> None:
         self.region = region
         self._store = store
         self._applier = Applier(registry, shadows)
@@ -54,7 +55,7 @@ class Replication:
         paths = data.region(region)
         me = fleet.region(region)
         self._server = EmbeddedServer(uvicorn.Config(
-            create_peer_app(region, set(self.peers), store, self.feed, self.acknowledged),
+            create_peer_app(region, set(self.peers), store, self.feed, self.acknowledged, health),
             host=me.host, port=me.peer_port, log_level="warning", lifespan="off", access_log=False,
             ssl_certfile=str(paths.peer_cert), ssl_keyfile=str(paths.peer_key), ssl_ca_certs=str(data.peer_ca),
             ssl_cert_reqs=ssl.CERT_REQUIRED, timeout_graceful_shutdown=2, proxy_headers=False,
@@ -133,6 +134,11 @@ class Replication:
         """POST to a peer's API over the peer channel (mutual TLS with peer certificates)."""
         response = await self._calls.post(f"{self.peers[peer].peer_url}{path}", params={"peer": self.region},
                                           json=body, timeout=5.0)
+        return _json(response, peer)
+
+    async def get_peer(self, peer: str, path: str, timeout: float) -> dict[str, Any]:
+        response = await self._calls.get(f"{self.peers[peer].peer_url}{path}", params={"peer": self.region},
+                                         timeout=timeout)
         return _json(response, peer)
 
     def unreachable_peers(self) -> set[str]:

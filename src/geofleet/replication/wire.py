@@ -9,6 +9,7 @@ from typing import Any
 
 from geofleet.domain.errors import GeofleetError
 from geofleet.domain.hlc import HLC
+from geofleet.domain.presence import Session, entry_key
 from geofleet.domain.records import CertificateStatus, Kind, Record
 from geofleet.store.base import SHADOW_KIND, Change
 
@@ -72,7 +73,7 @@ def _parse_change(item: Any, where: str) -> Change:
     if kind == SHADOW_KIND:
         _check_ops(body, where)
     elif body is not None:
-        _check_body(Kind(kind), body, where)
+        _check_body(Kind(kind), body, where, key, origin)
     hlc = parse_hlc(item.get("hlc"), where)
     return Change(seq, hlc, origin, kind, key, ref, body)
 
@@ -86,7 +87,7 @@ def parse_record(item: Any, where: str) -> Record:
     if body is not None and not isinstance(body, dict):
         raise BatchError(f"{where} has a body that is not an object")
     if body is not None:
-        _check_body(Kind(item["kind"]), body, where)
+        _check_body(Kind(item["kind"]), body, where, key, origin)
     return Record(Kind(item["kind"]), key, body, parse_hlc(item.get("hlc"), where), origin, ref)
 
 
@@ -99,15 +100,23 @@ _REQUIRED = {
     Kind.THING_PRINCIPAL: ("thingName", "certificateId"),
     Kind.ENROLLMENT_GROUP: ("name", "key", "policyName"),
     Kind.ENROLLMENT: ("name", "key", "policyName"),
+    Kind.PRESENCE: ("device", "region", "sessionId", "connectedAt"),
 }
 
 
-def _check_body(kind: Kind, body: dict[str, Any], where: str) -> None:
+def _check_body(kind: Kind, body: dict[str, Any], where: str, key: str, origin: str) -> None:
     missing = [f for f in _REQUIRED[kind] if not isinstance(body.get(f), str)]
     if missing:
         raise BatchError(f"{where}: a {kind.value} needs string fields {missing}")
     if kind is Kind.CERTIFICATE and body["status"] not in {s.value for s in CertificateStatus}:
         raise BatchError(f"{where}: unknown certificate status {body['status']!r}")
+    if kind is Kind.PRESENCE:
+        try:
+            session = Session.from_json(body)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BatchError(f"{where}: invalid presence entry ({exc})") from None
+        if session.region != origin or key != entry_key(session.device, session.region):
+            raise BatchError(f"{where}: a region may only write presence entries of its own sessions")
 
 
 def parse_hlc(value: Any, where: str) -> HLC:

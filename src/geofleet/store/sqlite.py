@@ -57,6 +57,9 @@ CREATE TABLE IF NOT EXISTS pending (
     PRIMARY KEY (kind, key, hlc, origin, needs_kind, needs_key)
 );
 CREATE INDEX IF NOT EXISTS pending_needs ON pending (needs_kind, needs_key);
+CREATE TABLE IF NOT EXISTS health (
+    id INTEGER PRIMARY KEY CHECK (id = 1), probed_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS guards (
     device_id TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, answer TEXT, claimed_ms INTEGER NOT NULL
 );
@@ -319,6 +322,11 @@ class SqliteStore:
                 "WHERE s.kind = records.kind AND s.key = records.key AND s.hlc = records.hlc)", (before.encode(),))
             self._db.execute("DELETE FROM seen_everywhere WHERE hlc < ?", (before.encode(),))
         return cursor.rowcount
+
+    def probe(self, now_ms: int) -> None:
+        with self.atomic():
+            self._db.execute("INSERT INTO health (id, probed_ms) VALUES (1, ?) "
+                             "ON CONFLICT (id) DO UPDATE SET probed_ms = excluded.probed_ms", (now_ms,))
 
     def parked(self) -> int:
         return int(self._db.execute("SELECT count(DISTINCT kind || key || hlc) FROM pending").fetchone()[0])

@@ -1,0 +1,257 @@
+"""The application side: find a device in the fleet and reach it, wherever it is connected.
+
+``FleetApp`` talks to every region's admin API (HTTPS, the fleet's admin token):
+
+- ``locate`` asks the nearest healthy region's presence directory (replicated, so any region
+  knows every device); "nearest" is the lowest measured round trip, re-measured on failure;
+- ``send`` delivers to the device's live session in the region where it is connected; when that
+  region is unknown, unreachable or no longer holds the session (the device just failed over),
+  it tries every region at once, and retries until ``timeout`` while the device reconnects.
+  Exactly one region holds a device's session, so at most one delivers;
+- ``get_shadow``/``update_shadow`` go to the nearest healthy region (shadows are replicated);
+- ``events`` merges every region's stream of telemetry and lifecycle events into one, with
+  reconnects, and drops duplicates (the same topic and payload within a window), since a QoS 1
+  message resent after a failover may have reached two regions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import random
+import ssl
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from geofleet.client import answer
+from geofleet.config import DataDir
+from geofleet.domain.errors import GeofleetError, NotFound
+
+Json = dict[str, Any]
+DEDUP_WINDOW = 10_000
+
+
+class DeviceOffline(GeofleetError):
+    status = 504
+    code = "DeviceOffline"
+
+
+class NoRegionReachable(GeofleetError):
+    status = 503
+    code = "NoRegionReachable"
+
+
+@dataclass(frozen=True, slots=True)
+class Region:
+    name: str
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    device: str
+    connected: bool
+    region: str | None
+    session_id: str | None
+    answered_by: str
+    last_seen: Json | None
+
+    @classmethod
+    def from_json(cls, body: Json) -> Location:
+        return cls(body["device"], bool(body["connected"]), body.get("region"), body.get("sessionId"),
+                   body.get("servedBy", ""), body.get("lastSeen"))
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    region: str
+    topic: str
+    payload: bytes
+    received_ms: int
+
+    def json(self) -> Any:
+        return json.loads(self.payload)
+
+
+class FleetApp:
+    def __init__(self, regions: Sequence[Region], token: str, root_ca: Path, timeout: float = 5.0) -> None:
+        if not regions:
+            raise NotFound("no regions given: the application needs at least one region's URL")
+        self.regions = list(regions)
+        self._by_name = {r.name: r for r in self.regions}
+        self._http = httpx.AsyncClient(verify=ssl.create_default_context(cafile=str(root_ca)), timeout=timeout,
+                                       headers={"Authorization": f"Bearer {token}"})
+        self._ranked: list[Region] | None = None
+
+    @classmethod
+    def from_data_dir(cls, root: Path, **kwargs: Any) -> FleetApp:
+        data = DataDir(root)
+        regions = [Region(r.name, r.http_url) for r in data.config().regions]
+        return cls(regions, data.token(), data.root_ca, **kwargs)
+
+    async def __aenter__(self) -> FleetApp:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    # -- finding regions -------------------------------------------------------------------
+
+    async def rank(self) -> list[Region]:
+        """Healthy regions, nearest (lowest round trip to ``/health``) first."""
+        async def probe(region: Region) -> tuple[float, Region] | None:
+            started = time.perf_counter()
+            try:
+                response = await self._http.get(f"{region.url}/health", timeout=2.0)
+            except httpx.HTTPError:
+                return None
+            return (time.perf_counter() - started, region) if response.status_code == 200 else None
+
+        found = [r for r in await asyncio.gather(*(probe(r) for r in self.regions)) if r is not None]
+        self._ranked = [region for _, region in sorted(found, key=lambda item: item[0])]
+        return self._ranked
+
+    async def _nearest(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Call the nearest healthy region; on a transport error, re-rank and try the next."""
+        ranked = self._ranked if self._ranked else await self.rank()
+        errors: list[str] = []
+        for attempt in range(2):
+            for region in ranked:
+                try:
+                    response = await self._http.request(method, f"{region.url}{path}", **kwargs)
+                except httpx.HTTPError as exc:
+                    errors.append(f"{region.name}: {type(exc).__name__}")
+                    continue
+                return answer(response)
+            if attempt == 0:
+                ranked = await self.rank()
+        raise NoRegionReachable("no region answered: " + ("; ".join(errors) or "none is healthy"))
+
+    # -- devices ---------------------------------------------------------------------------
+
+    async def locate(self, device: str) -> Location:
+        """Where ``device`` is connected now (``connected`` False when offline); NotFound for a
+        device that has never connected."""
+        return Location.from_json(await self._nearest("GET", f"/v1/presence/{device}"))
+
+    async def send(self, device: str, topic: str, payload: bytes | str, *, qos: int = 1,
+                   timeout: float = 10.0) -> str:
+        """Deliver to the device's live session; returns the region that delivered it."""
+        data = payload.encode() if isinstance(payload, str) else payload
+        await self._nearest("GET", f"/things/{device}")  # NotFound for an unknown device
+        deadline = time.monotonic() + timeout
+        delay = 0.05
+        last = "not connected anywhere"
+        while True:
+            try:
+                where = await self.locate(device)
+            except NotFound:
+                where = None
+            if where is not None and where.region in self._by_name:
+                delivered = await self._deliver(self._by_name[where.region], device, topic, data, qos)
+                if delivered:
+                    return delivered
+            found = [r for r in await asyncio.gather(*(self._deliver(region, device, topic, data, qos)
+                                                       for region in self.regions)) if r]
+            if found:
+                return found[0]
+            if where is not None and where.last_seen:
+                last = f"last seen in {where.last_seen.get('region')}"
+            if time.monotonic() + delay > deadline:
+                raise DeviceOffline(f"device {device} is not connected to any region ({last}); "
+                                    f"gave up after {timeout:g} s")
+            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, 1.0)
+
+    async def _deliver(self, region: Region, device: str, topic: str, data: bytes, qos: int) -> str | None:
+        try:
+            response = await self._http.post(f"{region.url}/v1/devices/{device}/messages",
+                                             params={"topic": topic, "qos": qos}, content=data)
+        except httpx.HTTPError:
+            return None
+        if response.status_code == 404:
+            return None
+        answer(response)  # anything else than 200 or 404 is the caller's error: raise it
+        return region.name
+
+    async def get_shadow(self, device: str, name: str = "") -> Json:
+        return dict(await self._nearest("GET", f"/things/{device}/shadow", params={"name": name}))
+
+    async def update_shadow(self, device: str, document: Json, name: str = "") -> Json:
+        return dict(await self._nearest("POST", f"/things/{device}/shadow", params={"name": name},
+                                        json=document))
+
+    # -- the merged stream -----------------------------------------------------------------
+
+    async def events(self, filters: Sequence[str] = ("#", "$aws/events/#"), ready_timeout: float = 10.0
+                     ) -> AsyncIterator[Event]:
+        """Every region's telemetry and lifecycle events as one stream, until the iterator is
+        closed. Returns once every healthy region's stream is open, so nothing published
+        afterwards is missed: ``async for event in await app.events(): ...``."""
+        ready = {r.name: asyncio.Event() for r in self.regions}
+        healthy = {r.name for r in await self.rank()}
+        queue: asyncio.Queue[Event] = asyncio.Queue(100_000)
+        readers = [asyncio.create_task(self._follow(r, list(filters), queue, ready[r.name])) for r in self.regions]
+        try:
+            await asyncio.wait_for(asyncio.gather(*(ready[n].wait() for n in healthy)), ready_timeout)
+        except TimeoutError:
+            for reader in readers:
+                reader.cancel()
+            raise NoRegionReachable(f"the event streams of {', '.join(sorted(healthy))} did not open "
+                                    f"within {ready_timeout:g} s") from None
+        return self._merge(queue, readers)
+
+    async def _merge(self, queue: asyncio.Queue[Event], readers: list[asyncio.Task[None]]) -> AsyncIterator[Event]:
+        seen: OrderedDict[bytes, None] = OrderedDict()
+        try:
+            while True:
+                event = await queue.get()
+                key = hashlib.blake2b(event.topic.encode() + b"\0" + event.payload, digest_size=16).digest()
+                if key in seen:
+                    continue
+                seen[key] = None
+                if len(seen) > DEDUP_WINDOW:
+                    seen.popitem(last=False)
+                yield event
+        finally:
+            for reader in readers:
+                reader.cancel()
+            await asyncio.gather(*readers, return_exceptions=True)
+
+    async def _follow(self, region: Region, filters: list[str], queue: asyncio.Queue[Event],
+                      opened: asyncio.Event | None = None) -> None:
+        delay = 0.2
+        while True:
+            try:
+                async with self._http.stream("GET", f"{region.url}/v1/stream", params={"filter": filters},
+                                             timeout=httpx.Timeout(5.0, read=15.0)) as response:
+                    if response.status_code != 200:
+                        await response.aread()
+                        answer(response)
+                    delay = 0.2
+                    async for line in response.aiter_lines():
+                        if not line.strip():
+                            continue
+                        item = json.loads(line)
+                        if "topic" not in item:
+                            if item.get("stream") == "open" and opened is not None:
+                                opened.set()
+                            continue
+                        payload = item["payload"].encode() if "payload" in item \
+                            else base64.b64decode(item["payloadBase64"])
+                        await queue.put(Event(item["region"], item["topic"], payload, int(item["receivedMs"])))
+            except (httpx.HTTPError, ValueError, GeofleetError):
+                pass
+            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, 5.0)
