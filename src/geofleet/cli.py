@@ -315,6 +315,47 @@ def device_bootstrap(
     _print(result, as_json, f"device {device_id} provisioned; home region {credentials.home_region}; files in {out}")
 
 
+@app.command()
+def locate(device: str, data_dir: DataDirOpt, as_json: JsonOpt = False) -> None:
+    """Where a device is connected now, from the replicated presence directory."""
+    from geofleet.app import FleetApp
+
+    check_thing_name(device)
+
+    async def ask() -> Any:
+        async with FleetApp.from_data_dir(data_dir) as fleet_app:
+            return await fleet_app.locate(device)
+
+    where = asyncio.run(ask())
+    seen = (where.last_seen or {}).get("region")
+    text = (f"{device} is connected to {where.region} (session {where.session_id})" if where.connected
+            else f"{device} is offline; last seen in {seen}")
+    _print({"device": device, "connected": where.connected, "region": where.region, "sessionId": where.session_id,
+            "lastSeen": where.last_seen, "answeredBy": where.answered_by}, as_json, text)
+
+
+@app.command()
+def send(
+    device: str,
+    topic: str,
+    payload: str,
+    data_dir: DataDirOpt,
+    timeout: Annotated[float, typer.Option(help="Seconds to keep trying while the device is offline.")] = 10.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Send a message to a device through the region where it is connected (QoS 1)."""
+    from geofleet.app import FleetApp
+
+    check_thing_name(device)
+
+    async def deliver() -> str:
+        async with FleetApp.from_data_dir(data_dir) as fleet_app:
+            return await fleet_app.send(device, topic, payload, timeout=timeout)
+
+    region = asyncio.run(deliver())
+    _print({"device": device, "topic": topic, "deliveredBy": region}, as_json, f"delivered to {device} via {region}")
+
+
 def main() -> None:
     try:
         app()

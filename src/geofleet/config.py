@@ -16,6 +16,7 @@ import csv
 import json
 import os
 import re
+import secrets
 import socket
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -301,8 +302,8 @@ class DataDir:
 def write_private(path: Path, data: bytes) -> None:
     """Write a secret atomically with mode 0600 (never world-readable, even for an instant)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")  # concurrent writers never share it
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
         handle.flush()
@@ -312,6 +313,6 @@ def write_private(path: Path, data: bytes) -> None:
 
 def write_public(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)

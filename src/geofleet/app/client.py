@@ -90,6 +90,8 @@ class FleetApp:
         self._http = httpx.AsyncClient(verify=ssl.create_default_context(cafile=str(root_ca)), timeout=timeout,
                                        headers={"Authorization": f"Bearer {token}"})
         self._ranked: list[Region] | None = None
+        self.duplicates_dropped = 0
+        """Events the merged stream dropped as already seen (a QoS 1 resend that reached two regions)."""
 
     @classmethod
     def from_data_dir(cls, root: Path, **kwargs: Any) -> FleetApp:
@@ -219,6 +221,7 @@ class FleetApp:
                 event = await queue.get()
                 key = hashlib.blake2b(event.topic.encode() + b"\0" + event.payload, digest_size=16).digest()
                 if key in seen:
+                    self.duplicates_dropped += 1
                     continue
                 seen[key] = None
                 if len(seen) > DEDUP_WINDOW:

@@ -14,6 +14,8 @@ version is pinned, and tests cover each change):
   clean sessions, where amqtt would leave the old socket open;
 - a client silent for 1.5 x its keep-alive is disconnected (amqtt never disconnects it);
 - a publish the policy denies closes the connection (FORBIDDEN_ACCESS), as AWS IoT does;
+- a QoS 1 PUBACK is sent once the message is routed and written to every application stream
+  (amqtt acknowledges on receipt, so a crash could lose a message the device saw acknowledged);
 - routing looks subscriptions up in a topic-filter trie (amqtt scans every filter for every
   message), and delivers at min(publish QoS, subscription QoS) as MQTT requires (amqtt uses the
   subscription's QoS, or forces the publisher's on every subscriber).
@@ -22,16 +24,19 @@ version is pinned, and tests cover each change):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from amqtt.broker import Broker as AmqttBroker
 from amqtt.contexts import Action as AmqttAction
 from amqtt.mqtt.disconnect import DisconnectPacket
+from amqtt.mqtt.puback import PubackPacket
+from amqtt.session import INCOMING
 
 from geofleet.broker.base import Connection, DisconnectReason, Gate, Tap
 from geofleet.domain.policy import Action
@@ -45,6 +50,8 @@ _ACTIONS = {
     AmqttAction.RECEIVE: Action.RECEIVE,
 }
 _KEY = "geofleet.connection"
+TAP_WAIT_S = 2.0
+"""How long a device's PUBACK waits for application streams to take its message."""
 
 
 def server_tls_context(chain: Path, key: Path, trust: Path) -> ssl.SSLContext:
@@ -110,6 +117,15 @@ class EmbeddedBroker:
         return lambda: self._taps.remove(listener)
 
 
+async def _acknowledge(handler: Any, message: Any) -> None:
+    unacked: set[int] = getattr(handler, "geofleet_unacked", set())
+    if message is not None and id(message) in unacked:
+        unacked.discard(id(message))
+        puback = PubackPacket.build(message.packet_id)
+        await handler._send_packet(puback)
+        message.puback_packet = puback
+
+
 class _GatedAmqtt(AmqttBroker):  # type: ignore[misc]
     def __init__(self, config: dict[str, Any], gate: Gate, tls: ssl.SSLContext, taps: list[Tap]) -> None:
         super().__init__(config)
@@ -134,7 +150,25 @@ class _GatedAmqtt(AmqttBroker):  # type: ignore[misc]
         if session.keep_alive > 0:
             session.keep_alive = math.ceil(session.keep_alive * 1.5)
         handler.handle_read_timeout = lambda: self._keepalive_expired(handler)
+        handler._handle_qos1_message_flow = self._acknowledge_after_routing(handler)
         return handler, session
+
+    def _acknowledge_after_routing(self, handler: Any) -> Callable[[Any], Awaitable[None]]:
+        """amqtt acknowledges an incoming QoS 1 publish as soon as it has read it; here the
+        PUBACK waits until the message is routed (``_handle_message_delivery``), so a region
+        that dies holding a message has not acknowledged it, and the device sends it again
+        elsewhere."""
+        original = handler._handle_qos1_message_flow
+        handler.geofleet_unacked = set()  # ids of messages read, not yet acknowledged
+
+        async def flow(message: Any) -> None:
+            if message.direction != INCOMING:
+                await original(message)
+                return
+            handler.geofleet_unacked.add(id(message))
+            await handler.session.delivered_message_queue.put(message)
+
+        return flow
 
     def _keepalive_expired(self, handler: Any) -> None:
         for connection, live_handler in self.live.values():
@@ -185,16 +219,24 @@ class _GatedAmqtt(AmqttBroker):  # type: ignore[misc]
         connection: Connection | None = session.attributes.get(_KEY)
         if message is None or connection is None or not message.topic or "#" in message.topic \
                 or "+" in message.topic:
-            return bool(await super()._handle_message_delivery(session, handler, wait_deliver))
+            handled = bool(await super()._handle_message_delivery(session, handler, wait_deliver))
+            await _acknowledge(handler, message)
+            return handled
         if not self._gate.authorize(connection, Action.PUBLISH, message.topic):
             log.info("client %s may not publish to %s: disconnecting", connection.client_id, message.topic)
             connection.reason = DisconnectReason.FORBIDDEN_ACCESS
             await handler.handle_connection_closed()
             return True
+        data = bytes(message.data)
+        written = [w for w in (tap(message.topic, data) for tap in list(self._taps)) if w is not None]
         await self._broadcast_message(session, message.topic, message.data, message.qos)
         if message.publish_packet is not None and message.publish_packet.retain_flag:
             await self.retain_message(session, message.topic, message.data, message.qos)
-        await self._gate.message(connection, message.topic, bytes(message.data))
+        await self._gate.message(connection, message.topic, data)
+        if written:
+            with contextlib.suppress(TimeoutError):  # a stalled reader must not hold devices back
+                await asyncio.wait_for(asyncio.gather(*written), TAP_WAIT_S)
+        await _acknowledge(handler, message)
         return True
 
 
@@ -233,8 +275,9 @@ class _GatedAmqtt(AmqttBroker):  # type: ignore[misc]
     async def _run_broadcast(self, running_tasks: Any) -> None:
         broadcast = await self._broadcast_queue.get()
         topic, data = broadcast["topic"], broadcast["data"]
-        for tap in list(self._taps):
-            tap(topic, bytes(data))
+        if broadcast.get("session") is None:  # the region's own messages; devices' were tapped on arrival
+            for tap in list(self._taps):
+                tap(topic, bytes(data))
         for topic_filter in self._index.match(topic):
             for target, subscribed_qos in list(self._subscriptions.get(topic_filter, ())):
                 qos = min(broadcast.get("qos", subscribed_qos), subscribed_qos)

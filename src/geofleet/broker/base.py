@@ -8,7 +8,7 @@ broker back through ``publish`` and ``disconnect``. A second adapter (mosquitto)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -44,8 +44,9 @@ class Connection:
     """The region's own health probe: no lifecycle events, no presence, one topic."""
 
 
-Tap = Callable[[str, bytes], None]
-"""Sees every message the broker routes (topic, payload), devices' and the region's own."""
+Tap = Callable[[str, bytes], Awaitable[None] | None]
+"""Sees every message the broker routes (topic, payload), devices' and the region's own. For a
+device's QoS 1 publish, the PUBACK waits for what the tap returns (the message written out)."""
 
 
 class Gate(Protocol):

@@ -41,8 +41,13 @@ class Credentials:
 
 
 def bootstrap(device_id: str, enrollment_key: str, group: str | None, urls: list[str], root_ca: Path, out: Path,
-              timeout: float = 10.0) -> Credentials:
-    """Provision once; ``group`` is None for a device with an individual enrollment."""
+              timeout: float = 10.0, *, forwarded_for: str | None = None, local_address: str | None = None
+              ) -> Credentials:
+    """Provision once; ``group`` is None for a device with an individual enrollment.
+
+    ``forwarded_for`` and ``local_address`` stand for a proxy in front of the device (the
+    fleet believes X-Forwarded-For only from its trusted proxies): simulations use them to
+    place devices around the world from one machine."""
     existing = _load(out, device_id)
     if existing is not None:
         return existing
@@ -58,13 +63,16 @@ def bootstrap(device_id: str, enrollment_key: str, group: str | None, urls: list
         write_private(csr_file, csr.encode())
     device_key = decode_key(enrollment_key)
     verify = ssl.create_default_context(cafile=str(root_ca))
+    headers = {"X-Forwarded-For": forwarded_for} if forwarded_for else {}
     errors = []
     for url in urls:
         now = int(time.time())
         body = {"deviceId": device_id, "certificateSigningRequest": csr, "enrollmentGroup": group,
                 "timestamp": now, "signature": sign(device_key, device_id, csr_fingerprint(csr), now)}
         try:
-            response = httpx.post(f"{url.rstrip('/')}/v1/provision", json=body, verify=verify, timeout=timeout)
+            transport = httpx.HTTPTransport(verify=verify, local_address=local_address)
+            with httpx.Client(transport=transport, timeout=timeout) as http:
+                response = http.post(f"{url.rstrip('/')}/v1/provision", json=body, headers=headers)
         except httpx.HTTPError as exc:
             errors.append(f"{url}: {type(exc).__name__}")
             continue

@@ -69,6 +69,9 @@ class Endpoint:
 @dataclass(frozen=True, slots=True)
 class FailoverOptions:
     keepalive_s: int = 30
+    """Silence after which the device gives a region up. The MQTT keep-alive is set to half of
+    it: paho pings after one keep-alive without traffic from the broker and drops the session
+    after one more, so a black-holed region is left within ``keepalive_s`` (plus a second)."""
     connect_timeout_s: float = 5.0
     first_retry_spread_s: float = 1.0
     """After losing a session, the first reconnect waits uniform(0, this): spreads a region's
@@ -83,12 +86,11 @@ class FailoverOptions:
     """How often to ask the concierge whether the current region is still usable (0: never;
     a lost session is always noticed through MQTT)."""
     dedup_window_s: float = 60.0
-    publish_timeout_s: float = 10.0
 
     def backoff(self, failures: int) -> float:
         """Full-jitter exponential backoff (the AWS architecture blog's recommendation)."""
         ceiling = min(self.backoff_max_s, self.backoff_base_s * 2 ** max(0, failures - 1))
-        return random.uniform(self.backoff_base_s / 4, ceiling)
+        return random.uniform(min(self.backoff_base_s / 4, ceiling), ceiling)
 
 
 @dataclass
@@ -98,6 +100,8 @@ class Move:
     region: str
     at: float
     reason: str
+    first_ack_at: float | None = None
+    """When the first QoS 1 message of this session was acknowledged: the device is working."""
 
 
 @dataclass
@@ -162,6 +166,7 @@ class DeviceClient:
         self.dropped_qos0 = 0
         self._task: asyncio.Task[None] | None = None
         self._usable: dict[str, bool] = {}
+        self._http: httpx.AsyncClient | None = None
 
     @classmethod
     def from_credentials(cls, credentials: Credentials, **kwargs: Any) -> DeviceClient:
@@ -193,6 +198,9 @@ class DeviceClient:
                 await task
         self.connected.clear()
         self.region = None
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
 
     async def wait_connected(self, timeout: float) -> str:
         """The region connected to; NoEndpointAvailable (with the last error) after ``timeout``."""
@@ -305,7 +313,7 @@ class DeviceClient:
     async def _session(self, endpoint: Endpoint, reason: str) -> None:
         options = self.options
         client = aiomqtt.Client(endpoint.host, endpoint.port, identifier=self.device_id, tls_context=self._tls,
-                                keepalive=options.keepalive_s, timeout=options.connect_timeout_s,
+                                keepalive=max(1, options.keepalive_s // 2), timeout=options.connect_timeout_s,
                                 clean_session=True, socket_options=NODELAY)
         async with client:
             for topic_filter, subscription in self._subscriptions.items():
@@ -360,8 +368,11 @@ class DeviceClient:
                 await self._wake.wait()
                 continue
             for message in batch:
-                await client.publish(message.topic, message.payload, qos=1, timeout=self.options.publish_timeout_s)
+                # no PUBACK within the keep-alive: the region is silent, leave it
+                await client.publish(message.topic, message.payload, qos=1, timeout=self.options.keepalive_s)
                 self.outbox.ack(message.id)
+                if self.moves[-1].first_ack_at is None:
+                    self.moves[-1].first_ack_at = time.time()
 
     async def _failback(self) -> None:
         await asyncio.sleep(self.options.min_stay_s)
@@ -388,15 +399,16 @@ class DeviceClient:
         """Ask the concierge (any region that answers) which endpoints are usable now."""
         if not self.concierge:
             return
-        async with httpx.AsyncClient(verify=self._http_tls, timeout=self.options.connect_timeout_s) as http:
-            for url in self.concierge:
-                try:
-                    response = await http.get(f"{url.rstrip('/')}/v1/endpoints/{self.device_id}")
-                except httpx.HTTPError:
-                    continue
-                if response.status_code == 200:
-                    self._usable = {e["region"]: bool(e["usable"]) for e in response.json()["endpoints"]}
-                    return
+        if self._http is None:
+            self._http = httpx.AsyncClient(verify=self._http_tls, timeout=self.options.connect_timeout_s)
+        for url in self.concierge:
+            try:
+                response = await self._http.get(f"{url.rstrip('/')}/v1/endpoints/{self.device_id}")
+            except httpx.HTTPError:
+                continue
+            if response.status_code == 200:
+                self._usable = {e["region"]: bool(e["usable"]) for e in response.json()["endpoints"]}
+                return
 
 
 async def _tls_reachable(endpoint: Endpoint, tls: ssl.SSLContext, timeout: float) -> bool:

@@ -78,7 +78,7 @@ def directory_routes(region: str, guarded: list[Depends], health: Health, concie
         raise NotFound(f"device {device!r} is not connected to {region}")
 
     @router.get("/v1/stream", tags=["presence"], dependencies=guarded)
-    async def stream(request: Request, topic_filter: Annotated[list[str] | None, Query(alias="filter")] = None
+    async def stream(topic_filter: Annotated[list[str] | None, Query(alias="filter")] = None
                      ) -> Response:
         """Newline-delimited JSON of every message routed here that matches a filter (default:
         ``#`` and ``$aws/events/#``), until the client goes away."""
@@ -87,37 +87,47 @@ def directory_routes(region: str, guarded: list[Depends], health: Health, concie
             if not item or len(item) > MAX_TOPIC_LENGTH:
                 raise InvalidRequest(f"filter must be 1-{MAX_TOPIC_LENGTH} characters")
             index.add(item)
-        queue: asyncio.Queue[bytes | None] = asyncio.Queue(STREAM_QUEUE)
+        queue: asyncio.Queue[tuple[bytes, asyncio.Future[None] | None] | None] = asyncio.Queue(STREAM_QUEUE)
+        loop = asyncio.get_running_loop()
 
-        def listener(topic: str, payload: bytes) -> None:
-            if index.match(topic):
-                line = {"region": region, "topic": topic, "receivedMs": time.time_ns() // 1_000_000,
-                        **_encode(payload)}
-                try:
-                    queue.put_nowait(json.dumps(line, separators=(",", ":")).encode() + b"\n")
-                except asyncio.QueueFull:
-                    untap()
-                    with contextlib.suppress(asyncio.QueueFull):
-                        queue.put_nowait(None)
+        def listener(topic: str, payload: bytes) -> asyncio.Future[None] | None:
+            if not index.match(topic):
+                return None
+            line = {"region": region, "topic": topic, "receivedMs": time.time_ns() // 1_000_000, **_encode(payload)}
+            written = loop.create_future()
+            try:
+                queue.put_nowait((json.dumps(line, separators=(",", ":")).encode() + b"\n", written))
+            except asyncio.QueueFull:
+                untap()
+                with contextlib.suppress(asyncio.QueueFull):
+                    queue.put_nowait(None)
+                return None
+            return written
 
         untap = broker.tap(listener)
 
         async def lines() -> AsyncIterator[bytes]:
             try:
                 yield json.dumps({"region": region, "stream": "open"}).encode() + b"\n"
-                while not await request.is_disconnected():
+                while True:
                     try:
-                        line = await asyncio.wait_for(queue.get(), 5.0)
+                        item = await asyncio.wait_for(queue.get(), 5.0)
                     except TimeoutError:
                         yield b"\n"  # keep-alive: lets both ends notice a dead peer
                         continue
-                    if line is None:
+                    if item is None:
                         yield json.dumps({"region": region, "stream": "overflow"}).encode() + b"\n"
                         return
-                    yield line
+                    yield item[0]
+                    if item[1] is not None and not item[1].done():
+                        item[1].set_result(None)  # the line is written out: the device may have its PUBACK
             finally:
                 with contextlib.suppress(ValueError):
                     untap()
+                while not queue.empty():  # nobody will write these: release their publishers
+                    left = queue.get_nowait()
+                    if left is not None and left[1] is not None and not left[1].done():
+                        left[1].set_result(None)
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
 

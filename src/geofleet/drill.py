@@ -1,0 +1,203 @@
+"""A failover drill: take a region down under a running simulated fleet and measure.
+
+1. the region's process is SIGKILLed (a crash) or SIGSTOPped (a black hole: the sockets stay
+   open and nothing answers);
+2. failover time, per device homed there: from the kill to the first QoS 1 message of the
+   device acknowledged by another region;
+3. the region is restarted (or SIGCONTed); fail-back time, per device: from the region being
+   back to the device's first acknowledged message at home (``min_stay_s`` included);
+4. every device stops publishing and flushes its outbox; every telemetry message published
+   must have reached the application's merged stream: the drill lists what was lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from geofleet.app.client import FleetApp
+from geofleet.cluster import LocalFleet
+from geofleet.config import DEFAULT_REGIONS
+from geofleet.device.connection import FailoverOptions
+from geofleet.domain.errors import ConfigError
+from geofleet.simulation import SOURCE_ADDRESS, SimulatedDevice, Simulation, provision
+
+Progress = Callable[[str], None]
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p99": None, "max": None}
+    ordered = sorted(values)
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    return {"p50": round(statistics.median(ordered), 3), "p99": round(p99, 3), "max": round(ordered[-1], 3)}
+
+
+@dataclass
+class DrillResult:
+    region: str
+    mode: str
+    devices: int
+    affected: int
+    failover_s: list[float] = field(default_factory=list)
+    failback_s: list[float] = field(default_factory=list)
+    published: int = 0
+    received: int = 0
+    lost: list[tuple[str, int]] = field(default_factory=list)
+    duplicates_dropped: int = 0
+    homes: dict[str, int] = field(default_factory=dict)
+    during: dict[str, int] = field(default_factory=dict)
+    after: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"region": self.region, "mode": self.mode, "devices": self.devices, "affected": self.affected,
+                "failoverSeconds": percentiles(self.failover_s), "failbackSeconds": percentiles(self.failback_s),
+                "published": self.published, "received": self.received, "lost": len(self.lost),
+                "lostExamples": self.lost[:10], "duplicatesDropped": self.duplicates_dropped,
+                "homes": self.homes, "duringOutage": self.during, "afterFailback": self.after}
+
+
+class Collector:
+    """The application's view: every telemetry message from the merged stream of all regions."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, set[int]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, app: FleetApp) -> None:
+        stream = await app.events(["dt/+/telemetry"])
+
+        async def collect() -> None:
+            async for event in stream:
+                body = json.loads(event.payload)
+                self.seen.setdefault(event.topic.split("/")[1], set()).add(int(body["seq"]))
+
+        self._task = asyncio.create_task(collect())
+
+    def missing(self, devices: list[SimulatedDevice]) -> list[tuple[str, int]]:
+        return [(d.device_id, seq) for d in devices for seq in range(d.sent)
+                if seq not in self.seen.get(d.device_id, ())]
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within {timeout:g} s")
+        await asyncio.sleep(0.05)
+
+
+def _working_elsewhere(device: SimulatedDevice, region: str, since: float) -> float | None:
+    assert device.client is not None
+    for move in device.client.moves:
+        if move.at >= since and move.region != region and move.first_ack_at is not None:
+            return move.first_ack_at
+    return None
+
+
+def _working_at(device: SimulatedDevice, region: str, since: float) -> float | None:
+    assert device.client is not None
+    for move in device.client.moves:
+        if move.at >= since and move.region == region and move.first_ack_at is not None:
+            return move.first_ack_at
+    return None
+
+
+async def drill(fleet: LocalFleet, sim: Simulation, app: FleetApp, collector: Collector, region: str, *,
+                mode: str = "kill", timeout: float = 60.0, progress: Progress = print) -> DrillResult:
+    affected = [d for d in sim.devices if d.home == region and d.client is not None and d.client.region == region]
+    result = DrillResult(region, mode, len(sim.devices), len(affected), homes=dict(sim.homes()))
+    progress(f"{'killing' if mode == 'kill' else 'black-holing'} {region}: {len(affected)} devices connected there")
+    down_at = time.time()
+    fleet.send_signal(region, signal.SIGKILL if mode == "kill" else signal.SIGSTOP)
+    await wait_until(lambda: all(_working_elsewhere(d, region, down_at) for d in affected), timeout,
+                     f"every device of {region} working in another region")
+    result.failover_s = [(_working_elsewhere(d, region, down_at) or 0.0) - down_at for d in affected]
+    result.during = dict(sim.where())
+    progress(f"all {len(affected)} devices of {region} work elsewhere: {dict(sim.where())}")
+    if mode == "kill":
+        progress(f"restarting {region}")
+        await asyncio.to_thread(fleet.restart, region)
+    else:
+        fleet.send_signal(region, signal.SIGCONT)
+    back_at = time.time()
+    progress(f"{region} is back; devices return after their minimum stay ({sim.options.min_stay_s:g} s)")
+    await wait_until(lambda: all(_working_at(d, region, back_at) for d in affected),
+                     timeout + sim.options.min_stay_s + 2 * sim.options.failback_interval_s,
+                     f"every device of {region} back home")
+    result.failback_s = [(_working_at(d, region, back_at) or 0.0) - back_at for d in affected]
+    result.after = dict(sim.where())
+    progress(f"all devices of {region} are home again: {dict(sim.where())}")
+    await sim.stop_publishing(flush_timeout=timeout)
+    result.published = sum(d.sent for d in sim.devices)
+    with contextlib.suppress(TimeoutError):  # what is missing then is reported as lost
+        await wait_until(lambda: not collector.missing(sim.devices), 30.0, "every message at the application")
+    result.lost = collector.missing(sim.devices)
+    result.received = result.published - len(result.lost)
+    result.duplicates_dropped = app.duplicates_dropped
+    return result
+
+
+def table(rows: Sequence[tuple[str, ...]]) -> str:
+    """A plain text table: first row is the header."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def summary_table(result: DrillResult) -> str:
+    fo, fb = percentiles(result.failover_s), percentiles(result.failback_s)
+    regions = sorted(set(result.homes) | set(result.during) | set(result.after))
+    rows = [("region", "home of", "during outage", "after fail-back")]
+    rows += [(r, str(result.homes.get(r, 0)), str(result.during.get(r, 0)), str(result.after.get(r, 0)))
+             for r in regions]
+    measures = [("measure", "p50", "p99", "max"),
+                ("failover (s)", str(fo["p50"]), str(fo["p99"]), str(fo["max"])),
+                ("fail-back (s)", str(fb["p50"]), str(fb["p99"]), str(fb["max"]))]
+    counts = Counter({"published": result.published, "received": result.received, "lost": len(result.lost),
+                      "duplicates dropped": result.duplicates_dropped})
+    return "\n\n".join([table(rows), table(measures),
+                        table([("messages", "count"), *((k, str(v)) for k, v in counts.items())])])
+
+
+async def drill_new_fleet(root: Path, *, kill: str, devices: int, regions: tuple[str, ...] = DEFAULT_REGIONS,
+                          mode: str = "kill", options: FailoverOptions | None = None, interval_s: float = 2.0,
+                          progress: Progress = print) -> DrillResult:
+    """The whole drill on a fleet of its own in ``root``: start it, provision and run
+    ``devices`` simulated devices, take ``kill`` down and bring it back, stop the fleet."""
+    if kill not in regions:
+        raise ConfigError(f"cannot drill {kill!r}: the regions are {', '.join(regions)}")
+    progress(f"starting {len(regions)} regions in {root}")
+    fleet = LocalFleet.start(root, regions, settings={"trusted_proxies": [f"{SOURCE_ADDRESS}/32"]})
+    try:
+        simulated = await asyncio.to_thread(provision, root, devices, root / "devices", progress=progress)
+        options = options or FailoverOptions(keepalive_s=5, min_stay_s=10, failback_interval_s=2)
+        async with FleetApp.from_data_dir(root) as app:
+            collector = Collector()
+            await collector.start(app)
+            sim = Simulation(simulated, options, interval_s=interval_s)
+            await sim.start()
+            await sim.wait_connected(60)
+            progress("every device connected: " + ", ".join(f"{r} {n}" for r, n in sorted(sim.where().items())))
+            try:
+                return await drill(fleet, sim, app, collector, kill, mode=mode, progress=progress)
+            finally:
+                await sim.stop()
+                await collector.stop()
+    finally:
+        fleet.stop()
