@@ -166,12 +166,20 @@ class LocalFleet:
             if process is not None:
                 process.wait()
 
-    def restart(self, name: str, timeout: float = READY_TIMEOUT_S) -> None:
-        """Start a killed region again, as an operator would, and wait until it is ready."""
+    def restart(self, name: str, timeout: float | None = READY_TIMEOUT_S) -> None:
+        """Start a killed region again, as an operator would, and wait until it is ready
+        (``timeout`` None: do not wait; see ``wait_ready``).
+
+        Call it from the thread that will outlive the region: Linux sends the parent-death
+        signal when the *thread* that started a child exits (so not from ``asyncio.to_thread``)."""
         process = spawn_region(self.data, name)
-        wait_ready(self.data, name, process, timeout)
         self.restarted[name] = process
         self.region(name)["pid"] = process.pid
+        if timeout is not None:
+            self.wait_ready(name, timeout)
+
+    def wait_ready(self, name: str, timeout: float = READY_TIMEOUT_S) -> None:
+        wait_ready(self.data, name, self.restarted[name], timeout)
 
     def stop(self) -> int:
         """SIGTERM ``geofleet up`` (which stops every region) and return its exit code."""

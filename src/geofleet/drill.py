@@ -131,7 +131,8 @@ async def drill(fleet: LocalFleet, sim: Simulation, app: FleetApp, collector: Co
     progress(f"all {len(affected)} devices of {region} work elsewhere: {dict(sim.where())}")
     if mode == "kill":
         progress(f"restarting {region}")
-        await asyncio.to_thread(fleet.restart, region)
+        fleet.restart(region, timeout=None)  # from this thread: the region must outlive no worker thread
+        await asyncio.to_thread(fleet.wait_ready, region)
     else:
         fleet.send_signal(region, signal.SIGCONT)
     back_at = time.time()

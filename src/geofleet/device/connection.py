@@ -163,6 +163,8 @@ class DeviceClient:
         self.region: str | None = None
         self.moves: list[Move] = []
         self.last_error: str | None = None
+        self.attempts = 0
+        """Connection attempts so far (each one to one endpoint)."""
         self.dropped_qos0 = 0
         self._task: asyncio.Task[None] | None = None
         self._usable: dict[str, bool] = {}
@@ -266,6 +268,7 @@ class DeviceClient:
         index, failures, reason = 0, 0, "start"
         while True:
             endpoint = self._pick(index)
+            self.attempts += 1
             try:
                 await self._session(endpoint, reason)
             except _Leave as leave:

@@ -50,6 +50,8 @@ class DeviceShadow:
                 await self._device.subscribe(f"{self._prefix}/{operation}/{outcome}", self._answer)
         await self._device.subscribe(f"{self._prefix}/update/delta", self._delta)
         self._device.on_session(self._resync)
+        if self._device.connected.is_set():  # this session began before the hook existed
+            await self._resync()
 
     def on_delta(self, callback: DeltaCallback) -> None:
         self._on_delta.append(callback)

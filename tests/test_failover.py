@@ -1,0 +1,275 @@
+"""Failover and the application side on a real two-region fleet: devices (the asyncio SDK over
+real TLS and MQTT) survive a SIGKILLed and a SIGSTOPped region and come home; the application
+finds and reaches them anywhere, and nothing they publish at QoS 1 is lost or seen twice."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+
+from geofleet.app import DeviceOffline, FleetApp
+from geofleet.device import BlockingDevice, DeviceClient, FailoverOptions
+from geofleet.domain.errors import InvalidRequest, NotFound
+from geofleet.drill import wait_until
+from tests.conftest import Fleet
+from tests.helpers import geofleet, wait_for
+
+A, B = "us-east-1", "eu-west-1"
+T = TypeVar("T")
+FAST = FailoverOptions(keepalive_s=2, min_stay_s=2.0, failback_interval_s=0.5, first_retry_spread_s=0.3,
+                       backoff_base_s=0.2, connect_timeout_s=2.0)
+
+
+@pytest.fixture(scope="module")
+def ffleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    fleet = Fleet.start(tmp_path_factory.mktemp("failover") / "fleet", (A, B))
+    assert isinstance(fleet, Fleet)
+    yield fleet
+    for region in (A, B):
+        fleet.send_signal(region, signal.SIGCONT)  # never leave a frozen region behind
+    fleet.stop()
+
+
+def run(work: Callable[[], Awaitable[T]], timeout: float = 90.0) -> T:
+    async def bounded() -> T:
+        return await asyncio.wait_for(work(), timeout)
+
+    return asyncio.run(bounded())
+
+
+def endpoints(fleet: Fleet, *regions: str) -> list[dict[str, Any]]:
+    return [{"region": r, "host": "localhost", "port": fleet.port(r)} for r in regions]
+
+
+def device_client(fleet: Fleet, name: str, *regions: str, **kwargs: Any) -> DeviceClient:
+    d = fleet.devices_dir
+    return DeviceClient(name, str(d / f"{name}.cert.pem"), str(d / f"{name}.key.pem"), str(d / "root-ca.pem"),
+                        endpoints(fleet, *regions), **kwargs)
+
+
+def tls(fleet: Fleet) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(fleet.data.root_ca))
+
+
+def concierge(fleet: Fleet, region: str, device: str) -> dict[str, Any]:
+    url = fleet.data.config().region(region).http_url
+    response = httpx.get(f"{url}/v1/endpoints/{device}", verify=tls(fleet), timeout=5)
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def test_health_is_deep_and_the_concierge_lists_home_first(ffleet: Fleet) -> None:
+    name = ffleet.create_device(region=B)
+    url = ffleet.data.config().region(A).http_url
+    health = httpx.get(f"{url}/health", verify=tls(ffleet), timeout=5).json()
+    assert health["healthy"] and health["checks"]["broker"]["ok"] and health["checks"]["store"]["ok"]
+    wait_for(lambda: concierge(ffleet, A, name)["endpoints"][1]["healthy"], 10, "B seen healthy from A")
+    answer = concierge(ffleet, A, name)
+    assert answer["homeRegion"] == B and answer["mode"] == "active-active"
+    assert [(e["region"], e["role"], e["usable"]) for e in answer["endpoints"]] == [(B, "home", True),
+                                                                                   (A, "failover", True)]
+
+
+def test_active_standby_offers_the_standby_only_while_the_home_is_down(ffleet: Fleet) -> None:
+    name = ffleet.create_device(region=A)
+    with ffleet.admin(A) as api:
+        api.call("PATCH", f"/things/{name}", json={"attributes": {"geofleet:failoverMode": "active-standby"}})
+    listed = wait_for(lambda: (c := concierge(ffleet, B, name))["mode"] == "active-standby" and c, 10, "the mode")
+    assert [(e["region"], e["role"], e["usable"]) for e in listed["endpoints"]] == [(A, "home", True),
+                                                                                   (B, "standby", False)]
+
+
+def test_device_survives_a_killed_region_loses_nothing_and_comes_home(ffleet: Fleet) -> None:
+    """Messages 6-8 are published while A is frozen (so A never routes them) and then A is
+    SIGKILLed: the device must send them again through B, and the application must see every
+    message exactly once; after A restarts the device goes home after its minimum stay."""
+    name = ffleet.create_device(region=A)
+    received: list[int] = []
+    commands: list[bytes] = []
+
+    async def scenario() -> None:
+        async with FleetApp.from_data_dir(ffleet.data.root) as app:
+            stream = await app.events([f"dt/{name}/#"])
+
+            async def collect() -> None:
+                async for event in stream:
+                    received.append(int(json.loads(event.payload)["n"]))
+
+            collector = asyncio.create_task(collect())
+            device = device_client(ffleet, name, A, B, options=FAST)
+            await device.subscribe(f"cmd/{name}/#", lambda _t, p: commands.append(p))
+            async with device:
+                assert await device.wait_connected(10) == A
+                for n in range(1, 6):
+                    await device.publish(f"dt/{name}/t", json.dumps({"n": n}))
+                await wait_until(lambda: len(received) == 5, 10, "messages 1-5 at the application")
+                assert (await app.locate(name)).region == A
+
+                ffleet.send_signal(A, signal.SIGSTOP)
+                for n in range(6, 9):
+                    await device.publish(f"dt/{name}/t", json.dumps({"n": n}))
+                ffleet.send_signal(A, signal.SIGKILL)
+                killed = time.monotonic()
+                await wait_until(lambda: device.region == B, 10, "the device in B")
+                assert time.monotonic() - killed < 5.0, "failover within the 5 s target"
+                assert await app.send(name, f"cmd/{name}/hello", "right after failover") == B
+                await wait_until(lambda: commands == [b"right after failover"], 5, "the command at the device")
+                await wait_until(lambda: sorted(received) == list(range(1, 9)), 10, "6-8 resent through B")
+                await eventually(lambda: located_in(app, name, B), 10, "presence moved to B")
+
+                ffleet.restart(A, timeout=None)
+                await asyncio.to_thread(ffleet.wait_ready, A)
+                for n in range(9, 11):
+                    await device.publish(f"dt/{name}/t", json.dumps({"n": n}))
+                await wait_until(lambda: device.region == A, 20, "the device back home")
+                arrived_b, back_home = device.moves[-2], device.moves[-1]
+                assert arrived_b.region == B and back_home.reason == f"fail-back to {A}"
+                assert back_home.at - arrived_b.at >= FAST.min_stay_s, "the minimum stay was respected"
+                await device.flush(10)
+                await wait_until(lambda: len(received) >= 10, 10, "every message at the application")
+            collector.cancel()
+            assert sorted(received) == list(range(1, 11)), "no QoS 1 message lost, none delivered twice"
+            assert app.duplicates_dropped == 0
+
+    run(scenario)
+
+
+async def located_in(app: FleetApp, name: str, region: str) -> bool:
+    return (await app.locate(name)).region == region
+
+
+async def eventually(probe: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not await probe():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def test_black_holed_region_is_left_after_keepalive_and_reported_unhealthy(ffleet: Fleet) -> None:
+    name = ffleet.create_device(region=B)
+
+    async def scenario() -> None:
+        device = device_client(ffleet, name, B, A, options=FAST)
+        async with device:
+            assert await device.wait_connected(10) == B
+            await device.publish(f"dt/{name}/t", "before")
+            await device.flush(5)
+            ffleet.send_signal(B, signal.SIGSTOP)
+            frozen = time.monotonic()
+            try:
+                await wait_until(lambda: device.region == A, FAST.keepalive_s + 5, "the device in A")
+                assert time.monotonic() - frozen < FAST.keepalive_s + 5
+                await device.publish(f"dt/{name}/t", "after")
+                await device.flush(5)
+                await wait_until(lambda: not concierge(ffleet, A, name)["endpoints"][0]["healthy"], 10,
+                                 "B reported unhealthy by A")
+            finally:
+                ffleet.send_signal(B, signal.SIGCONT)
+            await wait_until(lambda: device.region == B, 20, "the device back in B")
+
+    run(scenario)
+
+
+def test_a_device_connected_in_two_regions_keeps_only_the_newer_session(ffleet: Fleet) -> None:
+    name = ffleet.create_device(region=A)
+    with ffleet.device(name, A) as first:
+        first.connect()
+        with ffleet.device(name, B) as second:
+            second.connect()
+            wait_for(lambda: first.disconnects, 10, "the older session (in A) closed")
+            for region in (A, B):
+                with ffleet.admin(region) as api:
+                    found = wait_for(lambda a=api: (p := a.call("GET", f"/v1/presence/{name}"))["region"] == B and p,
+                                     10, f"presence in {region}")
+                    assert found["connected"] and not found["duplicates"]
+            # the late disconnect of A's old session did not clear B's
+            with ffleet.admin(A) as api:
+                assert api.call("GET", f"/v1/presence/{name}")["region"] == B
+
+
+def test_shadow_delta_set_while_the_device_was_away_arrives_after_reconnect(ffleet: Fleet) -> None:
+    name = ffleet.create_device(region=A)
+    deltas: list[dict[str, Any]] = []
+    device = BlockingDevice(device_client(ffleet, name, A, B, options=FAST))
+    try:
+        assert device.start(timeout=10) == A
+        shadow = device.shadow(on_delta=deltas.append)
+        shadow.update(reported={"light": "off"})
+        device.close()
+        with ffleet.admin(B) as api:
+            api.call("POST", f"/things/{name}/shadow", json={"state": {"desired": {"light": "on"}}})
+        device = BlockingDevice(device_client(ffleet, name, A, B, options=FAST))
+        device.start(timeout=10)
+        device.shadow(on_delta=deltas.append)
+        wait_for(lambda: deltas, 10, "the delta after reconnect")
+        assert deltas[-1] == {"light": "on"}
+    finally:
+        device.close()
+
+
+def test_bad_endpoint_lists_give_clear_errors_and_bounded_retries(ffleet: Fleet) -> None:
+    with pytest.raises(InvalidRequest, match="endpoint list is empty"):
+        device_client(ffleet, ffleet.create_device(region=A))
+    name = ffleet.create_device(region=A)
+    dead = [{"region": "nowhere", "host": "127.0.0.1", "port": 9}]
+
+    async def unreachable() -> list[Any]:
+        d = ffleet.devices_dir
+        device = DeviceClient(name, str(d / f"{name}.cert.pem"), str(d / f"{name}.key.pem"),
+                              str(d / "root-ca.pem"), dead, options=FAST)
+        async with device:
+            with pytest.raises(Exception, match="no endpoint accepted a connection within 3 s"):
+                await device.wait_connected(3)
+            return [device.attempts, device.last_error]
+
+    attempts, error = run(unreachable)
+    assert 1 <= attempts <= 15, f"{attempts} attempts in 3 s: retries must back off, not spin"
+    assert "nowhere" in error
+
+
+def test_locate_and_send_refuse_unknown_and_offline_devices(ffleet: Fleet) -> None:
+    offline = ffleet.create_device(region=A)
+
+    async def scenario() -> None:
+        async with FleetApp.from_data_dir(ffleet.data.root) as app:
+            with pytest.raises(NotFound, match="never connected"):
+                await app.locate("no-such-device")
+            with pytest.raises(NotFound):
+                await app.send("no-such-device", "cmd/x/y", "hi")
+            with pytest.raises(DeviceOffline, match="not connected to any region"):
+                await app.send(offline, f"cmd/{offline}/y", "hi", timeout=1.0)
+
+    run(scenario)
+    result = geofleet("locate", "no-such-device", "--data-dir", str(ffleet.data.root), check=False)
+    assert result.returncode == 2 and "never connected" in result.stderr
+    url = ffleet.data.config().region(A).http_url
+    bad = httpx.get(f"{url}/v1/endpoints/bad%20name", verify=tls(ffleet), timeout=5)
+    assert bad.status_code == 400 and "message" in bad.json()
+    headers = {"Authorization": f"Bearer {ffleet.data.token()}"}
+    wildcard = httpx.post(f"{url}/v1/devices/{offline}/messages", params={"topic": "cmd/#"}, content=b"x",
+                          headers=headers, verify=tls(ffleet), timeout=5)
+    assert wildcard.status_code == 400 and "wildcards" in wildcard.json()["message"]
+
+
+def test_cli_locate_and_send(ffleet: Fleet, tmp_path: Path) -> None:
+    name = ffleet.create_device(region=B)
+    with ffleet.device(name, B) as device:
+        device.connect()
+        device.subscribe(f"cmd/{name}/#")
+        root = str(ffleet.data.root)
+        located = wait_for(lambda: (r := geofleet("locate", name, "--data-dir", root, "--json", check=False))
+                           .returncode == 0 and json.loads(r.stdout)["region"] == B and r, 15, "located in B")
+        assert json.loads(located.stdout)["connected"] is True
+        sent = geofleet("send", name, f"cmd/{name}/reboot", '{"now":true}', "--data-dir", root, "--json")
+        assert json.loads(sent.stdout)["deliveredBy"] == B
+        assert device.wait_message(f"cmd/{name}/reboot").json() == {"now": True}
