@@ -356,6 +356,70 @@ def send(
     _print({"device": device, "topic": topic, "deliveredBy": region}, as_json, f"delivered to {device} via {region}")
 
 
+@app.command()
+def simulate(
+    data_dir: DataDirOpt,
+    devices: Annotated[int, typer.Option("--devices", min=1, max=100_000, help="How many simulated devices.")] = 100,
+    duration: Annotated[float, typer.Option(help="Seconds to run them.")] = 30.0,
+    interval: Annotated[float, typer.Option(help="Seconds between a device's telemetry messages.")] = 5.0,
+    source_address: Annotated[str, typer.Option(help="Local address to provision from; the fleet must "
+                                                     "list it in trusted_proxies to believe the simulated "
+                                                     "X-Forwarded-For addresses.")] = "127.0.0.2",
+    as_json: JsonOpt = False,
+) -> None:
+    """Provision simulated devices from addresses around the world and run them against a running
+    fleet (``geofleet up``): telemetry at QoS 1 and shadow updates, each device with its own key."""
+    from geofleet.device.connection import FailoverOptions
+    from geofleet.drill import table
+    from geofleet.simulation import Simulation, provision
+
+    simulated = provision(data_dir, devices, data_dir / "simulated-devices", source_address=source_address,
+                          progress=typer.echo)
+
+    async def run() -> dict[str, Any]:
+        sim = Simulation(simulated, FailoverOptions(keepalive_s=10, min_stay_s=30), interval_s=interval,
+                         shadow_every=5)
+        await sim.start()
+        await sim.wait_connected(60)
+        connected = dict(sim.where())
+        await asyncio.sleep(duration)
+        await sim.stop_publishing(flush_timeout=30)
+        await sim.stop()
+        return {"devices": devices, "homes": dict(sim.homes()), "connected": connected,
+                "countries": len({d.country for d in simulated}), "published": sum(d.sent for d in simulated)}
+
+    summary = asyncio.run(run())
+    rows = [("region", "home of", "connected to")]
+    rows += [(r, str(n), str(summary["connected"].get(r, 0))) for r, n in sorted(summary["homes"].items())]
+    _print(summary, as_json, table(rows) + f"\n\n{summary['published']} telemetry messages from {devices} devices "
+           f"in {summary['countries']} countries, all acknowledged")
+
+
+@app.command()
+def drill(
+    kill: Annotated[str, typer.Option("--kill", help="The region to take down.")],
+    devices: Annotated[int, typer.Option("--devices", min=1, max=100_000)] = 100,
+    blackhole: Annotated[bool, typer.Option("--blackhole", help="SIGSTOP instead of SIGKILL: a silent region.")]
+    = False,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Where the drill's own fleet lives "
+                                                                     "(default: a temporary directory).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Start a fleet of its own, run simulated devices, kill (or black-hole) a region: measure how long
+    until its devices work elsewhere, restart it, measure the fail-back, check nothing was lost."""
+    import tempfile
+
+    from geofleet.drill import drill_new_fleet, summary_table
+
+    with tempfile.TemporaryDirectory(prefix="geofleet-drill-") as scratch:
+        root = data_dir or Path(scratch) / "fleet"
+        result = asyncio.run(drill_new_fleet(root, kill=kill, devices=devices, mode="blackhole" if blackhole
+                                             else "kill", progress=lambda line: None if as_json else typer.echo(line)))
+    _print(result.to_json(), as_json, "\n" + summary_table(result))
+    if result.lost:
+        _fail(f"{len(result.lost)} message(s) lost, e.g. {result.lost[:3]}")
+
+
 def main() -> None:
     try:
         app()

@@ -6,8 +6,8 @@
    device acknowledged by another region;
 3. the region is restarted (or SIGCONTed); fail-back time, per device: from the region being
    back to the device's first acknowledged message at home (``min_stay_s`` included);
-4. every device stops publishing and flushes its outbox; every telemetry message published
-   must have reached the application's merged stream: the drill lists what was lost.
+4. (``account``) every device stops publishing and flushes its outbox; every telemetry message
+   published must have reached the application's merged stream: the drill lists what was lost.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import signal
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,8 +117,13 @@ def _working_at(device: SimulatedDevice, region: str, since: float) -> float | N
     return None
 
 
+During = Callable[[FleetApp, list[SimulatedDevice]], Awaitable[None]]
+"""Run while the region is down, every device working elsewhere (e.g. reach one of them)."""
+
+
 async def drill(fleet: LocalFleet, sim: Simulation, app: FleetApp, collector: Collector, region: str, *,
-                mode: str = "kill", timeout: float = 60.0, progress: Progress = print) -> DrillResult:
+                mode: str = "kill", timeout: float = 60.0, progress: Progress = print,
+                during: During | None = None) -> DrillResult:
     affected = [d for d in sim.devices if d.home == region and d.client is not None and d.client.region == region]
     result = DrillResult(region, mode, len(sim.devices), len(affected), homes=dict(sim.homes()))
     progress(f"{'killing' if mode == 'kill' else 'black-holing'} {region}: {len(affected)} devices connected there")
@@ -129,6 +134,8 @@ async def drill(fleet: LocalFleet, sim: Simulation, app: FleetApp, collector: Co
     result.failover_s = [(_working_elsewhere(d, region, down_at) or 0.0) - down_at for d in affected]
     result.during = dict(sim.where())
     progress(f"all {len(affected)} devices of {region} work elsewhere: {dict(sim.where())}")
+    if during is not None:
+        await during(app, affected)
     if mode == "kill":
         progress(f"restarting {region}")
         fleet.restart(region, timeout=None)  # from this thread: the region must outlive no worker thread
@@ -143,6 +150,12 @@ async def drill(fleet: LocalFleet, sim: Simulation, app: FleetApp, collector: Co
     result.failback_s = [(_working_at(d, region, back_at) or 0.0) - back_at for d in affected]
     result.after = dict(sim.where())
     progress(f"all devices of {region} are home again: {dict(sim.where())}")
+    return result
+
+
+async def account(sim: Simulation, app: FleetApp, collector: Collector, result: DrillResult,
+                  timeout: float = 60.0) -> None:
+    """Stop publishing, flush every outbox, and count what reached the application."""
     await sim.stop_publishing(flush_timeout=timeout)
     result.published = sum(d.sent for d in sim.devices)
     with contextlib.suppress(TimeoutError):  # what is missing then is reported as lost
@@ -150,7 +163,6 @@ async def drill(fleet: LocalFleet, sim: Simulation, app: FleetApp, collector: Co
     result.lost = collector.missing(sim.devices)
     result.received = result.published - len(result.lost)
     result.duplicates_dropped = app.duplicates_dropped
-    return result
 
 
 def table(rows: Sequence[tuple[str, ...]]) -> str:
@@ -176,29 +188,56 @@ def summary_table(result: DrillResult) -> str:
                         table([("messages", "count"), *((k, str(v)) for k, v in counts.items())])])
 
 
-async def drill_new_fleet(root: Path, *, kill: str, devices: int, regions: tuple[str, ...] = DEFAULT_REGIONS,
-                          mode: str = "kill", options: FailoverOptions | None = None, interval_s: float = 2.0,
-                          progress: Progress = print) -> DrillResult:
-    """The whole drill on a fleet of its own in ``root``: start it, provision and run
-    ``devices`` simulated devices, take ``kill`` down and bring it back, stop the fleet."""
-    if kill not in regions:
-        raise ConfigError(f"cannot drill {kill!r}: the regions are {', '.join(regions)}")
+@dataclass
+class Stage:
+    """A fleet of its own with simulated devices running and the application listening."""
+
+    fleet: LocalFleet
+    sim: Simulation
+    app: FleetApp
+    collector: Collector
+
+
+@contextlib.asynccontextmanager
+async def stage(root: Path, *, devices: int, regions: tuple[str, ...] = DEFAULT_REGIONS,
+                options: FailoverOptions | None = None, interval_s: float = 2.0,
+                progress: Progress = print) -> AsyncIterator[Stage]:
+    """Start a fleet in ``root``, provision ``devices`` simulated devices worldwide, open the
+    application's merged stream, run the devices until every one is connected; stop it all
+    on exit."""
     progress(f"starting {len(regions)} regions in {root}")
     fleet = LocalFleet.start(root, regions, settings={"trusted_proxies": [f"{SOURCE_ADDRESS}/32"]})
     try:
         simulated = await asyncio.to_thread(provision, root, devices, root / "devices", progress=progress)
-        options = options or FailoverOptions(keepalive_s=5, min_stay_s=10, failback_interval_s=2)
+        homes = sorted({(d.country, d.home) for d in simulated}, key=lambda pair: (pair[1], pair[0]))
+        progress("homes by country: " + ", ".join(f"{country}->{home}" for country, home in homes))
         async with FleetApp.from_data_dir(root) as app:
             collector = Collector()
             await collector.start(app)
-            sim = Simulation(simulated, options, interval_s=interval_s)
-            await sim.start()
-            await sim.wait_connected(60)
-            progress("every device connected: " + ", ".join(f"{r} {n}" for r, n in sorted(sim.where().items())))
+            sim = Simulation(simulated, options or FailoverOptions(keepalive_s=5, min_stay_s=10, failback_interval_s=2),
+                             interval_s=interval_s)
             try:
-                return await drill(fleet, sim, app, collector, kill, mode=mode, progress=progress)
+                await sim.start()
+                await sim.wait_connected(120)
+                progress("every device connected: " + ", ".join(f"{r} {n}" for r, n in sorted(sim.where().items())))
+                yield Stage(fleet, sim, app, collector)
             finally:
                 await sim.stop()
                 await collector.stop()
     finally:
         fleet.stop()
+
+
+async def drill_new_fleet(root: Path, *, kill: str, devices: int, regions: tuple[str, ...] = DEFAULT_REGIONS,
+                          mode: str = "kill", options: FailoverOptions | None = None, interval_s: float = 2.0,
+                          progress: Progress = print, during: During | None = None) -> DrillResult:
+    """The whole drill on a fleet of its own (``stage``): take ``kill`` down and bring it back,
+    then account for every message."""
+    if kill not in regions:
+        raise ConfigError(f"cannot drill {kill!r}: the regions are {', '.join(regions)}")
+    async with stage(root, devices=devices, regions=regions, options=options, interval_s=interval_s,
+                     progress=progress) as on:
+        result = await drill(on.fleet, on.sim, on.app, on.collector, kill, mode=mode, progress=progress,
+                             during=during)
+        await account(on.sim, on.app, on.collector, result)
+        return result

@@ -64,6 +64,8 @@ class SimulatedDevice:
     shadow: DeviceShadow | None = None
     sent: int = 0
     """Telemetry messages handed to the outbox (sequence numbers 0..sent-1)."""
+    commands: list[bytes] = field(default_factory=list)
+    """What the application sent the device on ``cmd/<device>/...``."""
 
     @property
     def device_id(self) -> str:
@@ -143,11 +145,16 @@ class Simulation:
             client = DeviceClient.from_credentials(device.credentials, concierge=self.concierge, options=self.options)
             device.client = client
             client.on_session(self._hello_from(device))
+            await client.subscribe(f"cmd/{device.device_id}/#", self._command_to(device))
             if self.shadow_every:
                 device.shadow = DeviceShadow(client)
                 await device.shadow.start()
             await client.start()
         self._tasks = [asyncio.create_task(self._telemetry(d)) for d in self.devices]
+
+    @staticmethod
+    def _command_to(device: SimulatedDevice) -> Callable[[str, bytes], None]:
+        return lambda _topic, payload: device.commands.append(payload)
 
     def _hello_from(self, device: SimulatedDevice) -> Callable[[], Awaitable[None]]:
         """On every new session, one message at once: proves the device works there."""
