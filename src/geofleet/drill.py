@@ -101,6 +101,14 @@ async def wait_until(condition: Callable[[], bool], timeout: float, what: str) -
         await asyncio.sleep(0.05)
 
 
+def _stragglers(devices: list[SimulatedDevice], done: Callable[[SimulatedDevice], float | None]) -> str:
+    left = [d for d in devices if not done(d)]
+    examples = [f"{d.device_id} in {d.client.region if d.client else None}, "
+                f"moves {[(m.region, m.reason) for m in (d.client.moves if d.client else [])][-3:]}, "
+                f"last error {d.client.last_error if d.client else None}" for d in left[:3]]
+    return f"{len(left)} of {len(devices)} devices not there, e.g. " + "; ".join(examples)
+
+
 def _working_elsewhere(device: SimulatedDevice, region: str, since: float) -> float | None:
     assert device.client is not None
     for move in device.client.moves:
@@ -129,8 +137,12 @@ async def drill(fleet: LocalFleet, sim: Simulation, app: FleetApp, collector: Co
     progress(f"{'killing' if mode == 'kill' else 'black-holing'} {region}: {len(affected)} devices connected there")
     down_at = time.time()
     fleet.send_signal(region, signal.SIGKILL if mode == "kill" else signal.SIGSTOP)
-    await wait_until(lambda: all(_working_elsewhere(d, region, down_at) for d in affected), timeout,
-                     f"every device of {region} working in another region")
+    try:
+        await wait_until(lambda: all(_working_elsewhere(d, region, down_at) for d in affected), timeout,
+                         f"every device of {region} working in another region")
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc}; {_stragglers(affected, lambda d: _working_elsewhere(d, region, down_at))}"
+                           ) from None
     result.failover_s = [(_working_elsewhere(d, region, down_at) or 0.0) - down_at for d in affected]
     result.during = dict(sim.where())
     progress(f"all {len(affected)} devices of {region} work elsewhere: {dict(sim.where())}")
@@ -144,9 +156,12 @@ async def drill(fleet: LocalFleet, sim: Simulation, app: FleetApp, collector: Co
         fleet.send_signal(region, signal.SIGCONT)
     back_at = time.time()
     progress(f"{region} is back; devices return after their minimum stay ({sim.options.min_stay_s:g} s)")
-    await wait_until(lambda: all(_working_at(d, region, back_at) for d in affected),
-                     timeout + sim.options.min_stay_s + 2 * sim.options.failback_interval_s,
-                     f"every device of {region} back home")
+    try:
+        await wait_until(lambda: all(_working_at(d, region, back_at) for d in affected),
+                         timeout + sim.options.min_stay_s + 2 * sim.options.failback_interval_s,
+                         f"every device of {region} back home")
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc}; {_stragglers(affected, lambda d: _working_at(d, region, back_at))}") from None
     result.failback_s = [(_working_at(d, region, back_at) or 0.0) - back_at for d in affected]
     result.after = dict(sim.where())
     progress(f"all devices of {region} are home again: {dict(sim.where())}")

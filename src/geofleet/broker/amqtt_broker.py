@@ -112,6 +112,10 @@ class EmbeddedBroker:
     def connections(self) -> list[Connection]:
         return [] if self._amqtt is None else [c for c, _ in self._amqtt.live.values()]
 
+    def connection(self, client_id: str) -> Connection | None:
+        live = None if self._amqtt is None else self._amqtt.live.get(client_id)
+        return None if live is None else live[0]
+
     def tap(self, listener: Tap) -> Callable[[], None]:
         self._taps.append(listener)
         return lambda: self._taps.remove(listener)

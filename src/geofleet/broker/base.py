@@ -89,6 +89,10 @@ class Broker(Protocol):
 
     def connections(self) -> list[Connection]: ...
 
+    def connection(self, client_id: str) -> Connection | None:
+        """The live connection of ``client_id`` here, if any."""
+        ...
+
     def tap(self, listener: Tap) -> Callable[[], None]:
         """Call ``listener`` for every routed message until the returned function is called."""
         ...

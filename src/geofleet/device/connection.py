@@ -359,9 +359,12 @@ class DeviceClient:
                 continue
             for topic_filter, subscription in list(self._subscriptions.items()):
                 if message.topic.matches(topic_filter):
-                    result = subscription.handler(topic, payload)
-                    if result is not None:
-                        await result
+                    try:
+                        result = subscription.handler(topic, payload)
+                        if result is not None:
+                            await result
+                    except Exception:  # the program's handler failed: the session goes on
+                        log.exception("device %s: handler of %s failed", self.device_id, topic_filter)
 
     async def _drain(self, client: aiomqtt.Client) -> None:
         while True:
@@ -421,7 +424,5 @@ async def _tls_reachable(endpoint: Endpoint, tls: ssl.SSLContext, timeout: float
                                                                    server_hostname=endpoint.host), timeout)
     except (OSError, TimeoutError, ssl.SSLError):
         return False
-    writer.close()
-    with contextlib.suppress(Exception):
-        await writer.wait_closed()
+    writer.transport.abort()  # no TLS close_notify exchange: waiting for it can hang on a busy broker
     return True

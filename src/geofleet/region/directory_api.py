@@ -68,14 +68,13 @@ def directory_routes(region: str, guarded: list[Depends], health: Health, concie
         if not topic or len(topic) > MAX_TOPIC_LENGTH or "+" in topic or "#" in topic:
             raise InvalidRequest(f"topic must be 1-{MAX_TOPIC_LENGTH} characters without wildcards")
         payload = await request.body()
-        for connection in broker.connections():
-            if connection.client_id == device and not connection.internal:
-                delivered = await broker.deliver(connection, topic, payload, qos)
-                if delivered:
-                    return {"device": device, "region": region, "sessionId": connection.session_id,
-                            "delivered": True}
-                raise Conflict(f"device {device!r} is connected to {region} but not subscribed to {topic!r}")
-        raise NotFound(f"device {device!r} is not connected to {region}")
+        connection = broker.connection(device)
+        if connection is None or connection.internal:
+            raise NotFound(f"device {device!r} is not connected to {region}")
+        if not await broker.deliver(connection, topic, payload, qos):
+            raise Conflict(f"device {device!r} is connected to {region} but not subscribed to {topic!r} "
+                           "(or its policy denies iot:Receive)")
+        return {"device": device, "region": region, "sessionId": connection.session_id, "delivered": True}
 
     @router.get("/v1/stream", tags=["presence"], dependencies=guarded)
     async def stream(topic_filter: Annotated[list[str] | None, Query(alias="filter")] = None
