@@ -72,7 +72,8 @@ def test_health_is_deep_and_the_concierge_lists_home_first(ffleet: Fleet) -> Non
     url = ffleet.data.config().region(A).http_url
     health = httpx.get(f"{url}/health", verify=tls(ffleet), timeout=5).json()
     assert health["healthy"] and health["checks"]["broker"]["ok"] and health["checks"]["store"]["ok"]
-    wait_for(lambda: concierge(ffleet, A, name)["endpoints"][1]["healthy"], 10, "B seen healthy from A")
+    wait_for(lambda: all(e["healthy"] for e in concierge(ffleet, A, name)["endpoints"]), 10,
+             "both regions seen healthy from A")
     answer = concierge(ffleet, A, name)
     assert answer["homeRegion"] == B and answer["mode"] == "active-active"
     assert [(e["region"], e["role"], e["usable"]) for e in answer["endpoints"]] == [(B, "home", True),

@@ -1,5 +1,6 @@
 """The device outbox (in memory and on disk): order kept, ack removes, bounded without dropping,
-the disk outbox survives a restart; and the reconnect backoff's bounds and jitter."""
+the disk outbox survives a restart; the reconnect backoff's bounds and jitter; and which
+endpoint a device tries next."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from geofleet.device.connection import FailoverOptions
+from geofleet.device.connection import Endpoint, FailoverOptions, choose_endpoint
 from geofleet.device.outbox import DiskOutbox, MemoryOutbox, Outbox, OutboxFull, Pending
 
 MakeOutbox = Callable[..., Outbox]
@@ -154,3 +155,17 @@ def test_backoff_stays_between_a_quarter_base_and_the_capped_exponential(options
 def test_backoff_is_jittered(failures: int) -> None:
     options = FailoverOptions()
     assert len({options.backoff(failures) for _ in range(50)}) > 1
+
+
+EP = [Endpoint("us-east-1", "h1", 1), Endpoint("eu-west-1", "h2", 2), Endpoint("ap-southeast-1", "h3", 3)]
+
+
+def test_choose_endpoint_skips_regions_reported_unusable() -> None:
+    assert choose_endpoint(EP, 0, {"us-east-1": False}).region == "eu-west-1"
+    assert choose_endpoint(EP, 1, {"eu-west-1": False, "ap-southeast-1": False}).region == "us-east-1"
+    assert choose_endpoint(EP, 4, {}).region == "eu-west-1"  # cyclic
+
+
+def test_choose_endpoint_tries_in_order_when_every_region_is_reported_unusable() -> None:
+    all_down = {e.region: False for e in EP}
+    assert [choose_endpoint(EP, i, all_down).region for i in range(3)] == [e.region for e in EP]

@@ -32,7 +32,7 @@ import socket
 import ssl
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -299,14 +299,7 @@ class DeviceClient:
                 await asyncio.sleep(random.uniform(0, self.options.backoff_base_s / 4))
 
     def _pick(self, index: int) -> Endpoint:
-        """The endpoint at ``index`` (cyclic), skipping those the fleet reports unusable,
-        unless every one is."""
-        count = len(self.endpoints)
-        for step in range(count):
-            candidate = self.endpoints[(index + step) % count]
-            if self._usable.get(candidate.region, True):
-                return candidate
-        return self.endpoints[index % count]
+        return choose_endpoint(self.endpoints, index, self._usable)
 
     def _lost(self) -> None:
         self.connected.clear()
@@ -318,7 +311,7 @@ class DeviceClient:
         client = aiomqtt.Client(endpoint.host, endpoint.port, identifier=self.device_id, tls_context=self._tls,
                                 keepalive=max(1, options.keepalive_s // 2), timeout=options.connect_timeout_s,
                                 clean_session=True, socket_options=NODELAY)
-        async with client:
+        async with _session_of(client, options.connect_timeout_s):
             for topic_filter, subscription in self._subscriptions.items():
                 await client.subscribe(topic_filter, qos=subscription.qos, timeout=options.connect_timeout_s)
             self._client = client
@@ -415,6 +408,54 @@ class DeviceClient:
             if response.status_code == 200:
                 self._usable = {e["region"]: bool(e["usable"]) for e in response.json()["endpoints"]}
                 return
+
+
+@contextlib.asynccontextmanager
+async def _session_of(client: aiomqtt.Client, timeout: float) -> AsyncIterator[None]:
+    """``async with client``, made safe for failover: aiomqtt leaves the socket open (and still
+    read by the event loop) when CONNACK does not come in time, and waits without bound for a
+    DISCONNECT to be written on leaving; here a failed connect and a leave that takes longer
+    than ``timeout`` drop the socket, so no stray session of this client id survives."""
+    try:
+        await client.__aenter__()
+    except BaseException:
+        _drop_socket(client)
+        raise
+    try:
+        yield
+    finally:
+        try:
+            await asyncio.wait_for(client.__aexit__(None, None, None), timeout)
+        except asyncio.CancelledError:
+            _drop_socket(client)
+            raise
+        except Exception:  # what ended the session (propagating now) matters more than this
+            _drop_socket(client)
+
+
+def _drop_socket(client: aiomqtt.Client) -> None:
+    # paho has no public abort (``disconnect`` must write a packet first); its ``_sock_close``
+    # runs aiomqtt's socket-close hook, which stops the event loop reading the socket.
+    paho = client._client
+    sock = paho.socket()
+    if sock is None:
+        return
+    with contextlib.suppress(Exception):
+        asyncio.get_running_loop().remove_writer(sock.fileno())
+    with contextlib.suppress(Exception):
+        paho._sock_close()
+
+
+def choose_endpoint(endpoints: Sequence[Endpoint], index: int, usable: dict[str, bool]) -> Endpoint:
+    """The endpoint at ``index`` (cyclic), skipping those the fleet reports unusable (a region
+    not in ``usable`` counts as usable). When every one is reported unusable, the one at
+    ``index`` anyway: the report may be stale, and trying (with backoff) beats giving up."""
+    count = len(endpoints)
+    for step in range(count):
+        candidate = endpoints[(index + step) % count]
+        if usable.get(candidate.region, True):
+            return candidate
+    return endpoints[index % count]
 
 
 async def _tls_reachable(endpoint: Endpoint, tls: ssl.SSLContext, timeout: float) -> bool:
