@@ -51,8 +51,8 @@ async def run(args: Any, log: Any) -> dict[str, Any]:
                          progress=log) as on:
             killed = await drill(on.fleet, on.sim, on.app, on.collector, "us-east-1", mode="kill", progress=log,
                                  timeout=120)
-            frozen = await drill(on.fleet, on.sim, on.app, on.collector, "eu-west-1", mode="blackhole",
-                                 progress=log, timeout=120)
+            frozen = killed if args.kill_only else await drill(
+                on.fleet, on.sim, on.app, on.collector, "eu-west-1", mode="blackhole", progress=log, timeout=120)
             names = [d.device_id for d in on.sim.devices]
             await on.app.locate(names[0])  # ranks the regions and opens the connection
             latencies = []
@@ -74,6 +74,7 @@ def main() -> int:
     parser.add_argument("--keepalive", type=common.positive(int), default=5, help="device keepalive_s")
     parser.add_argument("--min-stay", type=common.not_negative(float), default=10.0)
     parser.add_argument("--locates", type=common.positive(int), default=500)
+    parser.add_argument("--kill-only", action="store_true", help="skip the black-hole phase")
     args = parser.parse_args()
     began, result = common.begin("failover", vars(args), (*common.PACKAGES, "aiomqtt"))
     result.update(asyncio.run(run(args, common.logger("failover"))))

@@ -31,7 +31,8 @@ FAST = FailoverOptions(keepalive_s=2, min_stay_s=2.0, failback_interval_s=0.5, f
 
 @pytest.fixture(scope="module")
 def ffleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    fleet = Fleet.start(tmp_path_factory.mktemp("failover") / "fleet", (A, B))
+    fleet = Fleet.start(tmp_path_factory.mktemp("failover") / "fleet", (A, B),
+                        settings={"trusted_proxies": ["127.0.0.2/32"]})  # geofleet simulate's proxy
     assert isinstance(fleet, Fleet)
     yield fleet
     for region in (A, B):
@@ -274,3 +275,21 @@ def test_cli_locate_and_send(ffleet: Fleet, tmp_path: Path) -> None:
         sent = geofleet("send", name, f"cmd/{name}/reboot", '{"now":true}', "--data-dir", root, "--json")
         assert json.loads(sent.stdout)["deliveredBy"] == B
         assert device.wait_message(f"cmd/{name}/reboot").json() == {"now": True}
+
+
+def test_cli_simulate_places_devices_worldwide_and_runs_them(ffleet: Fleet) -> None:
+    result = geofleet("simulate", "--devices", "6", "--duration", "1", "--interval", "0.5",
+                      "--data-dir", str(ffleet.data.root), "--json", timeout=120)
+    summary = json.loads(result.stdout)
+    assert summary["devices"] == 6 and summary["countries"] == 6
+    assert set(summary["homes"]) == {A, B}, "devices from the Americas and from Europe got different homes"
+    assert summary["connected"] == summary["homes"] and summary["published"] >= 6
+
+
+def test_cli_drill_kills_a_region_and_accounts_for_every_message(tmp_path: Path) -> None:
+    result = geofleet("drill", "--kill", "eu-west-1", "--devices", "9", "--data-dir", str(tmp_path / "drill"),
+                      "--json", timeout=180)
+    report = json.loads(result.stdout)
+    assert report["affected"] >= 1 and report["lost"] == 0 and report["published"] == report["received"]
+    assert report["failoverSeconds"]["max"] < 5.0
+    assert report["afterFailback"] == report["homes"]

@@ -60,6 +60,11 @@ def _print(data: Any, as_json: bool, text: str | None = None) -> None:
         typer.echo(text)
 
 
+def _progress(line: str) -> None:
+    """Progress of long commands goes to stderr, so that stdout (with --json) stays parseable."""
+    typer.echo(line, err=True)
+
+
 def _client(data_dir: Path, region: str) -> AdminClient:
     return AdminClient(DataDir(data_dir), region)
 
@@ -374,7 +379,7 @@ def simulate(
     from geofleet.simulation import Simulation, provision
 
     simulated = provision(data_dir, devices, data_dir / "simulated-devices", source_address=source_address,
-                          progress=typer.echo)
+                          progress=_progress)
 
     async def run() -> dict[str, Any]:
         sim = Simulation(simulated, FailoverOptions(keepalive_s=10, min_stay_s=30), interval_s=interval,
@@ -414,7 +419,7 @@ def drill(
     with tempfile.TemporaryDirectory(prefix="geofleet-drill-") as scratch:
         root = data_dir or Path(scratch) / "fleet"
         result = asyncio.run(drill_new_fleet(root, kill=kill, devices=devices, mode="blackhole" if blackhole
-                                             else "kill", progress=lambda line: None if as_json else typer.echo(line)))
+                                             else "kill", progress=_progress))
     _print(result.to_json(), as_json, "\n" + summary_table(result))
     if result.lost:
         _fail(f"{len(result.lost)} message(s) lost, e.g. {result.lost[:3]}")

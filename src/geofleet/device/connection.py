@@ -34,7 +34,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import aiomqtt
 import httpx
@@ -46,6 +46,7 @@ from geofleet.domain.errors import GeofleetError, InvalidRequest
 log = logging.getLogger(__name__)
 
 NODELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
+T = TypeVar("T")
 Handler = Callable[[str, bytes], Awaitable[None] | None]
 SessionHook = Callable[[], Awaitable[None]]
 
@@ -165,10 +166,13 @@ class DeviceClient:
         self.last_error: str | None = None
         self.attempts = 0
         """Connection attempts so far (each one to one endpoint)."""
+        self.failback_checks = 0
+        """Times the home was checked while away (see ``min_stay_s``)."""
         self.dropped_qos0 = 0
         self._task: asyncio.Task[None] | None = None
         self._usable: dict[str, bool] = {}
         self._http: httpx.AsyncClient | None = None
+        self._stray: set[asyncio.Future[Any]] = set()
 
     @classmethod
     def from_credentials(cls, credentials: Credentials, **kwargs: Any) -> DeviceClient:
@@ -377,15 +381,30 @@ class DeviceClient:
         await asyncio.sleep(self.options.min_stay_s)
         home = self.endpoints[0]
         while True:
+            self.failback_checks += 1
             if await self._home_usable(home):
                 raise _Leave(f"fail-back to {home.region}", go_home=True)
             await asyncio.sleep(random.uniform(0.5, 1.5) * self.options.failback_interval_s)
 
     async def _home_usable(self, home: Endpoint) -> bool:
+        """The concierge's word, else whether a TLS handshake with the home's broker completes."""
         if self.concierge:
             await self._refresh_health()
             return self._usable.get(home.region, False)
-        return await _tls_reachable(home, self._tls, self.options.connect_timeout_s)
+        return await self._bounded(_tls_reachable(home, self._tls, self.options.connect_timeout_s), False)
+
+    async def _bounded(self, work: Awaitable[T], otherwise: T) -> T:
+        """``work``, or ``otherwise`` after twice the connect timeout. The work runs as a task of
+        its own, cancelled but not awaited when late: a TLS handshake cancelled mid-way was seen
+        to hang (Python 3.11), and must never hold the device where it is."""
+        task = asyncio.ensure_future(work)
+        done, _ = await asyncio.wait({task}, timeout=2 * self.options.connect_timeout_s)
+        if task in done:
+            return task.result()
+        task.cancel()
+        self._stray.add(task)  # referenced until it ends
+        task.add_done_callback(self._stray.discard)
+        return otherwise
 
     async def _watch_health(self, region: str) -> None:
         while True:
@@ -396,8 +415,10 @@ class DeviceClient:
 
     async def _refresh_health(self) -> None:
         """Ask the concierge (any region that answers) which endpoints are usable now."""
-        if not self.concierge:
-            return
+        if self.concierge:
+            await self._bounded(self._ask_concierge(), None)
+
+    async def _ask_concierge(self) -> None:
         if self._http is None:
             self._http = httpx.AsyncClient(verify=self._http_tls, timeout=self.options.connect_timeout_s)
         for url in self.concierge:
@@ -461,8 +482,9 @@ def choose_endpoint(endpoints: Sequence[Endpoint], index: int, usable: dict[str,
 async def _tls_reachable(endpoint: Endpoint, tls: ssl.SSLContext, timeout: float) -> bool:
     """Whether a TLS handshake with the endpoint completes: a cheap sign of a live broker."""
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(endpoint.host, endpoint.port, ssl=tls,
-                                                                   server_hostname=endpoint.host), timeout)
+        _, writer = await asyncio.wait_for(asyncio.open_connection(
+            endpoint.host, endpoint.port, ssl=tls, server_hostname=endpoint.host, ssl_handshake_timeout=timeout),
+            2 * timeout)
     except (OSError, TimeoutError, ssl.SSLError):
         return False
     writer.transport.abort()  # no TLS close_notify exchange: waiting for it can hang on a busy broker
