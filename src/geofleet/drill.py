@@ -106,7 +106,8 @@ def _stragglers(devices: list[SimulatedDevice], done: Callable[[SimulatedDevice]
     examples = [f"{d.device_id} in {d.client.region if d.client else None}, "
                 f"moves {[(m.region, m.reason) for m in (d.client.moves if d.client else [])][-3:]}, "
                 f"last error {d.client.last_error if d.client else None}, "
-                f"fail-back checks {d.client.failback_checks if d.client else None}" for d in left[:3]]
+                f"fail-back checks {d.client.failback_checks if d.client else None}, "
+                f"doing: {d.client.doing if d.client else None}" for d in left[:3]]
     return f"{len(left)} of {len(devices)} devices not there, e.g. " + "; ".join(examples)
 
 

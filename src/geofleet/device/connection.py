@@ -168,6 +168,8 @@ class DeviceClient:
         """Connection attempts so far (each one to one endpoint)."""
         self.failback_checks = 0
         """Times the home was checked while away (see ``min_stay_s``)."""
+        self.doing = "idle"
+        """What the connection loop is doing now, for diagnostics."""
         self.dropped_qos0 = 0
         self._task: asyncio.Task[None] | None = None
         self._usable: dict[str, bool] = {}
@@ -199,9 +201,7 @@ class DeviceClient:
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await _cancel_all([task])
         self.connected.clear()
         self.region = None
         if self._http is not None:
@@ -273,6 +273,7 @@ class DeviceClient:
         while True:
             endpoint = self._pick(index)
             self.attempts += 1
+            self.doing = f"connecting to {endpoint.region}"
             try:
                 await self._session(endpoint, reason)
             except _Leave as leave:
@@ -330,14 +331,15 @@ class DeviceClient:
             if options.health_interval_s > 0 and self.concierge:
                 tasks.append(asyncio.create_task(self._watch_health(endpoint.region)))
             try:
+                self.doing = f"in session with {endpoint.region}"
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+                self.doing = f"ending the session with {endpoint.region}"
                 for task in done:
                     task.result()  # re-raise what ended the session
                 raise aiomqtt.MqttError("session ended")
             finally:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                await _cancel_all(tasks)
+                self.doing = f"closing the connection to {endpoint.region}"
                 self._client = None
 
     async def _after_session(self) -> None:
@@ -382,6 +384,7 @@ class DeviceClient:
         home = self.endpoints[0]
         while True:
             self.failback_checks += 1
+            self.doing = f"checking home {home.region}"
             if await self._home_usable(home):
                 raise _Leave(f"fail-back to {home.region}", go_home=True)
             await asyncio.sleep(random.uniform(0.5, 1.5) * self.options.failback_interval_s)
@@ -429,6 +432,18 @@ class DeviceClient:
             if response.status_code == 200:
                 self._usable = {e["region"]: bool(e["usable"]) for e in response.json()["endpoints"]}
                 return
+
+
+async def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` and wait until they end, cancelling again those that did not: Python
+    3.11's ``asyncio.wait_for`` swallows a cancellation that lands as its inner future completes
+    (seen here: a PUBACK arriving as a session ended kept the sender looping, and the device
+    stuck in that session for good)."""
+    pending = set(tasks)
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.5)
 
 
 @contextlib.asynccontextmanager
