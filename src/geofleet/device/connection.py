@@ -277,6 +277,7 @@ class DeviceClient:
             try:
                 await self._session(endpoint, reason)
             except _Leave as leave:
+                self._lost()
                 reason = leave.args[0]
                 index = 0 if leave.go_home else self.endpoints.index(endpoint) + 1
                 failures = 0
