@@ -293,3 +293,26 @@ def test_cli_drill_kills_a_region_and_accounts_for_every_message(tmp_path: Path)
     assert report["affected"] >= 1 and report["lost"] == 0 and report["published"] == report["received"]
     assert report["failoverSeconds"]["max"] < 5.0
     assert report["afterFailback"] == report["homes"]
+
+
+def test_app_shadow_and_lifecycle_events_from_every_region(ffleet: Fleet) -> None:
+    name = ffleet.create_device(region=B)
+
+    async def scenario() -> None:
+        async with FleetApp.from_data_dir(ffleet.data.root) as app:
+            stream = await app.events([f"$aws/events/presence/+/{name}"])
+            updated = await app.update_shadow(name, {"state": {"desired": {"mode": "eco"}}})
+            assert updated["state"]["desired"] == {"mode": "eco"}
+            assert (await app.get_shadow(name))["state"]["delta"] == {"mode": "eco"}
+            for region in (A, B):
+                with ffleet.device(name, region) as device:
+                    device.connect()
+            seen: list[tuple[str, str]] = []
+            async for event in stream:
+                seen.append((event.region, event.topic.split("/")[3]))
+                if len(seen) == 4:
+                    break
+            assert sorted(seen) == sorted([(A, "connected"), (A, "disconnected"), (B, "connected"),
+                                           (B, "disconnected")])
+
+    run(scenario)
