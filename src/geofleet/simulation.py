@@ -51,8 +51,12 @@ def sample_addresses(count: int, seed: int = 7) -> list[tuple[str, str]]:
             if country in pools and len(pools[country]) < wanted:
                 pools[country].append(address)
     order = [c for c in COUNTRIES if pools[c]]
-    return [(pools[order[i % len(order)]][i // len(order) % len(pools[order[i % len(order)]])], order[i % len(order)])
-            for i in range(count)]
+    picked = []
+    for i in range(count):
+        country = order[i % len(order)]
+        pool = pools[country]  # reused round robin if a small country's pool ran short
+        picked.append((pool[(i // len(order)) % len(pool)], country))
+    return picked
 
 
 @dataclass

@@ -33,7 +33,7 @@ import httpx
 
 from geofleet.client import answer
 from geofleet.config import DataDir
-from geofleet.domain.errors import GeofleetError, NotFound
+from geofleet.domain.errors import GeofleetError, InvalidRequest, NotFound
 
 Json = dict[str, Any]
 DEDUP_WINDOW = 10_000
@@ -84,7 +84,7 @@ class Event:
 class FleetApp:
     def __init__(self, regions: Sequence[Region], token: str, root_ca: Path, timeout: float = 5.0) -> None:
         if not regions:
-            raise NotFound("no regions given: the application needs at least one region's URL")
+            raise InvalidRequest("no regions given: the application needs at least one region's URL")
         self.regions = list(regions)
         self._by_name = {r.name: r for r in self.regions}
         self._http = httpx.AsyncClient(verify=ssl.create_default_context(cafile=str(root_ca)), timeout=timeout,
