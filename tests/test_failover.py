@@ -25,7 +25,7 @@ from tests.helpers import geofleet, wait_for
 
 A, B = "us-east-1", "eu-west-1"
 T = TypeVar("T")
-FAST = FailoverOptions(keepalive_s=2, min_stay_s=2.0, failback_interval_s=0.5, first_retry_spread_s=0.3,
+FAST = FailoverOptions(keepalive_s=4, min_stay_s=2.0, failback_interval_s=0.5, first_retry_spread_s=0.3,
                        backoff_base_s=0.2, connect_timeout_s=2.0)
 
 
