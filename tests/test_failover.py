@@ -157,6 +157,30 @@ async def eventually(probe: Callable[[], Awaitable[bool]], timeout: float, what:
         await asyncio.sleep(0.05)
 
 
+def test_active_standby_device_uses_the_standby_only_while_the_home_is_down(ffleet: Fleet) -> None:
+    """No fail-back timer here: the device leaves the standby because the concierge reports it
+    unusable once the home is healthy again (a region reported unusable is left)."""
+    name = ffleet.create_device(region=A)
+    with ffleet.admin(A) as api:
+        api.call("PATCH", f"/things/{name}", json={"attributes": {"geofleet:failoverMode": "active-standby"}})
+    wait_for(lambda: concierge(ffleet, B, name)["mode"] == "active-standby", 10, "the mode in B")
+    urls = [ffleet.data.config().region(r).http_url for r in (B, A)]
+    options = FailoverOptions(keepalive_s=4, failback=False, health_interval_s=0.5, first_retry_spread_s=0.3,
+                              backoff_base_s=0.2, connect_timeout_s=2.0)
+
+    async def scenario() -> None:
+        async with device_client(ffleet, name, A, B, concierge=urls, options=options) as device:
+            assert await device.wait_connected(10) == A
+            ffleet.send_signal(A, signal.SIGKILL)
+            await wait_until(lambda: device.region == B, 10, "the device on the standby")
+            ffleet.restart(A, timeout=None)
+            await asyncio.to_thread(ffleet.wait_ready, A)
+            await wait_until(lambda: device.region == A, 20, "the device home, the standby reported unusable")
+            assert device.moves[-1].reason == f"{B} reported unusable"
+
+    run(scenario)
+
+
 def test_black_holed_region_is_left_after_keepalive_and_reported_unhealthy(ffleet: Fleet) -> None:
     name = ffleet.create_device(region=B)
 

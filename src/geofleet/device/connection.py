@@ -415,7 +415,7 @@ class DeviceClient:
             await asyncio.sleep(random.uniform(0.5, 1.5) * self.options.health_interval_s)
             await self._refresh_health()
             if not self._usable.get(region, True) and any(self._usable.get(e.region) for e in self.endpoints):
-                raise _Leave(f"{region} reported unhealthy", go_home=False)
+                raise _Leave(f"{region} reported unusable", go_home=False)
 
     async def _refresh_health(self) -> None:
         """Ask the concierge (any region that answers) which endpoints are usable now."""
