@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from geofleet.app import DeviceOffline, FleetApp
-from geofleet.device import BlockingDevice, DeviceClient, FailoverOptions
+from geofleet.device import BlockingDevice, DeviceClient, DiskOutbox, FailoverOptions
 from geofleet.domain.errors import InvalidRequest, NotFound
 from geofleet.drill import wait_until
 from tests.conftest import Fleet
@@ -57,24 +57,45 @@ def device_client(fleet: Fleet, name: str, *regions: str, **kwargs: Any) -> Devi
                         endpoints(fleet, *regions), **kwargs)
 
 
+def admitted_in(fleet: Fleet, name: str, region: str) -> bool:
+    """Whether ``region`` holds what admits the device: its thing, certificate and policy."""
+    with fleet.admin(region) as api:
+        try:
+            principals = api.call("GET", f"/things/{name}/principals")["principals"]
+            return bool(principals) and bool(api.call("GET", f"/certificates/{principals[0]}/policies")["policies"])
+        except NotFound:
+            return False
+
+
+def create_everywhere(fleet: Fleet, region: str) -> str:
+    """A device created in ``region`` and replicated to both regions of the fleet."""
+    name = fleet.create_device(region=region)
+    for other in (A, B):
+        wait_for(lambda o=other: admitted_in(fleet, name, o), 10, f"{name} replicated to {other}")
+    return name
+
+
 def tls(fleet: Fleet) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(fleet.data.root_ca))
 
 
 def concierge(fleet: Fleet, region: str, device: str) -> dict[str, Any]:
+    """The concierge's answer; empty while the device has not replicated to ``region`` yet."""
     url = fleet.data.config().region(region).http_url
     response = httpx.get(f"{url}/v1/endpoints/{device}", verify=tls(fleet), timeout=5)
+    if response.status_code == 404:
+        return {}
     assert response.status_code == 200, response.text
     return dict(response.json())
 
 
 def test_health_is_deep_and_the_concierge_lists_home_first(ffleet: Fleet) -> None:
-    name = ffleet.create_device(region=B)
+    name = create_everywhere(ffleet, B)
     url = ffleet.data.config().region(A).http_url
     health = httpx.get(f"{url}/health", verify=tls(ffleet), timeout=5).json()
     assert health["healthy"] and health["checks"]["broker"]["ok"] and health["checks"]["store"]["ok"]
-    wait_for(lambda: all(e["healthy"] for e in concierge(ffleet, A, name)["endpoints"]), 10,
-             "both regions seen healthy from A")
+    wait_for(lambda: all(e["healthy"] for e in concierge(ffleet, A, name).get("endpoints", [{"healthy": False}])),
+             10, "the device in A and both regions seen healthy from A")
     answer = concierge(ffleet, A, name)
     assert answer["homeRegion"] == B and answer["mode"] == "active-active"
     assert [(e["region"], e["role"], e["usable"]) for e in answer["endpoints"]] == [(B, "home", True),
@@ -82,10 +103,11 @@ def test_health_is_deep_and_the_concierge_lists_home_first(ffleet: Fleet) -> Non
 
 
 def test_active_standby_offers_the_standby_only_while_the_home_is_down(ffleet: Fleet) -> None:
-    name = ffleet.create_device(region=A)
+    name = create_everywhere(ffleet, A)
     with ffleet.admin(A) as api:
         api.call("PATCH", f"/things/{name}", json={"attributes": {"geofleet:failoverMode": "active-standby"}})
-    listed = wait_for(lambda: (c := concierge(ffleet, B, name))["mode"] == "active-standby" and c, 10, "the mode")
+    listed = wait_for(lambda: (c := concierge(ffleet, B, name)).get("mode") == "active-standby" and c, 10,
+                      "the mode")
     assert [(e["region"], e["role"], e["usable"]) for e in listed["endpoints"]] == [(A, "home", True),
                                                                                    (B, "standby", False)]
 
@@ -94,7 +116,7 @@ def test_device_survives_a_killed_region_loses_nothing_and_comes_home(ffleet: Fl
     """Messages 6-8 are published while A is frozen (so A never routes them) and then A is
     SIGKILLed: the device must send them again through B, and the application must see every
     message exactly once; after A restarts the device goes home after its minimum stay."""
-    name = ffleet.create_device(region=A)
+    name = create_everywhere(ffleet, A)
     received: list[int] = []
     commands: list[bytes] = []
 
@@ -160,10 +182,10 @@ async def eventually(probe: Callable[[], Awaitable[bool]], timeout: float, what:
 def test_active_standby_device_uses_the_standby_only_while_the_home_is_down(ffleet: Fleet) -> None:
     """No fail-back timer here: the device leaves the standby because the concierge reports it
     unusable once the home is healthy again (a region reported unusable is left)."""
-    name = ffleet.create_device(region=A)
+    name = create_everywhere(ffleet, A)
     with ffleet.admin(A) as api:
         api.call("PATCH", f"/things/{name}", json={"attributes": {"geofleet:failoverMode": "active-standby"}})
-    wait_for(lambda: concierge(ffleet, B, name)["mode"] == "active-standby", 10, "the mode in B")
+    wait_for(lambda: concierge(ffleet, B, name).get("mode") == "active-standby", 10, "the mode in B")
     urls = [ffleet.data.config().region(r).http_url for r in (B, A)]
     options = FailoverOptions(keepalive_s=4, failback=False, health_interval_s=0.5, first_retry_spread_s=0.3,
                               backoff_base_s=0.2, connect_timeout_s=2.0)
@@ -182,7 +204,7 @@ def test_active_standby_device_uses_the_standby_only_while_the_home_is_down(ffle
 
 
 def test_black_holed_region_is_left_after_keepalive_and_reported_unhealthy(ffleet: Fleet) -> None:
-    name = ffleet.create_device(region=B)
+    name = create_everywhere(ffleet, B)
 
     async def scenario() -> None:
         device = device_client(ffleet, name, B, A, options=FAST)
@@ -207,7 +229,7 @@ def test_black_holed_region_is_left_after_keepalive_and_reported_unhealthy(fflee
 
 
 def test_a_device_connected_in_two_regions_keeps_only_the_newer_session(ffleet: Fleet) -> None:
-    name = ffleet.create_device(region=A)
+    name = create_everywhere(ffleet, A)
     with ffleet.device(name, A) as first:
         first.connect()
         with ffleet.device(name, B) as second:
@@ -320,7 +342,7 @@ def test_cli_drill_kills_a_region_and_accounts_for_every_message(tmp_path: Path)
 
 
 def test_app_shadow_and_lifecycle_events_from_every_region(ffleet: Fleet) -> None:
-    name = ffleet.create_device(region=B)
+    name = create_everywhere(ffleet, B)
 
     async def scenario() -> None:
         async with FleetApp.from_data_dir(ffleet.data.root) as app:
@@ -340,3 +362,38 @@ def test_app_shadow_and_lifecycle_events_from_every_region(ffleet: Fleet) -> Non
                                            (B, "disconnected")])
 
     run(scenario)
+
+
+def test_disk_outbox_keeps_messages_across_a_device_restart(ffleet: Fleet, tmp_path: Path) -> None:
+    """Published while no region is reachable, kept in the outbox file through a restart of the
+    device program, delivered once it connects."""
+    name = ffleet.create_device(region=B)
+    d = ffleet.devices_dir
+    files = (str(d / f"{name}.cert.pem"), str(d / f"{name}.key.pem"), str(d / "root-ca.pem"))
+    nowhere = [{"region": B, "host": "127.0.0.1", "port": 9}]
+
+    async def offline() -> None:
+        outbox = DiskOutbox(tmp_path / "outbox.db")
+        async with DeviceClient(name, *files, nowhere, options=FAST, outbox=outbox) as device:
+            for n in range(3):
+                await device.publish(f"dt/{name}/t", json.dumps({"n": n}))
+            assert not device.connected.is_set()
+        outbox.close()
+
+    async def online() -> list[int]:
+        got: list[int] = []
+        async with FleetApp.from_data_dir(ffleet.data.root) as app:
+            stream = await app.events([f"dt/{name}/#"])
+            outbox = DiskOutbox(tmp_path / "outbox.db")
+            assert len(outbox) == 3
+            async with device_client(ffleet, name, B, options=FAST, outbox=outbox) as device:
+                await device.flush(10)
+            async for event in stream:
+                got.append(int(json.loads(event.payload)["n"]))
+                if len(got) == 3:
+                    break
+            outbox.close()
+        return got
+
+    run(offline)
+    assert run(online) == [0, 1, 2]
