@@ -83,7 +83,10 @@ class Device:
         return self
 
     def try_connect(self, timeout: float = 5.0) -> bool:
-        """True if the broker accepted; False if it refused or closed the connection."""
+        """True if the broker accepted; False if it refused or closed the connection. May be
+        called again (after a refusal) on the same device."""
+        self.connack.clear()
+        self.disconnects.clear()
         try:
             self.client.connect("localhost", self.port, keepalive=self.keepalive)
         except (ssl.SSLError, OSError):

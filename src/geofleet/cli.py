@@ -105,6 +105,7 @@ def region_run(
     from geofleet.region.node import RegionNode
 
     logging.basicConfig(level=log_level.upper(), format=f"%(asctime)s {name} %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per peer call (health polls: every second)
     for noisy in ("amqtt", "transitions", "uvicorn.error"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     node = RegionNode(DataDir(data_dir), name)
