@@ -111,18 +111,12 @@ def _stragglers(devices: list[SimulatedDevice], done: Callable[[SimulatedDevice]
     return f"{len(left)} of {len(devices)} devices not there, e.g. " + "; ".join(examples)
 
 
-def _working_elsewhere(device: SimulatedDevice, region: str, since: float) -> float | None:
+def _working(device: SimulatedDevice, since: float, where: Callable[[str], bool]) -> float | None:
+    """When the device first had a message acknowledged in a session begun since ``since`` in a
+    region ``where`` accepts; None if it has not yet."""
     assert device.client is not None
     for move in device.client.moves:
-        if move.at >= since and move.region != region and move.first_ack_at is not None:
-            return move.first_ack_at
-    return None
-
-
-def _working_at(device: SimulatedDevice, region: str, since: float) -> float | None:
-    assert device.client is not None
-    for move in device.client.moves:
-        if move.at >= since and move.region == region and move.first_ack_at is not None:
+        if move.at >= since and where(move.region) and move.first_ack_at is not None:
             return move.first_ack_at
     return None
 
@@ -139,13 +133,15 @@ async def drill(fleet: LocalFleet, sim: Simulation, app: FleetApp, collector: Co
     progress(f"{'killing' if mode == 'kill' else 'black-holing'} {region}: {len(affected)} devices connected there")
     down_at = time.time()
     fleet.send_signal(region, signal.SIGKILL if mode == "kill" else signal.SIGSTOP)
+    def elsewhere(device: SimulatedDevice) -> float | None:
+        return _working(device, down_at, lambda r: r != region)
+
     try:
-        await wait_until(lambda: all(_working_elsewhere(d, region, down_at) for d in affected), timeout,
+        await wait_until(lambda: all(elsewhere(d) for d in affected), timeout,
                          f"every device of {region} working in another region")
     except TimeoutError as exc:
-        raise TimeoutError(f"{exc}; {_stragglers(affected, lambda d: _working_elsewhere(d, region, down_at))}"
-                           ) from None
-    result.failover_s = [(_working_elsewhere(d, region, down_at) or 0.0) - down_at for d in affected]
+        raise TimeoutError(f"{exc}; {_stragglers(affected, elsewhere)}") from None
+    result.failover_s = [(elsewhere(d) or 0.0) - down_at for d in affected]
     result.during = dict(sim.where())
     progress(f"all {len(affected)} devices of {region} work elsewhere: {dict(sim.where())}")
     if during is not None:
@@ -158,13 +154,16 @@ async def drill(fleet: LocalFleet, sim: Simulation, app: FleetApp, collector: Co
         fleet.send_signal(region, signal.SIGCONT)
     back_at = time.time()
     progress(f"{region} is back; devices return after their minimum stay ({sim.options.min_stay_s:g} s)")
+    def home(device: SimulatedDevice) -> float | None:
+        return _working(device, back_at, lambda r: r == region)
+
     try:
-        await wait_until(lambda: all(_working_at(d, region, back_at) for d in affected),
+        await wait_until(lambda: all(home(d) for d in affected),
                          timeout + sim.options.min_stay_s + 2 * sim.options.failback_interval_s,
                          f"every device of {region} back home")
     except TimeoutError as exc:
-        raise TimeoutError(f"{exc}; {_stragglers(affected, lambda d: _working_at(d, region, back_at))}") from None
-    result.failback_s = [(_working_at(d, region, back_at) or 0.0) - back_at for d in affected]
+        raise TimeoutError(f"{exc}; {_stragglers(affected, home)}") from None
+    result.failback_s = [(home(d) or 0.0) - back_at for d in affected]
     result.after = dict(sim.where())
     progress(f"all devices of {region} are home again: {dict(sim.where())}")
     return result

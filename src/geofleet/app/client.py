@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import json
 import random
 import ssl
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +29,9 @@ from typing import Any
 
 import httpx
 
-from geofleet.client import answer
+from geofleet.client import RegionUnreachable, answer
 from geofleet.config import DataDir
+from geofleet.domain.dedup import RecentMessages
 from geofleet.domain.errors import GeofleetError, InvalidRequest, NotFound
 
 Json = dict[str, Any]
@@ -42,11 +41,6 @@ DEDUP_WINDOW = 10_000
 class DeviceOffline(GeofleetError):
     status = 504
     code = "DeviceOffline"
-
-
-class NoRegionReachable(GeofleetError):
-    status = 503
-    code = "NoRegionReachable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +132,7 @@ class FleetApp:
                 return answer(response)
             if attempt == 0:
                 ranked = await self.rank()
-        raise NoRegionReachable("no region answered: " + ("; ".join(errors) or "none is healthy"))
+        raise RegionUnreachable("no region answered: " + ("; ".join(errors) or "none is healthy"))
 
     # -- devices ---------------------------------------------------------------------------
 
@@ -210,22 +204,18 @@ class FleetApp:
         except TimeoutError:
             for reader in readers:
                 reader.cancel()
-            raise NoRegionReachable(f"the event streams of {', '.join(sorted(healthy))} did not open "
+            raise RegionUnreachable(f"the event streams of {', '.join(sorted(healthy))} did not open "
                                     f"within {ready_timeout:g} s") from None
         return self._merge(queue, readers)
 
     async def _merge(self, queue: asyncio.Queue[Event], readers: list[asyncio.Task[None]]) -> AsyncIterator[Event]:
-        seen: OrderedDict[bytes, None] = OrderedDict()
+        recent = RecentMessages(DEDUP_WINDOW)
         try:
             while True:
                 event = await queue.get()
-                key = hashlib.blake2b(event.topic.encode() + b"\0" + event.payload, digest_size=16).digest()
-                if key in seen:
+                if not recent.first_time(event.topic, event.payload, time.monotonic()):
                     self.duplicates_dropped += 1
                     continue
-                seen[key] = None
-                if len(seen) > DEDUP_WINDOW:
-                    seen.popitem(last=False)
                 yield event
         finally:
             for reader in readers:

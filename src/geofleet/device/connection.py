@@ -25,15 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import random
 import socket
 import ssl
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import aiomqtt
@@ -41,6 +39,7 @@ import httpx
 
 from geofleet.device.bootstrap import Credentials
 from geofleet.device.outbox import MemoryOutbox, Outbox
+from geofleet.domain.dedup import RecentMessages
 from geofleet.domain.errors import GeofleetError, InvalidRequest
 
 log = logging.getLogger(__name__)
@@ -111,25 +110,6 @@ class _Subscription:
     qos: int = 1
 
 
-@dataclass
-class _Dedup:
-    window_s: float
-    limit: int = 4096
-    seen: OrderedDict[bytes, float] = field(default_factory=OrderedDict)
-
-    def first_time(self, topic: str, payload: bytes) -> bool:
-        if self.window_s <= 0:
-            return True
-        now = time.monotonic()
-        while self.seen and (len(self.seen) > self.limit or next(iter(self.seen.values())) < now - self.window_s):
-            self.seen.popitem(last=False)
-        digest = hashlib.blake2b(topic.encode() + b"\0" + payload, digest_size=16).digest()
-        if digest in self.seen:
-            return False
-        self.seen[digest] = now
-        return True
-
-
 class _Leave(Exception):
     """Ends a session on purpose (fail-back, or the region reported unusable)."""
 
@@ -157,7 +137,7 @@ class DeviceClient:
         self._http_tls = ssl.create_default_context(cafile=ca_file)
         self._subscriptions: dict[str, _Subscription] = {}
         self._on_session: list[SessionHook] = []
-        self._dedup = _Dedup(self.options.dedup_window_s)
+        self._recent = RecentMessages(4096, self.options.dedup_window_s)
         self._client: aiomqtt.Client | None = None
         self._wake = asyncio.Event()
         self.connected = asyncio.Event()
@@ -355,7 +335,8 @@ class DeviceClient:
         async for message in client.messages:
             payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
             topic = message.topic.value
-            if message.qos > 0 and not self._dedup.first_time(topic, payload):
+            if message.qos > 0 and self.options.dedup_window_s > 0 \
+                    and not self._recent.first_time(topic, payload, time.monotonic()):
                 continue
             for topic_filter, subscription in list(self._subscriptions.items()):
                 if message.topic.matches(topic_filter):

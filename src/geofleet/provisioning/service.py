@@ -20,7 +20,7 @@ from typing import Any
 
 from geofleet.config import FleetConfig
 from geofleet.domain import enrollment
-from geofleet.domain.endpoints import HOME_ATTRIBUTE, REGIONS_ATTRIBUTE
+from geofleet.domain.endpoints import HOME_ATTRIBUTE, REGIONS_ATTRIBUTE, failover_order
 from geofleet.domain.errors import Conflict, GeofleetError, InvalidRequest, Unauthorized
 from geofleet.domain.geo import Location, NoRegionAllowed, Place, choose_home
 from geofleet.domain.names import check_thing_name
@@ -154,9 +154,9 @@ class Provisioner:
     def move(self, thing: str, region: str) -> Json:
         """Migrate a device's home (an operator's decision, like DPS re-provisioning): its
         attributes and shadows are everywhere already; what changes is its endpoint order."""
-        home = self._fleet.region(region)
+        self._fleet.region(region)  # ConfigError for an unknown region
         places = [Place(r.name, r.latitude, r.longitude) for r in self._fleet.regions]
-        order = choose_home(Location(home.latitude, home.longitude), places, default=region).order
+        order = tuple(failover_order(region, [p.name for p in places], places))
         self._registry.update_thing(thing, attributes={HOME_ATTRIBUTE: region, REGIONS_ATTRIBUTE: ",".join(order)})
         return {"thingName": thing, "homeRegion": region, "endpoints": self.endpoints(order)}
 
