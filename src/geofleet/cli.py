@@ -16,7 +16,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from geofleet.client import AdminClient
+from geofleet.client import CERTIFICATES, THINGS, AdminClient, Listing, named_shadows
 from geofleet.config import DataDir, FleetConfig, default_config, write_private, write_public
 from geofleet.domain.endpoints import HOME_ATTRIBUTE
 from geofleet.domain.errors import ConfigError, GeofleetError
@@ -46,6 +46,8 @@ app.add_typer(enrollment_app, name="enrollment")
 DataDirOpt = Annotated[Path, typer.Option("--data-dir", help="The fleet's data directory.")]
 RegionOpt = Annotated[str, typer.Option("--region", help="Which region to ask.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+MaxResultsOpt = Annotated[int | None, typer.Option("--max-results", min=1, max=250, help="One page of this size.")]
+NextTokenOpt = Annotated[str | None, typer.Option("--next-token", help="The page after a previous one.")]
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -154,12 +156,39 @@ def _thing_line(thing: dict[str, Any]) -> str:
 
 
 @thing_app.command("list")
-def thing_list(data_dir: DataDirOpt, region: RegionOpt, as_json: JsonOpt = False) -> None:
-    """List the things a region knows."""
-    with _client(data_dir, region) as api:
-        things = api.call("GET", "/things")["things"]
+def thing_list(data_dir: DataDirOpt, region: RegionOpt, as_json: JsonOpt = False,
+               max_results: MaxResultsOpt = None, next_token: NextTokenOpt = None) -> None:
+    """List the things a region knows (every page, unless --max-results or --next-token asks for one)."""
+    things, token = _listing(data_dir, region, THINGS, max_results, next_token)
     text = "\n".join(_thing_line(t) for t in things)
-    _print(things, as_json, text or "(no things)")
+    _print_page(things, token, as_json, text or "(no things)")
+
+
+@cert_app.command("list")
+def cert_list(data_dir: DataDirOpt, region: RegionOpt, as_json: JsonOpt = False,
+              max_results: MaxResultsOpt = None, next_token: NextTokenOpt = None) -> None:
+    """List the certificates a region knows (every page, unless --max-results or --next-token asks for one)."""
+    certificates, token = _listing(data_dir, region, CERTIFICATES, max_results, next_token)
+    text = "\n".join(f"{c['certificateId']}\t{c['status']}" for c in certificates)
+    _print_page(certificates, token, as_json, text or "(no certificates)")
+
+
+def _listing(data_dir: Path, region: str, listing: Listing, max_results: int | None, next_token: str | None
+             ) -> tuple[list[Any], str | None]:
+    """One page when asked for (``--max-results``/``--next-token``), else every page."""
+    with _client(data_dir, region) as api:
+        if max_results is None and next_token is None:
+            return list(api.every(listing)), None
+        return api.page(listing, max_results, next_token)
+
+
+def _print_page(items: list[Any], token: str | None, as_json: bool, text: str) -> None:
+    if as_json:
+        _print({"items": items, "nextToken": token} if token else items, True)
+        return
+    _print(items, False, text)
+    if token:
+        _progress(f"more: --next-token {token}")
 
 
 @thing_app.command("get")
@@ -201,6 +230,14 @@ def shadow_get(
     """Print a shadow document."""
     with _client(data_dir, region) as api:
         _print(api.call("GET", f"/things/{thing}/shadow", params={"name": name} if name else None), True)
+
+
+@shadow_app.command("list")
+def shadow_list(thing: str, data_dir: DataDirOpt, region: RegionOpt, as_json: JsonOpt = False,
+                max_results: MaxResultsOpt = None, next_token: NextTokenOpt = None) -> None:
+    """List a thing's named shadows (every page, unless --max-results or --next-token asks for one)."""
+    names, token = _listing(data_dir, region, named_shadows(thing), max_results, next_token)
+    _print_page(names, token, as_json, "\n".join(names) or "(no named shadows)")
 
 
 @shadow_app.command("update")

@@ -7,6 +7,8 @@ and turns error responses back into the same ``GeofleetError`` types the server 
 from __future__ import annotations
 
 import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -23,6 +25,26 @@ _BY_STATUS: dict[int, type[errors.GeofleetError]] = {
 class RegionUnreachable(errors.GeofleetError):
     status = 503
     code = "RegionUnreachable"
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """How one paged route names its parts (AWS names them differently per API)."""
+
+    path: str
+    items: str
+    size: str
+    token: str
+    next_token: str
+
+
+THINGS = Listing("/things", "things", "maxResults", "nextToken", "nextToken")
+CERTIFICATES = Listing("/certificates", "certificates", "pageSize", "marker", "nextMarker")
+
+
+def named_shadows(thing: str) -> Listing:
+    return Listing(f"/api/things/shadow/ListNamedShadowsForThing/{thing}", "results", "pageSize", "nextToken",
+                   "nextToken")
 
 
 class AdminClient:
@@ -53,6 +75,21 @@ class AdminClient:
                 "is it running?"
             ) from None
         return answer(response)
+
+    def page(self, listing: Listing, size: int | None = None, token: str | None = None) -> tuple[list[Any], str | None]:
+        """One page of a listing: its items and the token of the next page (None after the last)."""
+        params = {k: v for k, v in ((listing.size, size), (listing.token, token)) if v is not None}
+        body = self.call("GET", listing.path, params=params)
+        return list(body[listing.items]), body.get(listing.next_token)
+
+    def every(self, listing: Listing, size: int | None = None) -> Iterator[Any]:
+        """Every item of a listing, fetching page after page."""
+        token: str | None = None
+        while True:
+            items, token = self.page(listing, size, token)
+            yield from items
+            if token is None:
+                return
 
 
 def answer(response: httpx.Response) -> Any:

@@ -30,7 +30,7 @@ DEFAULT_REGIONS = ("us-east-1", "eu-west-1", "ap-southeast-1")
 DEFAULT_MQTT_PORT = 18883
 DEFAULT_HTTP_PORT = 18443
 DEFAULT_PEER_PORT = 18643
-_REGION_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_REGION_NAME = re.compile(r"\A[a-z0-9][a-z0-9-]{0,62}\Z")  # \Z: "$" would let "name\n" through
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,5 +63,7 @@ def verify_device(key: bytes, device_id: str, fingerprint: str, timestamp: int, 
             f"(at most {max_skew_s} s allowed): check the device's clock and sign a fresh request"
         )
     expected = sign(key, device_id, fingerprint, timestamp)
-    if not hmac.compare_digest(expected, signature.lower()):
+    # Bytes, not str: compare_digest raises TypeError for a str with non-ASCII characters, and
+    # the signature is whatever the (unauthenticated) caller sent.
+    if not hmac.compare_digest(expected.encode(), signature.lower().encode()):
         raise Unauthorized("the enrollment signature does not match this device id, CSR and timestamp")

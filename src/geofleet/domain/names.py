@@ -12,9 +12,12 @@ from enum import StrEnum
 
 from geofleet.domain.errors import InvalidRequest
 
-_THING_NAME = re.compile(r"^[a-zA-Z0-9:_-]{1,128}$")
-_SHADOW_NAME = re.compile(r"^[a-zA-Z0-9:_-]{1,64}$")
-_POLICY_NAME = re.compile(r"^[\w+=,.@-]{1,128}$")
+# Anchored with \A and \Z, never ^ and $: ``$`` also matches before a final newline, so
+# "name\n" would pass and a newline would reach topics, ARNs and logs. ASCII only: ``\w`` would
+# otherwise admit every Unicode letter, which AWS does not.
+_THING_NAME = re.compile(r"\A[a-zA-Z0-9:_-]{1,128}\Z")
+_SHADOW_NAME = re.compile(r"\A[a-zA-Z0-9:_-]{1,64}\Z")
+_POLICY_NAME = re.compile(r"\A[\w+=,.@-]{1,128}\Z", re.ASCII)
 _TYPE_NAME = _THING_NAME
 
 CLASSIC = ""

@@ -10,24 +10,36 @@ AWS's shadow error codes and messages.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from geofleet.domain.errors import GeofleetError, Unauthorized
+from geofleet.body_limit import BodyLimit
+from geofleet.domain.errors import Unauthorized
+from geofleet.domain.network import join_forwarded
+from geofleet.domain.paging import MAX_TOKEN_LENGTH, PageTokens, page_of
 from geofleet.domain.policy import DEFAULT_POLICY_NAME
 from geofleet.domain.records import CertificateStatus
-from geofleet.provisioning.service import Provisioner, ProvisionRequest, Timings, Unavailable
+from geofleet.http_errors import install_error_shape
+from geofleet.provisioning.service import Provisioner, ProvisionRequest, Timings
 from geofleet.region.registry import Registry
 from geofleet.region.shadows import ShadowService
 from geofleet.replication.service import Replication
 
 MAX_BODY_BYTES = 64 * 1024
+MAX_THINGS_PAGE = 250
+"""AWS ListThings' largest ``maxResults``."""
+MAX_CERTIFICATES_PAGE = 250
+"""AWS ListCertificates' largest ``pageSize``."""
+MAX_SHADOWS_PAGE = 100
+"""AWS ListNamedShadowsForThing's largest ``pageSize``."""
+UNSIZED_PAGE = 10_000
+"""The page a listing without a page size gets: bounded (no answer holds a whole large registry)
+yet large enough that callers written before paging still see every item of a small fleet."""
 Json = dict[str, Any]
 ShadowName = Annotated[str, Query(alias="name", description="Named shadow; empty for the classic shadow.")]
 
@@ -97,13 +109,16 @@ def create_app(registry: Registry, shadows: ShadowService, token: str, region: s
                replication: Replication, provisioner: Provisioner, more: Routes) -> FastAPI:
     def authenticated(authorization: Annotated[str | None, Header()] = None) -> None:
         scheme, _, given = (authorization or "").partition(" ")
+        # Bytes: compare_digest refuses a str with non-ASCII characters (TypeError, a 500).
         if scheme.lower() != "bearer" or not secrets.compare_digest(given.encode(), token.encode()):
             raise Unauthorized("send the fleet's admin token as 'Authorization: Bearer <token>'")
 
     app = FastAPI(title=f"geofleet region {region}", version="1", openapi_url=None, docs_url=None,
                   redoc_url=None)
-    _install_errors_and_limits(app)
+    install_error_shape(app)
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)  # outermost: before routing and authentication
     guarded = [Depends(authenticated)]
+    tokens = PageTokens(token.encode())
 
     app.include_router(more(guarded))
 
@@ -117,8 +132,14 @@ def create_app(registry: Registry, shadows: ShadowService, token: str, region: s
 
     # -- things --------------------------------------------------------------------------
     @app.get("/things", tags=["things"], dependencies=guarded)
-    async def list_things() -> Json:
-        return {"things": registry.list_things()}
+    async def list_things(maxResults: Annotated[int | None, Query(ge=1, le=MAX_THINGS_PAGE)] = None,
+                          nextToken: Annotated[str | None, Query(max_length=MAX_TOKEN_LENGTH)] = None) -> Json:
+        """AWS ListThings paging: at most ``maxResults`` things in name order, and ``nextToken``
+        while more follow (without ``maxResults``: pages of ``UNSIZED_PAGE``)."""
+        size = maxResults or UNSIZED_PAGE
+        rows = registry.list_things(tokens.decode("things", nextToken), size + 1)
+        page = page_of(rows, size, lambda t: str(t["thingName"]), "things", tokens)
+        return {"things": page.items, **_next("nextToken", page.next_token)}
 
     @app.post("/things/{name}", tags=["things"], status_code=201, dependencies=guarded)
     async def create_thing(name: str, body: ThingIn | None = None) -> Json:
@@ -176,8 +197,14 @@ def create_app(registry: Registry, shadows: ShadowService, token: str, region: s
 
     # -- certificates --------------------------------------------------------------------
     @app.get("/certificates", tags=["certificates"], dependencies=guarded)
-    async def list_certificates() -> Json:
-        return {"certificates": registry.list_certificates()}
+    async def list_certificates(pageSize: Annotated[int | None, Query(ge=1, le=MAX_CERTIFICATES_PAGE)] = None,
+                                marker: Annotated[str | None, Query(max_length=MAX_TOKEN_LENGTH)] = None) -> Json:
+        """AWS ListCertificates paging: at most ``pageSize`` certificates in id order, and
+        ``nextMarker`` while more follow (without ``pageSize``: pages of ``UNSIZED_PAGE``)."""
+        size = pageSize or UNSIZED_PAGE
+        rows = registry.list_certificates(tokens.decode("certificates", marker), size + 1)
+        page = page_of(rows, size, lambda c: str(c["certificateId"]), "certificates", tokens)
+        return {"certificates": page.items, **_next("nextMarker", page.next_token)}
 
     @app.post("/certificates/from-csr", tags=["certificates"], status_code=201, dependencies=guarded)
     async def create_from_csr(body: CsrIn) -> Json:
@@ -263,8 +290,16 @@ def create_app(registry: Registry, shadows: ShadowService, token: str, region: s
         return await shadows.delete(thing, name)
 
     @app.get("/api/things/shadow/ListNamedShadowsForThing/{thing}", tags=["shadows"], dependencies=guarded)
-    async def list_named_shadows(thing: str) -> Json:
-        return {"results": [n for n in shadows.names(thing) if n]}
+    async def list_named_shadows(thing: str,
+                                 pageSize: Annotated[int | None, Query(ge=1, le=MAX_SHADOWS_PAGE)] = None,
+                                 nextToken: Annotated[str | None, Query(max_length=MAX_TOKEN_LENGTH)] = None) -> Json:
+        """AWS ListNamedShadowsForThing: ``results`` (names, classic shadow excluded),
+        ``nextToken`` while more follow, ``timestamp``."""
+        size = pageSize or UNSIZED_PAGE
+        listing = f"shadows/{thing}"
+        names = shadows.names_after(thing, tokens.decode(listing, nextToken), size + 1)
+        page = page_of(names, size, str, listing, tokens)
+        return {"results": page.items, **_next("nextToken", page.next_token), "timestamp": int(time.time())}
 
     # -- provisioning ----------------------------------------------------------------------
     @app.post("/v1/provision", tags=["provisioning"], status_code=201)
@@ -275,7 +310,8 @@ def create_app(registry: Registry, shadows: ShadowService, token: str, region: s
         status, answer = await provisioner.provision(
             ProvisionRequest(body.deviceId, body.certificateSigningRequest, body.enrollmentGroup, body.timestamp,
                              body.signature),
-            request.client.host if request.client else "", request.headers.get("x-forwarded-for"), timings)
+            request.client.host if request.client else "", join_forwarded(request.headers.getlist("x-forwarded-for")),
+            timings)
         response.status_code = status
         response.headers["Server-Timing"] = timings.header()
         return answer
@@ -351,22 +387,6 @@ def create_app(registry: Registry, shadows: ShadowService, token: str, region: s
     return app
 
 
-def _install_errors_and_limits(app: FastAPI) -> None:
-    @app.exception_handler(GeofleetError)
-    async def geofleet_error(_: Request, error: GeofleetError) -> JSONResponse:
-        headers = {"Retry-After": str(error.retry_after)} if isinstance(error, Unavailable) else None
-        return JSONResponse({"code": error.status, "message": error.message}, status_code=error.status,
-                            headers=headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors())
-        return JSONResponse({"code": 400, "message": f"invalid request: {problems}"}, status_code=400)
-
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            return JSONResponse({"code": 413, "message": f"request body over {MAX_BODY_BYTES} bytes"},
-                                status_code=413)
-        return await call_next(request)
+def _next(field: str, token: str | None) -> Json:
+    """The next-page field, present only while more pages follow (AWS omits it at the end)."""
+    return {} if token is None else {field: token}

@@ -7,6 +7,7 @@ cache and cut sessions whose certificate stopped being ACTIVE.
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 import uuid
@@ -30,6 +31,8 @@ Observer = Callable[[Record | None, Record], None]
 
 MAX_ATTRIBUTES = 50
 MAX_ATTRIBUTE_LENGTH = 800
+_ATTRIBUTE_NAME = re.compile(r"\A[a-zA-Z0-9_.,@/:#-]{1,128}\Z")
+_ATTRIBUTE_VALUE = re.compile(rf"\A[a-zA-Z0-9_.,@/:#=\[\]-]{{0,{MAX_ATTRIBUTE_LENGTH}}}\Z")
 
 
 class Registry:
@@ -69,8 +72,10 @@ class Registry:
         body = self._require(Kind.THING, name, "thing").body or {}
         return {**body, "thingArn": self.arn("thing", name)}
 
-    def list_things(self) -> list[Json]:
-        return [{**(r.body or {}), "thingArn": self.arn("thing", r.key)} for r in self._store.records(Kind.THING)]
+    def list_things(self, after: str | None = None, limit: int | None = None) -> list[Json]:
+        """Every thing; with ``limit``, a keyset page: at most ``limit`` things named after ``after``."""
+        return [{**(r.body or {}), "thingArn": self.arn("thing", r.key)}
+                for r in self._listed(Kind.THING, after, limit)]
 
     def update_thing(
         self,
@@ -88,11 +93,12 @@ class Registry:
         if attributes is not None:
             current = dict(body["attributes"]) if merge else {}
             for key, value in attributes.items():
+                _check_attribute_name(key)
                 if value is None or value == "":
                     current.pop(key, None)
                 else:
-                    current[key] = value
-            body["attributes"] = _check_attributes(current)
+                    current[key] = _check_attribute_value(key, value)
+            body["attributes"] = _check_attribute_count(current)
         if remove_type:
             body["thingTypeName"] = None
         elif type_name is not None:
@@ -193,9 +199,15 @@ class Registry:
         body = self._require(Kind.CERTIFICATE, cert_id, "certificate").body or {}
         return {**body, "certificateArn": self.arn("cert", cert_id)}
 
-    def list_certificates(self) -> list[Json]:
+    def list_certificates(self, after: str | None = None, limit: int | None = None) -> list[Json]:
+        """Every certificate (without its PEM); with ``limit``, a keyset page by certificate id."""
         return [{k: v for k, v in (r.body or {}).items() if k != "certificatePem"}
-                for r in self._store.records(Kind.CERTIFICATE)]
+                for r in self._listed(Kind.CERTIFICATE, after, limit)]
+
+    def _listed(self, kind: Kind, after: str | None, limit: int | None) -> list[Record]:
+        if limit is None:
+            return self._store.records(kind)
+        return self._store.records_after(kind, after or "", limit)
 
     def certificate_status(self, cert_id: str) -> CertificateStatus | None:
         record = self._live(Kind.CERTIFICATE, cert_id)
@@ -396,11 +408,28 @@ class Registry:
 
 
 def _check_attributes(attributes: dict[str, Any]) -> dict[str, str]:
+    """AWS's AttributePayload rules: at most ``MAX_ATTRIBUTES``; names 1-128 characters from
+    ``[a-zA-Z0-9_.,@/:#-]``; string values up to 800 characters from ``[a-zA-Z0-9_.,@/:#=[]-]``.
+    An empty name is refused (AWS does): it could never be read back or removed."""
+    for key, value in attributes.items():
+        _check_attribute_name(key)
+        _check_attribute_value(key, value)
+    return _check_attribute_count(dict(attributes))
+
+
+def _check_attribute_count(attributes: dict[str, str]) -> dict[str, str]:
     if len(attributes) > MAX_ATTRIBUTES:
         raise InvalidRequest(f"a thing may have at most {MAX_ATTRIBUTES} attributes")
-    for key, value in attributes.items():
-        if not isinstance(value, str) or len(key) > 128 or len(value) > MAX_ATTRIBUTE_LENGTH:
-            raise InvalidRequest(
-                f"attribute {key!r}: names up to 128 and values up to {MAX_ATTRIBUTE_LENGTH} characters, strings only"
-            )
-    return dict(attributes)
+    return attributes
+
+
+def _check_attribute_name(key: str) -> None:
+    if not isinstance(key, str) or not _ATTRIBUTE_NAME.match(key):
+        raise InvalidRequest(f"invalid attribute name {key!r}: use 1-128 characters from a-z, A-Z, 0-9 and _.,@/:#-")
+
+
+def _check_attribute_value(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not _ATTRIBUTE_VALUE.match(value):
+        raise InvalidRequest(f"attribute {key!r}: the value must be a string of up to {MAX_ATTRIBUTE_LENGTH} "
+                             "characters from a-z, A-Z, 0-9 and _.,@/:#=[]-")
+    return value

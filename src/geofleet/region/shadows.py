@@ -101,6 +101,11 @@ class ShadowService:
         check_thing_name(thing)
         return self._store.shadow_names(thing)
 
+    def names_after(self, thing: str, after: str, limit: int) -> list[str]:
+        """A page of ``names`` (keys after ``after``, at most ``limit``) for the paged listing."""
+        check_thing_name(thing)
+        return self._store.shadow_names_after(thing, after, limit)
+
     def _current(self, thing: str, name: str) -> doc.Shadow:
         return self._store.get_shadow(thing, name) or doc.Shadow()
 

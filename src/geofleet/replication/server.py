@@ -10,10 +10,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Query
-from fastapi.responses import JSONResponse
 
+from geofleet.body_limit import BodyLimit
 from geofleet.domain.digest import BUCKETS
 from geofleet.domain.errors import GeofleetError
+from geofleet.http_errors import install_error_shape
 from geofleet.replication.antientropy import bucket_contents
 from geofleet.replication.wire import change_to_json
 from geofleet.store.base import Store
@@ -21,6 +22,8 @@ from geofleet.store.guard import guard_action
 
 MAX_BATCH = 1000
 MAX_WAIT_S = 30.0
+MAX_PEER_BODY_BYTES = 1024 * 1024
+"""Peer requests carry guard actions (a provisioning answer: a few KB); anything far larger is refused while read."""
 PRIORITY_KINDS = ("certificate",)
 """Certificate status changes (revocations) travel on a stream of their own."""
 
@@ -54,10 +57,8 @@ class UnknownPeer(GeofleetError):
 def create_peer_app(region: str, peers: set[str], store: Store, feed: ChangeFeed,
                     acknowledged: dict[str, int], health: Callable[[], Awaitable[dict[str, Any]]]) -> FastAPI:
     app = FastAPI(title=f"geofleet replication {region}", openapi_url=None, docs_url=None, redoc_url=None)
-
-    @app.exception_handler(GeofleetError)
-    async def refused(_: Any, error: GeofleetError) -> JSONResponse:
-        return JSONResponse({"code": error.status, "message": error.message}, status_code=error.status)
+    install_error_shape(app)
+    app.add_middleware(BodyLimit, limit=MAX_PEER_BODY_BYTES)
 
     def check(peer: str) -> None:
         if peer not in peers:

@@ -134,6 +134,14 @@ class SqliteStore:
             args.append(ref)
         return [_record(row) for row in self._db.execute(sql + " ORDER BY key", args)]
 
+    def records_after(self, kind: Kind, after: str, limit: int) -> list[Record]:
+        """Live records of ``kind`` with keys after ``after``, in key order, at most ``limit``: a
+        keyset page (a range scan on the primary key), for listings read a page at a time."""
+        rows = self._db.execute(
+            f"SELECT {_RECORD_COLUMNS} FROM records WHERE kind = ? AND key > ? AND body IS NOT NULL "
+            "ORDER BY key LIMIT ?", (kind.value, after, limit))
+        return [_record(row) for row in rows]
+
     def put(self, record: Record, *, log: bool = True) -> None:
         """Write a record (a tombstone when ``body`` is None); ``log`` appends it to the change
         log, for writes made in this region."""
@@ -189,6 +197,15 @@ class SqliteStore:
             "SELECT name FROM shadows WHERE thing = ? AND json_extract(doc, '$.state') IS NOT NULL "
             "ORDER BY name",
             (thing,),
+        )
+        return [row[0] for row in rows]
+
+    def shadow_names_after(self, thing: str, after: str, limit: int) -> list[str]:
+        """A keyset page of ``shadow_names``: names after ``after``, at most ``limit``."""
+        rows = self._db.execute(
+            "SELECT name FROM shadows WHERE thing = ? AND name > ? AND json_extract(doc, '$.state') IS NOT NULL "
+            "ORDER BY name LIMIT ?",
+            (thing, after, limit),
         )
         return [row[0] for row in rows]
 
