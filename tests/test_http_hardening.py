@@ -174,6 +174,7 @@ def test_attributes_outside_aws_rules_are_refused(hfleet: tuple[Fleet, str], att
         assert client.post(f"/things/{name}", json={"attributes": {"ok": "v"}}).status_code == 201
         assert_error(client.patch(f"/things/{name}", json={"attributes": attributes}), 400)
         assert client.get(f"/things/{name}").json()["attributes"] == {"ok": "v"}
+        assert_error(client.post(f"/enrollment-groups/{name}", json={"attributes": attributes}), 400)
 
 
 # -- 7: X-Forwarded-For over several header lines ---------------------------------------------

@@ -93,10 +93,10 @@ class Registry:
         if attributes is not None:
             current = dict(body["attributes"]) if merge else {}
             for key, value in attributes.items():
-                _check_attribute_name(key)
                 if value is None or value == "":
-                    current.pop(key, None)
+                    current.pop(key, None)  # removal needs no check: it also clears names stored before the rules
                 else:
+                    _check_attribute_name(key)
                     current[key] = _check_attribute_value(key, value)
             body["attributes"] = _check_attribute_count(current)
         if remove_type:
