@@ -96,7 +96,7 @@ def test_a_token_carries_the_position_of_its_listing() -> None:
     assert TOKENS.decode("things", None) == "" and TOKENS.decode("things", "") == ""
 
 
-@pytest.mark.parametrize("token", ["garbage", "!!", "A", "x" * (MAX_TOKEN_LENGTH + 1),
+@pytest.mark.parametrize("token", ["garbage", "!!", "A", "é" * 30, "x" * (MAX_TOKEN_LENGTH + 1),
                                    TOKENS.encode("things", "dev-7")[:-1],
                                    PageTokens(b"another secret").encode("things", "dev-7")])
 def test_a_forged_or_damaged_token_is_an_invalid_request(token: str) -> None:
