@@ -96,9 +96,11 @@ def answer(response: httpx.Response) -> Any:
     """The JSON body of a success; the ``GeofleetError`` the server raised otherwise."""
     if response.status_code >= 400:
         try:
-            message = response.json().get("message", response.text)
+            body = response.json()
         except ValueError:
-            message = response.text
+            body = None
+        # Every geofleet error is {"code", "message"}; anything else (a proxy's page) is shown as sent.
+        message = body.get("message", response.text) if isinstance(body, dict) else response.text
         error = _BY_STATUS.get(response.status_code, errors.GeofleetError)(str(message))
         error.status = response.status_code
         raise error
