@@ -15,8 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
-from geofleet.client import CERTIFICATES, THINGS, AdminClient, named_shadows
+from geofleet.client import CERTIFICATES, THINGS, AdminClient, answer, named_shadows
 from geofleet.domain.enrollment import csr_fingerprint, decode_key, device_key, sign
+from geofleet.domain.errors import GeofleetError
 from geofleet.pki.ca import make_csr, new_key
 from tests.conftest import Fleet
 from tests.helpers import geofleet
@@ -313,3 +314,9 @@ def test_the_cli_lists_every_page_or_one_page(hfleet: tuple[Fleet, str]) -> None
     assert bad.returncode == 2 and "nextToken" in bad.stderr and "Traceback" not in bad.stderr
     certificates = json.loads(geofleet("cert", "list", *base).stdout)
     assert certificates and all("certificatePem" not in c for c in certificates)
+
+
+def test_the_client_reports_an_error_body_that_is_not_an_object_as_sent() -> None:
+    with pytest.raises(GeofleetError, match=r"\[\"bad gateway\"\]") as raised:
+        answer(httpx.Response(502, json=["bad gateway"]))
+    assert raised.value.status == 502
