@@ -21,6 +21,11 @@ class BodyTooLarge(Exception):
 
 
 class BodyLimit:
+    """Answers 413 ``{"code", "message"}`` for a body over ``limit`` bytes, declared or streamed.
+
+    Once the limit is passed, the app's own reads fail (``BodyTooLarge``) and whatever it
+    answers is dropped: the 413 is the only answer the client gets."""
+
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
         self.limit = limit
@@ -30,7 +35,7 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         declared = _header(scope, b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+        if declared is not None and not (declared.isascii() and declared.isdigit() and int(declared) <= self.limit):
             await self._refuse(scope, send)  # refused before the app (and its authentication) sees it
             return
         received = 0

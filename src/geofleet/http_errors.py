@@ -36,7 +36,7 @@ def install_error_shape(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
         if error.status_code == 404 and error.detail == "Not Found":
-            message = f"no route {request.method} {request.url.path}: see /docs for the API"
+            message = f"no route {request.method} {request.url.path}"
         elif error.status_code == 405:
             message = f"method {request.method} is not allowed on {request.url.path}"
         else:
