@@ -78,7 +78,8 @@ class RegionGate:
         key = (connection.certificate_id, connection.client_id, connection.thing_name, action, topic)
         decision = self._decisions.get(key)
         if decision is None:
-            principal = Principal(connection.client_id, connection.thing_name, self._region, self._account)
+            principal = Principal(connection.client_id, connection.thing_name, self._region, self._account,
+                                  connection.certificate_id)
             policies = self._registry.effective_policies(connection.certificate_id)
             decision = is_allowed(policies, principal, action, topic)
             if len(self._decisions) >= _CACHE_LIMIT:
