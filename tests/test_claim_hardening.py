@@ -1,0 +1,232 @@
+"""Fleet provisioning by claim certificate, hardened (an attacker holding a claim certificate,
+which ships in every factory image): over real MQTT with paho against a real two-region fleet."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+
+from geofleet.domain.errors import NotFound
+from geofleet.domain.policy import claim_client_id
+from geofleet.pki.ca import key_pem, make_csr, new_key
+from tests.conftest import Fleet
+from tests.helpers import Device, wait_for
+
+EU, US = "eu-west-1", "us-east-1"
+GROUP = "factory"
+TTL_S = 15
+CREATE = "$aws/certificates/create-from-csr/json"
+PROVISION = f"$aws/provisioning-templates/{GROUP}/provision/json"
+ANSWERS = [f"{t}/{o}" for t in (CREATE, PROVISION) for o in ("accepted", "rejected")]
+
+
+@pytest.fixture(scope="module")
+def cfleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    fleet = Fleet.start(tmp_path_factory.mktemp("claim") / "fleet", (EU, US),
+                        settings={"claim_token_ttl_s": TTL_S, "claim_requests_per_minute": 20})
+    assert isinstance(fleet, Fleet)
+    with fleet.admin(EU) as api:
+        api.call("POST", f"/enrollment-groups/{GROUP}", json={})
+    wait_for(lambda: all(_has_group(fleet, r, GROUP) for r in (EU, US)), 15, "the enrollment group everywhere")
+    yield fleet
+    fleet.stop()
+
+
+def _has_group(fleet: Fleet, region: str, name: str) -> bool:
+    with fleet.admin(region) as api:
+        return any(g["name"] == name for g in api.call("GET", "/enrollment-groups")["enrollmentGroups"])
+
+
+@dataclass
+class Claim:
+    """A claim certificate on disk, as a factory image holds it."""
+
+    fleet: Fleet
+    certificate_id: str
+    cert: Path
+    key: Path
+
+    def device(self, region: str = EU, suffix: str = "", client_id: str | None = None) -> Device:
+        return Device(client_id or claim_client_id(self.certificate_id, suffix), self.fleet.port(region),
+                      self.fleet.data.root_ca, self.cert, self.key)
+
+    def session(self, region: str = EU, suffix: str = "") -> Device:
+        device = self.device(region, suffix).connect()
+        assert device.subscribe(*ANSWERS) == [1, 1, 1, 1]
+        return device
+
+
+def new_claim(fleet: Fleet, tmp_path: Path, group: str = GROUP, region: str = EU) -> Claim:
+    key = new_key()
+    with fleet.admin(region) as api:
+        made = api.call("POST", f"/enrollment-groups/{group}/claim-certificate",
+                        json={"certificateSigningRequest": make_csr(key, "claim").decode()})
+    stem = tmp_path / f"claim-{made['certificateId'][:12]}"
+    cert, key_file = stem.with_suffix(".pem"), stem.with_suffix(".key")
+    cert.write_text(made["certificatePem"])
+    key_file.write_bytes(key_pem(key))
+    claim = Claim(fleet, made["certificateId"], cert, key_file)
+    for other in (EU, US):  # usable in both regions before the test starts
+        wait_for(lambda r=other: _status(fleet, r, claim.certificate_id) == "ACTIVE", 15, f"the claim cert in {other}")
+    return claim
+
+
+def _status(fleet: Fleet, region: str, cert_id: str) -> str | None:
+    """The certificate's status in ``region``; None while (or once) the region does not hold it."""
+    with fleet.admin(region) as api:
+        try:
+            return str(api.call("GET", f"/certificates/{cert_id}")["status"])
+        except NotFound:
+            return None
+
+
+def create(session: Device, common_name: str) -> Any:
+    """CreateCertificateFromCsr with a fresh key; ``common_name`` "" makes a CSR with an empty subject."""
+    key = new_key()
+    if common_name:
+        csr = make_csr(key, common_name)
+    else:
+        csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, hashes.SHA256()) \
+            .public_bytes(serialization.Encoding.PEM)
+    return session.request(CREATE, {"certificateSigningRequest": csr.decode()})
+
+
+def provision(session: Device, token: str, thing: str) -> Any:
+    return session.request(PROVISION, {"certificateOwnershipToken": token, "parameters": {"SerialNumber": thing}})
+
+
+def test_a_claim_session_cannot_take_a_device_client_id(cfleet: Fleet, tmp_path: Path) -> None:
+    claim = new_claim(cfleet, tmp_path)
+    name = cfleet.create_device(region=EU)
+    cfleet.devices_dir.joinpath("root-ca.pem").write_bytes(cfleet.data.root_ca.read_bytes())
+    device = cfleet.device(name, EU)
+    wait_for(lambda: device.try_connect(), 15, f"{name} admitted")
+    device.client.loop_start()
+    try:
+        assert not claim.device(client_id=name).try_connect(), "a claim certificate may not use a device's client id"
+        other = new_claim(cfleet, tmp_path)
+        assert not claim.device(client_id=claim_client_id(other.certificate_id)).try_connect(), \
+            "nor another claim certificate's namespace"
+        assert not claim.device(client_id="claim").try_connect()
+        assert device.subscribe(f"dt/{name}/x") == [1] and not device.disconnects, "the device was not kicked"
+        assert claim.device(suffix="line-1").try_connect(), "its own namespace works (one suffix per factory line)"
+        assert claim.device().try_connect()
+        assert device.subscribe(f"dt/{name}/y") == [1] and not device.disconnects
+    finally:
+        device.close()
+
+
+def test_a_claim_session_can_neither_forge_answers_nor_hear_requests(cfleet: Fleet, tmp_path: Path) -> None:
+    claim = new_claim(cfleet, tmp_path)
+    victim = claim.session(suffix="victim")
+    attacker = claim.device(suffix="attacker").connect()
+    assert attacker.subscribe(f"$aws/provisioning-templates/{GROUP}/provision/json",
+                              "$aws/certificates/create-from-csr/json") == [0x80, 0x80], \
+        "requests carry ownership tokens: nobody may listen to them"
+    forged = {"certificateId": "x", "certificatePem": "forged", "certificateOwnershipToken": "forged"}
+    attacker.publish(f"{CREATE}/accepted", forged)
+    wait_for(lambda: attacker.disconnects, 10, "the broker to cut a forbidden publish")
+    created = create(victim, "")
+    assert created.topic.endswith("/accepted"), created.payload
+    assert created.json()["certificatePem"] != "forged"
+    assert [m for m in victim.messages if m.topic.startswith("$aws/")] == [created], \
+        "only the region's own answer reached the victim"
+    bystander = claim.session(suffix="bystander")
+    token = created.json()["certificateOwnershipToken"]
+    assert provision(victim, token, cfleet.new_name("fp")).topic.endswith("/accepted")
+    assert not [m for m in bystander.messages if m.topic.startswith("$aws/")], "answers go to the requester only"
+    victim.close()
+    bystander.close()
+
+
+def test_an_ownership_token_is_good_for_one_thing_in_every_region(cfleet: Fleet, tmp_path: Path) -> None:
+    claim = new_claim(cfleet, tmp_path)
+    eu, us = claim.session(EU, "eu"), claim.session(US, "us")
+    token = create(eu, "").json()["certificateOwnershipToken"]
+    first, second = cfleet.new_name("once"), cfleet.new_name("twice")
+    accepted = provision(eu, token, first)
+    assert accepted.topic.endswith("/accepted"), accepted.payload
+    again = provision(eu, token, second)
+    assert again.topic.endswith("/rejected") and again.json()["errorCode"] == "Unauthorized", again.payload
+    assert "already used" in again.json()["errorMessage"]
+    elsewhere = provision(us, token, second)
+    assert elsewhere.topic.endswith("/rejected") and elsewhere.json()["errorCode"] == "Unauthorized", \
+        "a token used in one region cannot be used in another"
+    retry = provision(us, token, first)
+    assert retry.topic.endswith("/accepted") and retry.json() == accepted.json(), \
+        "the same request again (a lost answer) gets the same answer"
+    fresh = create(eu, "").json()["certificateOwnershipToken"]
+    moved = provision(us, fresh, cfleet.new_name("moved"))
+    assert moved.topic.endswith("/accepted"), "a token made in one region is good in another"
+    for region in (EU, US):
+        with cfleet.admin(region) as api:
+            assert not any(t["thingName"] == second for t in api.call("GET", "/things")["things"])
+    eu.close()
+    us.close()
+
+
+def test_the_csr_common_name_must_be_empty_or_the_thing_name(cfleet: Fleet, tmp_path: Path) -> None:
+    claim = new_claim(cfleet, tmp_path)
+    session = claim.session()
+    bad = create(session, "not a thing name!")
+    assert bad.topic.endswith("/rejected") and bad.json()["errorCode"] == "InvalidParameters", bad.payload
+    assert "subject CN" in bad.json()["errorMessage"]
+    victim = cfleet.new_name("victim")
+    made = create(session, victim).json()
+    squatter = provision(session, made["certificateOwnershipToken"], cfleet.new_name("other"))
+    assert squatter.topic.endswith("/rejected") and squatter.json()["errorCode"] == "InvalidParameters"
+    assert provision(session, made["certificateOwnershipToken"], victim).topic.endswith("/accepted")
+    session.close()
+
+
+def test_an_unused_token_expires_and_its_pending_certificate_is_collected(cfleet: Fleet, tmp_path: Path) -> None:
+    claim = new_claim(cfleet, tmp_path)
+    session = claim.session()
+    made = create(session, "").json()
+    cert_id = made["certificateId"]
+    assert _status(cfleet, EU, cert_id) == "PENDING_ACTIVATION"
+    for region in (EU, US):
+        wait_for(lambda r=region: _status(cfleet, r, cert_id) is None, TTL_S + 30,
+                 f"the pending certificate gone in {region}")
+    late = provision(session, made["certificateOwnershipToken"], cfleet.new_name("late"))
+    assert late.topic.endswith("/rejected") and late.json()["errorCode"] == "Unauthorized", late.payload
+    session.close()
+
+
+def test_revoking_the_group_revokes_its_claim_certificates_and_cuts_their_sessions(
+        cfleet: Fleet, tmp_path: Path) -> None:
+    group = cfleet.new_name("line")
+    with cfleet.admin(US) as api:
+        api.call("POST", f"/enrollment-groups/{group}", json={})
+    wait_for(lambda: all(_has_group(cfleet, r, group) for r in (EU, US)), 15, "the group everywhere")
+    claim = new_claim(cfleet, tmp_path, group)
+    sessions = {region: claim.session(region, region) for region in (EU, US)}
+    with cfleet.admin(US) as api:
+        api.call("POST", f"/enrollment-groups/{group}/revoke")
+    for region, session in sessions.items():
+        wait_for(lambda s=session: s.disconnects, 15, f"the claim session in {region} cut")
+        wait_for(lambda r=region: _status(cfleet, r, claim.certificate_id) == "REVOKED", 15, f"REVOKED in {region}")
+        assert not claim.device(region, "again").try_connect()
+
+
+def test_a_claim_certificate_is_rate_limited(cfleet: Fleet, tmp_path: Path) -> None:
+    claim = new_claim(cfleet, tmp_path)
+    session = claim.session()
+    for _ in range(30):
+        session.publish(CREATE, {"certificateSigningRequest": "not a CSR"})
+    answers = wait_for(lambda: [m for m in session.messages if m.topic.startswith(CREATE)] if
+                       len([m for m in session.messages if m.topic.startswith(CREATE)]) >= 30 else None,
+                       20, "30 answers")
+    throttled = [json.loads(m.payload) for m in answers if json.loads(m.payload)["errorCode"] == "Throttling"]
+    assert 5 <= len(throttled) <= 10, [json.loads(m.payload) for m in answers]
+    assert all(t["statusCode"] == 429 and t["errorMessage"].startswith("Rate exceeded") for t in throttled)
+    other = new_claim(cfleet, tmp_path)
+    assert create(other.session(), "").topic.endswith("/accepted"), "the limit is per claim certificate"
+    session.close()
