@@ -22,6 +22,7 @@ from tests.helpers import Device, wait_for
 EU, US = "eu-west-1", "us-east-1"
 GROUP = "factory"
 TTL_S = 15
+MAX_PENDING = 3
 CREATE = "$aws/certificates/create-from-csr/json"
 PROVISION = f"$aws/provisioning-templates/{GROUP}/provision/json"
 ANSWERS = [f"{t}/{o}" for t in (CREATE, PROVISION) for o in ("accepted", "rejected")]
@@ -30,7 +31,8 @@ ANSWERS = [f"{t}/{o}" for t in (CREATE, PROVISION) for o in ("accepted", "reject
 @pytest.fixture(scope="module")
 def cfleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     fleet = Fleet.start(tmp_path_factory.mktemp("claim") / "fleet", (EU, US),
-                        settings={"claim_token_ttl_s": TTL_S, "claim_requests_per_minute": 20})
+                        settings={"claim_token_ttl_s": TTL_S, "claim_requests_per_minute": 20,
+                                  "claim_max_pending": MAX_PENDING})
     assert isinstance(fleet, Fleet)
     with fleet.admin(EU) as api:
         api.call("POST", f"/enrollment-groups/{GROUP}", json={})
@@ -235,4 +237,18 @@ def test_a_claim_certificate_is_rate_limited(cfleet: Fleet, tmp_path: Path) -> N
     assert all(t["statusCode"] == 429 and t["errorMessage"].startswith("Rate exceeded") for t in throttled)
     other = new_claim(cfleet, tmp_path)
     assert create(other.session(), "").topic.endswith("/accepted"), "the limit is per claim certificate"
+    session.close()
+
+
+def test_a_claim_certificate_has_few_certificates_awaiting_register_thing(cfleet: Fleet, tmp_path: Path) -> None:
+    claim = new_claim(cfleet, tmp_path)
+    session = claim.session()
+    made = [create(session, "") for _ in range(MAX_PENDING)]
+    assert all(m.topic.endswith("/accepted") for m in made), [m.payload for m in made]
+    refused = create(session, "")
+    assert refused.topic.endswith("/rejected") and refused.json()["errorCode"] == "Throttling", refused.payload
+    assert "await RegisterThing" in refused.json()["errorMessage"]
+    token = made[0].json()["certificateOwnershipToken"]
+    assert provision(session, token, cfleet.new_name("cap")).topic.endswith("/accepted")
+    assert create(session, "").topic.endswith("/accepted"), "a provisioned certificate no longer counts"
     session.close()

@@ -96,6 +96,8 @@ class FleetConfig:
     lives before it must be used by RegisterThing (AWS: one hour)."""
     claim_requests_per_minute: int = 20
     """Fleet-provisioning requests one claim certificate may make per minute in one region."""
+    claim_max_pending: int = 100
+    """Certificates one claim certificate may have awaiting RegisterThing in one region."""
 
     @property
     def home_default(self) -> str:
@@ -152,7 +154,8 @@ class FleetConfig:
                    default, residency, trusted, str(data.get("geoip_database", "")), mode, standby,
                    claim_token_ttl_s=_positive_int(data.get("claim_token_ttl_s", 3600), "claim_token_ttl_s"),
                    claim_requests_per_minute=_positive_int(data.get("claim_requests_per_minute", 20),
-                                                           "claim_requests_per_minute"))
+                                                           "claim_requests_per_minute"),
+                   claim_max_pending=_positive_int(data.get("claim_max_pending", 100), "claim_max_pending"))
 
 
 def _positive_int(value: Any, what: str) -> int:

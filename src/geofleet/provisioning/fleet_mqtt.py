@@ -14,10 +14,10 @@ region choice as the HTTP API apply; the new certificate waits PENDING_ACTIVATIO
 
 What a claim certificate can do is bounded: each request is checked against its enrollment
 group (a revoked group's claim certificates are refused, and revoked), a token bucket per claim
-certificate limits its rate, the CSR's subject CN must be empty or the thing name, an ownership
-token is good for one thing (the guard of the certificate id's owner region decides, so two
-regions cannot both accept it) and for one hour, and a certificate whose token expired unused
-is deleted by this region's collector.
+certificate limits its rate and a cap the certificates it has awaiting RegisterThing, the CSR's
+subject CN must be empty or the thing name, an ownership token is good for one thing (the guard
+of the certificate id's owner region decides, so two regions cannot both accept it) and for one
+hour, and a certificate whose token expired unused is deleted by this region's collector.
 """
 
 from __future__ import annotations
@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 CREATE_FROM_CSR = CREATE_FROM_CSR_TOPIC
 _PROVISION = re.compile(r"^\$aws/provisioning-templates/(?P<template>[^/]+)/provision/json$")
 Json = dict[str, Any]
+MAX_PENDING = 100
+"""Certificates one claim certificate may have awaiting RegisterThing in one region: with the
+rate limit alone it could keep an hour's worth (1,200 at 20 a minute) alive."""
 
 _ERROR_CODES: dict[type[GeofleetError], str] = {
     InvalidRequest: "InvalidParameters", Conflict: "ResourceConflict", NotFound: "NotFound",
@@ -60,10 +63,10 @@ _ERROR_CODES: dict[type[GeofleetError], str] = {
 class FleetProvisioning:
     def __init__(self, provisioner: Provisioner, registry: Registry, store: Store, authority: Authority,
                  broker: Broker, locate: Callable[[str], Location], *, token_ttl_s: int = ownership.TOKEN_TTL_S,
-                 limiter: RateLimiter | None = None) -> None:
+                 limiter: RateLimiter | None = None, max_pending: int = MAX_PENDING) -> None:
         self._provisioner, self._registry, self._store = provisioner, registry, store
         self._authority, self._broker, self._locate = authority, broker, locate
-        self._token_ttl_s = token_ttl_s
+        self._token_ttl_s, self._max_pending = token_ttl_s, max_pending
         self._limiter = limiter if limiter is not None else RateLimiter(20)
         self._collector: asyncio.Task[None] | None = None
 
@@ -104,6 +107,11 @@ class FleetProvisioning:
             raise InvalidRequest("certificateSigningRequest (a PEM string) is required")
         common_name = csr_common_name(load_csr(csr))
         ownership.check_common_name(common_name)
+        waiting = self._store.claim_pending_count(connection.certificate_id)
+        if waiting >= self._max_pending:
+            raise Throttled(f"Rate exceeded: {waiting} certificates made for this claim certificate await "
+                            f"RegisterThing (at most {self._max_pending}); provision them, or wait for their "
+                            "ownership tokens to expire", float(self._token_ttl_s))
         signed = sign_csr(self._authority, csr)
         now = time.time()
         issued = ownership.issue(certificate_id(signed), group, connection.certificate_id, common_name, now,
@@ -111,7 +119,8 @@ class FleetProvisioning:
         with self._store.atomic():
             cert = self._registry.register_certificate(cert_pem(signed).decode(), CertificateStatus.PENDING_ACTIVATION,
                                                        {"ownershipToken": issued.record})
-            self._store.claim_pending_add(cert["certificateId"], int((now + self._token_ttl_s) * 1000))
+            self._store.claim_pending_add(cert["certificateId"], connection.certificate_id,
+                                          int((now + self._token_ttl_s) * 1000))
         return {"certificateId": cert["certificateId"], "certificatePem": cert["certificatePem"],
                 "certificateOwnershipToken": issued.token}
 

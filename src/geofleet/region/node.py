@@ -75,7 +75,8 @@ class RegionNode:
         )
         self.fleet_provisioning = self.gate.fleet_provisioning = FleetProvisioning(
             self.provisioner, self.registry, self.store, authority, self.broker, locator.locate,
-            token_ttl_s=fleet.claim_token_ttl_s, limiter=RateLimiter(fleet.claim_requests_per_minute))
+            token_ttl_s=fleet.claim_token_ttl_s, limiter=RateLimiter(fleet.claim_requests_per_minute),
+            max_pending=fleet.claim_max_pending)
         app = create_app(self.registry, self.shadows, data.token(), name, self.replication, self.provisioner,
                          lambda guarded: directory_routes(name, guarded, self.health, self.concierge, self.presence,
                                                           self.broker))
