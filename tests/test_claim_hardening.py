@@ -4,6 +4,8 @@ which ships in every factory image): over real MQTT with paho against a real two
 from __future__ import annotations
 
 import json
+import os
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,10 +15,10 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from geofleet.domain.errors import NotFound
-from geofleet.domain.policy import claim_client_id
+from geofleet.domain.errors import GeofleetError, NotFound
+from geofleet.domain.policy import CLAIM_POLICY_NAME, claim_client_id, claim_policy
 from geofleet.pki.ca import key_pem, make_csr, new_key
-from tests.conftest import Fleet
+from tests.conftest import Fleet, restarted_region
 from tests.helpers import Device, wait_for
 
 EU, US = "eu-west-1", "us-east-1"
@@ -252,3 +254,36 @@ def test_a_claim_certificate_has_few_certificates_awaiting_register_thing(cfleet
     assert provision(session, token, cfleet.new_name("cap")).topic.endswith("/accepted")
     assert create(session, "").topic.endswith("/accepted"), "a provisioned certificate no longer counts"
     session.close()
+
+
+OLD_CLAIM_POLICY = {"Version": "2012-10-17", "Statement": [
+    {"Effect": "Allow", "Action": "iot:Connect", "Resource": "arn:aws:iot:*:*:client/*"},
+    {"Effect": "Allow", "Action": ["iot:Publish", "iot:Receive"],
+     "Resource": ["arn:aws:iot:*:*:topic/$aws/certificates/create-from-csr/*",
+                  "arn:aws:iot:*:*:topic/$aws/provisioning-templates/*"]},
+]}
+"""The claim policy geofleet installed before the hardening (any client id)."""
+
+
+def _claim_policy_in(fleet: Fleet, region: str) -> Any:
+    with fleet.admin(region) as api:
+        try:
+            return json.loads(api.call("GET", f"/policies/{CLAIM_POLICY_NAME}")["policyDocument"])
+        except GeofleetError:  # the region is down
+            return None
+
+
+def test_a_restarted_region_replaces_an_older_wider_claim_policy(cfleet: Fleet, tmp_path: Path) -> None:
+    """Last in this module: it leaves us-east-1 stopped."""
+    claim = new_claim(cfleet, tmp_path)
+    with cfleet.admin(US) as api:
+        api.call("PUT", f"/policies/{CLAIM_POLICY_NAME}", json={"policyDocument": json.dumps(OLD_CLAIM_POLICY)})
+    wait_for(lambda: _claim_policy_in(cfleet, EU) == OLD_CLAIM_POLICY, 15, "the old policy in eu-west-1")
+    assert claim.device(EU, client_id="any-device").try_connect(), "the old policy let a claim take any client id"
+    os.kill(cfleet.pid(US), signal.SIGKILL)
+    wait_for(lambda: _claim_policy_in(cfleet, US) is None, 15, "us-east-1 down")
+    with restarted_region(cfleet, US):
+        wait_for(lambda: all(_claim_policy_in(cfleet, r) == claim_policy() for r in (US, EU)), 30,
+                 "the current claim policy in every region")
+        assert not claim.device(EU, client_id="any-device").try_connect()
+        assert claim.device(EU).try_connect()
