@@ -127,6 +127,25 @@ def test_a_claim_session_cannot_take_a_device_client_id(cfleet: Fleet, tmp_path:
         device.close()
 
 
+def test_claim_sessions_leave_no_presence_records(cfleet: Fleet, tmp_path: Path) -> None:
+    """One replicated presence record per client id would let a claim certificate, with a new
+    suffix per connection, fill every region's store."""
+    claim = new_claim(cfleet, tmp_path)
+    sessions = [claim.device(suffix=f"s{i}").connect() for i in range(3)]
+    name = cfleet.create_device(region=EU)
+    cfleet.devices_dir.joinpath("root-ca.pem").write_bytes(cfleet.data.root_ca.read_bytes())
+    device = cfleet.device(name, EU).connect()  # after the claim sessions: its record proves theirs were due
+
+    def listed() -> list[str]:
+        with cfleet.admin(EU) as api:
+            return [s["device"] for s in api.call("GET", "/v1/presence")["devices"]]
+
+    wait_for(lambda: name in listed(), 15, f"{name} in the presence directory")
+    assert not [d for d in listed() if d.startswith("claim.")]
+    for session in (*sessions, device):
+        session.close()
+
+
 def test_a_claim_session_can_neither_forge_answers_nor_hear_requests(cfleet: Fleet, tmp_path: Path) -> None:
     claim = new_claim(cfleet, tmp_path)
     victim = claim.session(suffix="victim")

@@ -224,6 +224,12 @@ def claim_client_id(certificate_id: str, suffix: str = "") -> str:
     return f"{CLAIM_CLIENT_PREFIX}{certificate_id}" + (f".{suffix}" if suffix else "")
 
 
+def is_claim_client_id(client_id: str) -> bool:
+    """A claim session's client id (never a device's: thing names have no ``.``). Claim sessions
+    leave no presence record: one per suffix would let a claim certificate fill every region."""
+    return client_id.startswith(CLAIM_CLIENT_PREFIX)
+
+
 def claim_policy() -> dict[str, Any]:
     """What a claim certificate may do: connect in its own client id namespace, publish the two
     fleet provisioning requests, and hear only the answers (which the region sends to the

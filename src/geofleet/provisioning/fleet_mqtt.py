@@ -241,8 +241,11 @@ class FleetProvisioning:
                 await self._token_guard(cert_id, "complete", ownership.EXPIRED, {"expired": True})
             if state in ("claimed", "done") and \
                     self._registry.certificate_status(cert_id) is CertificateStatus.PENDING_ACTIVATION:
-                self._registry.delete_certificate(cert_id)
-                collected += 1
+                try:
+                    self._registry.delete_certificate(cert_id)
+                    collected += 1
+                except GeofleetError as error:  # e.g. an operator attached a policy to it meanwhile
+                    log.warning("kept expired PENDING_ACTIVATION certificate %s: %s", cert_id, error.message)
             self._store.claim_pending_done(cert_id)
         return collected
 

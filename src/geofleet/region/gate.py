@@ -19,7 +19,7 @@ from collections.abc import Awaitable
 from geofleet.broker.base import Broker, Connection, DisconnectReason
 from geofleet.domain.events import presence_payload, thing_payload
 from geofleet.domain.names import parse_shadow_request, presence_topic, thing_event_topic
-from geofleet.domain.policy import Action, Principal, is_allowed
+from geofleet.domain.policy import Action, Principal, is_allowed, is_claim_client_id
 from geofleet.domain.records import CertificateStatus, Kind, Record
 from geofleet.provisioning.fleet_mqtt import FleetProvisioning
 from geofleet.region.presence import PresenceDirectory
@@ -90,14 +90,14 @@ class RegionGate:
     async def connected(self, connection: Connection) -> None:
         if connection.internal:
             return
-        if self.presence is not None:
+        if self.presence is not None and not is_claim_client_id(connection.client_id):
             self.presence.connected(connection)
         await self._presence("connected", connection)
 
     async def disconnected(self, connection: Connection) -> None:
         if connection.internal:
             return
-        if self.presence is not None:
+        if self.presence is not None and not is_claim_client_id(connection.client_id):
             self.presence.disconnected(connection)
         await self._presence("disconnected", connection)
 
