@@ -201,6 +201,32 @@ def test_an_ownership_token_is_good_for_one_thing_in_every_region(cfleet: Fleet,
     us.close()
 
 
+def test_a_token_raced_in_two_regions_provisions_one_thing(cfleet: Fleet, tmp_path: Path) -> None:
+    """Both regions get the token at once, before either can have replicated the other's use:
+    the guard in the token's owner region lets exactly one of them have it."""
+    claim = new_claim(cfleet, tmp_path)
+    eu, us = claim.session(EU, "eu"), claim.session(US, "us")
+    for _ in range(MAX_PENDING):
+        token = create(eu, "").json()["certificateOwnershipToken"]
+        starts = len(eu.messages), len(us.messages)
+        sent = [session.client.publish(PROVISION, json.dumps({  # not waiting for the PUBACK: both in flight
+            "certificateOwnershipToken": token, "parameters": {"SerialNumber": cfleet.new_name("race")}}), 1)
+            for session in (eu, us)]
+        for message in sent:
+            message.wait_for_publish(15)
+
+        def answer(session: Device, start: int) -> Any:
+            return next((m for m in session.messages[start:] if m.topic.startswith(PROVISION)), None)
+
+        answers = [wait_for(lambda s=session, n=start: answer(s, n), 15, "an answer")
+                   for session, start in zip((eu, us), starts, strict=True)]
+        outcomes = sorted(a.topic.rsplit("/", 1)[1] for a in answers)
+        assert outcomes == ["accepted", "rejected"], [a.payload for a in answers]
+        assert next(a for a in answers if a.topic.endswith("/rejected")).json()["errorCode"] == "Unauthorized"
+    eu.close()
+    us.close()
+
+
 def test_the_csr_common_name_must_be_empty_or_the_thing_name(cfleet: Fleet, tmp_path: Path) -> None:
     claim = new_claim(cfleet, tmp_path)
     session = claim.session()

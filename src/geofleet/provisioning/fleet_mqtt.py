@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 CREATE_FROM_CSR = CREATE_FROM_CSR_TOPIC
 _PROVISION = re.compile(r"^\$aws/provisioning-templates/(?P<template>[^/]+)/provision/json$")
 Json = dict[str, Any]
+_ALREADY_USED = ("certificateOwnershipToken was already used to provision another thing: a token is good for one "
+                 "RegisterThing")
 MAX_PENDING = 100
 """Certificates one claim certificate may have awaiting RegisterThing in one region: with the
 rate limit alone it could keep an hour's worth (1,200 at 20 a minute) alive."""
@@ -139,6 +141,10 @@ class FleetProvisioning:
         record = await self._token_record(cert_id)
         ownership.verify(token, record, group, time.time())
         ownership.check_thing_matches(record or {}, thing)
+        if set(self._registry.things_of(cert_id)) - {thing}:
+            # the guard decides, but a use it lost track of (a crash before "complete", then a
+            # stale takeover) must not attach the certificate to a second thing either
+            raise Unauthorized(_ALREADY_USED)
         used = await self._use_token(cert_id, thing)
 
         def activate(order: tuple[str, ...], reasons: list[str], previous: str | None) -> Json:
@@ -189,8 +195,7 @@ class FleetProvisioning:
         if detail.get("fingerprint") == ownership.EXPIRED:
             raise Unauthorized("certificateOwnershipToken has expired and its certificate was deleted: "
                                "create a new certificate with CreateCertificateFromCsr")
-        raise Unauthorized("certificateOwnershipToken was already used to provision another thing: "
-                           "a token is good for one RegisterThing")
+        raise Unauthorized(_ALREADY_USED)
 
     async def _token_guard(self, cert_id: str, action: str, fingerprint: str, answer: Json | None = None) -> Json:
         body: Json = {"fingerprint": fingerprint, "staleMs": DEFAULT_STALE_MS}
