@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from geofleet.config import FleetConfig
 from geofleet.domain import ownership
-from geofleet.domain.errors import InvalidRequest, Unauthorized
+from geofleet.domain.errors import ConfigError, InvalidRequest, Unauthorized
 from geofleet.domain.throttle import RateLimiter, Throttled
 
 
@@ -50,3 +51,12 @@ def test_the_common_name_rule() -> None:
     ownership.check_thing_matches({"commonName": "serial-1"}, "serial-1")
     with pytest.raises(InvalidRequest, match="serial-1"):
         ownership.check_thing_matches({"commonName": "serial-1"}, "serial-2")
+
+
+@pytest.mark.parametrize("field", ["claim_token_ttl_s", "claim_requests_per_minute", "claim_max_pending"])
+def test_claim_limits_in_the_fleet_config_are_whole_positive_numbers(field: str) -> None:
+    base = {"regions": [{"name": "eu-west-1"}]}
+    assert getattr(FleetConfig.from_json({**base, field: 7}), field) == 7
+    for bad in (0, -1, 1.5, "ten", None):
+        with pytest.raises(ConfigError, match=field):
+            FleetConfig.from_json({**base, field: bad})
