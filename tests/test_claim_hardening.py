@@ -77,9 +77,15 @@ def new_claim(fleet: Fleet, tmp_path: Path, group: str = GROUP, region: str = EU
     cert.write_text(made["certificatePem"])
     key_file.write_bytes(key_pem(key))
     claim = Claim(fleet, made["certificateId"], cert, key_file)
-    for other in (EU, US):  # usable in both regions before the test starts
-        wait_for(lambda r=other: _status(fleet, r, claim.certificate_id) == "ACTIVE", 15, f"the claim cert in {other}")
+    for other in (EU, US):  # usable (certificate and policy attachment) in both regions before the test starts
+        wait_for(lambda r=other: _status(fleet, r, claim.certificate_id) == "ACTIVE"
+                 and claim.certificate_id in _claim_policy_targets(fleet, r), 15, f"the claim cert in {other}")
     return claim
+
+
+def _claim_policy_targets(fleet: Fleet, region: str) -> list[str]:
+    with fleet.admin(region) as api:
+        return list(api.call("GET", f"/policies/{CLAIM_POLICY_NAME}/targets")["targets"])
 
 
 def _status(fleet: Fleet, region: str, cert_id: str) -> str | None:
