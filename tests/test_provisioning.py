@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from geofleet.client import AdminClient
 from geofleet.domain.enrollment import csr_fingerprint, decode_key, device_key, sign
 from geofleet.domain.placement import owner
+from geofleet.domain.policy import claim_client_id
 from geofleet.pki.ca import key_pem, make_csr, new_key
 from tests.conftest import REGIONS, Fleet
 from tests.helpers import Device, wait_for
@@ -232,8 +233,10 @@ def test_aws_fleet_provisioning_over_mqtt_with_a_claim_certificate(pfleet: tuple
     topics = ["$aws/certificates/create-from-csr/json/accepted", "$aws/certificates/create-from-csr/json/rejected",
               "$aws/provisioning-templates/factory/provision/json/accepted",
               "$aws/provisioning-templates/factory/provision/json/rejected"]
-    device = Device("serial-0001", port, ca, tmp_path / "claim.pem", tmp_path / "claim.key").connect()
-    bystander = Device("serial-0002", port, ca, tmp_path / "claim.pem", tmp_path / "claim.key").connect()
+    device = Device(claim_client_id(claim["certificateId"]), port, ca, tmp_path / "claim.pem",
+                    tmp_path / "claim.key").connect()
+    bystander = Device(claim_client_id(claim["certificateId"], "2"), port, ca, tmp_path / "claim.pem",
+                       tmp_path / "claim.key").connect()
     device.subscribe(*topics)
     bystander.subscribe(*topics)
 
@@ -266,7 +269,8 @@ def test_aws_fleet_provisioning_over_mqtt_with_a_claim_certificate(pfleet: tuple
     for endpoint in endpoints:
         real = Device(name, endpoint["port"], ca, tmp_path / "dev.pem", tmp_path / "dev.key")
         wait_for(lambda d=real: d.try_connect(), 10, f"{name} admitted in {endpoint['region']}")
-    claim_as_device = Device("serial-0003", port, ca, tmp_path / "claim.pem", tmp_path / "claim.key").connect()
+    claim_as_device = Device(claim_client_id(claim["certificateId"], "3"), port, ca, tmp_path / "claim.pem",
+                             tmp_path / "claim.key").connect()
     assert claim_as_device.subscribe(f"dt/{name}/#") == [0x80], "a claim certificate can do nothing else"
     claim_as_device.close()
 

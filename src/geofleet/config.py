@@ -91,6 +91,13 @@ class FleetConfig:
     (only its home's standby, and only while the home is down); see ``domain.endpoints``."""
     standby: dict[str, str] = field(default_factory=dict)
     """Region -> its standby in active-standby mode (default: the nearest other region)."""
+    claim_token_ttl_s: int = 3600
+    """How long a fleet-provisioning ownership token (and its PENDING_ACTIVATION certificate)
+    lives before it must be used by RegisterThing (AWS: one hour)."""
+    claim_requests_per_minute: int = 20
+    """Fleet-provisioning requests one claim certificate may make per minute in one region."""
+    claim_max_pending: int = 100
+    """Certificates one claim certificate may have awaiting RegisterThing in one region."""
 
     @property
     def home_default(self) -> str:
@@ -144,7 +151,21 @@ class FleetConfig:
                 raise ConfigError(f"standby {primary!r} -> {second!r}: both must be regions of this fleet, "
                                   "and different")
         return cls(str(data.get("fleet", "geofleet")), regions, str(data.get("account", "000000000000")),
-                   default, residency, trusted, str(data.get("geoip_database", "")), mode, standby)
+                   default, residency, trusted, str(data.get("geoip_database", "")), mode, standby,
+                   claim_token_ttl_s=_positive_int(data.get("claim_token_ttl_s", 3600), "claim_token_ttl_s"),
+                   claim_requests_per_minute=_positive_int(data.get("claim_requests_per_minute", 20),
+                                                           "claim_requests_per_minute"),
+                   claim_max_pending=_positive_int(data.get("claim_max_pending", 100), "claim_max_pending"))
+
+
+def _positive_int(value: Any, what: str) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} must be a whole number, not {value!r}") from None
+    if number < 1 or number != value:
+        raise ConfigError(f"{what} must be a whole number of at least 1, not {value!r}")
+    return number
 
 
 def _region_from_json(index: int, raw: dict[str, Any]) -> RegionConfig:

@@ -4,7 +4,9 @@ A connection may do something only if some statement of some attached policy all
 no statement denies it (explicit Deny wins; the default is deny), as in AWS IoT. Resources are
 ARNs (``arn:aws:iot:REGION:ACCOUNT:topic/...``); ``*`` and ``?`` are wildcards, and the policy
 variables ``${iot:ClientId}`` and ``${iot:Connection.Thing.ThingName}`` are substituted per
-connection. A statement that uses a variable the connection does not define matches nothing.
+connection, and so is geofleet's ``${geofleet:CertificateId}`` (the SHA-256 of the connection's
+certificate, AWS's certificate id), which binds a resource to one certificate. A statement that
+uses a variable the connection does not define matches nothing.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ _RESOURCE_TYPE = {
 }
 
 _VARIABLE = re.compile(r"\$\{([^}]*)\}")
-KNOWN_VARIABLES = frozenset({"iot:ClientId", "iot:Connection.Thing.ThingName"})
+CERTIFICATE_ID_VARIABLE = "geofleet:CertificateId"
+KNOWN_VARIABLES = frozenset({"iot:ClientId", "iot:Connection.Thing.ThingName", CERTIFICATE_ID_VARIABLE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +115,7 @@ class Principal:
     thing_name: str | None
     region: str
     account: str
+    certificate_id: str | None = None
 
     def arn(self, action: Action, name: str) -> str:
         return f"arn:aws:iot:{self.region}:{self.account}:{_RESOURCE_TYPE[action]}/{name}"
@@ -120,6 +124,8 @@ class Principal:
         values = {"iot:ClientId": self.client_id}
         if self.thing_name is not None:
             values["iot:Connection.Thing.ThingName"] = self.thing_name
+        if self.certificate_id is not None:
+            values[CERTIFICATE_ID_VARIABLE] = self.certificate_id
         return values
 
 
@@ -201,17 +207,50 @@ DEFAULT_POLICY_NAME = "geofleet-default-device"
 
 CLAIM_POLICY_NAME = "geofleet-fleet-provisioning-claim"
 
+CLAIM_CLIENT_PREFIX = "claim."
+"""Claim sessions connect as ``claim.<certificate id>`` or ``claim.<certificate id>.<anything>``.
+A thing name can never contain ``.`` (``names.check_thing_name``), and a device connects only
+as its thing name, so a claim session can never take (and kick) a device's client id; and the
+certificate id in it means one claim certificate cannot take another one's sessions either."""
+
+CREATE_FROM_CSR_TOPIC = "$aws/certificates/create-from-csr/json"
+PROVISION_TOPICS = "$aws/provisioning-templates/*/provision/json"
+"""The request topics of AWS fleet provisioning (JSON payloads); ``*`` is the template name."""
+
+
+def claim_client_id(certificate_id: str, suffix: str = "") -> str:
+    """The client id a claim session must use (``suffix`` lets sessions of one claim certificate,
+    e.g. several factory lines, connect side by side)."""
+    return f"{CLAIM_CLIENT_PREFIX}{certificate_id}" + (f".{suffix}" if suffix else "")
+
+
+def is_claim_client_id(client_id: str) -> bool:
+    """A claim session's client id (never a device's: thing names have no ``.``). Claim sessions
+    leave no presence record: one per suffix would let a claim certificate fill every region."""
+    return client_id.startswith(CLAIM_CLIENT_PREFIX)
+
 
 def claim_policy() -> dict[str, Any]:
-    """What a claim certificate may do: AWS fleet provisioning's topics and nothing else."""
-    topics = ["$aws/certificates/create-from-csr/*", "$aws/provisioning-templates/*"]
+    """What a claim certificate may do: connect in its own client id namespace, publish the two
+    fleet provisioning requests, and hear only the answers (which the region sends to the
+    requesting connection alone). It may not publish to an ``/accepted`` or ``/rejected`` topic
+    (a forged answer to another claim session) nor receive requests (which carry ownership
+    tokens)."""
+    cert = "${" + CERTIFICATE_ID_VARIABLE + "}"
+    answers = [f"{topic}/{outcome}" for topic in (CREATE_FROM_CSR_TOPIC, PROVISION_TOPICS)
+               for outcome in ("accepted", "rejected")]
     return {
         "Version": "2012-10-17",
         "Statement": [
-            {"Effect": "Allow", "Action": "iot:Connect", "Resource": "arn:aws:iot:*:*:client/*"},
-            {"Effect": "Allow", "Action": ["iot:Publish", "iot:Receive"],
-             "Resource": [f"arn:aws:iot:*:*:topic/{t}" for t in topics]},
+            {"Effect": "Allow", "Action": "iot:Connect",
+             "Resource": [f"arn:aws:iot:*:*:client/{CLAIM_CLIENT_PREFIX}{cert}",
+                          f"arn:aws:iot:*:*:client/{CLAIM_CLIENT_PREFIX}{cert}.*"]},
+            {"Effect": "Allow", "Action": "iot:Publish",
+             "Resource": [f"arn:aws:iot:*:*:topic/{t}" for t in (CREATE_FROM_CSR_TOPIC, PROVISION_TOPICS)]},
+            {"Effect": "Allow", "Action": "iot:Receive", "Resource": [f"arn:aws:iot:*:*:topic/{t}" for t in answers]},
             {"Effect": "Allow", "Action": "iot:Subscribe",
-             "Resource": [f"arn:aws:iot:*:*:topicfilter/{t}" for t in topics]},
+             "Resource": [f"arn:aws:iot:*:*:topicfilter/{t}" for t in answers]},
+            {"Effect": "Deny", "Action": "iot:Publish",
+             "Resource": [f"arn:aws:iot:*:*:topic/{t}" for t in answers]},
         ],
     }

@@ -137,7 +137,7 @@ class Provisioner:
                                "its enrollment group does not allow re-provisioning")
             previous = detail.get("certificateId")
             if previous is not None:
-                await self._await_certificate(previous)
+                await self.await_certificate(previous)
             await self._call(guard_owner, "release", {"deviceId": device_id, "fingerprint": detail["fingerprint"]})
             state, detail = await self._claim(guard_owner, claim)
             if state != "claimed":
@@ -180,7 +180,7 @@ class Provisioner:
             self._registry.detach_thing_principal(thing, old, even_if_absent=True)
         self._registry.attach_thing_principal(thing, cert_id)
 
-    async def _await_certificate(self, cert_id: str, timeout: float = 5.0) -> None:
+    async def await_certificate(self, cert_id: str, timeout: float = 5.0) -> None:
         """The device's previous certificate may have been issued in another region and not be
         here yet: wait (bounded) for replication to bring it, so that it can be retired."""
         deadline = time.monotonic() + timeout
@@ -221,6 +221,13 @@ class Provisioner:
                                weights={r.name: r.weight for r in self._fleet.regions})
         except NoRegionAllowed as exc:
             raise InvalidRequest(str(exc)) from None
+
+    async def guard(self, key: str, action: str, body: Json) -> Json:
+        """``action`` on the once-only guard of any ``key`` (not only device ids: fleet
+        provisioning guards its ownership tokens with it), in the key's owner region, so that
+        two regions can never both win; Unavailable if the owner cannot be reached."""
+        guard_owner = owner(key, [r.name for r in self._fleet.regions])
+        return await self._call(guard_owner, action, {**body, "deviceId": key})
 
     async def _claim(self, guard_owner: str, claim: Json) -> tuple[str, Any]:
         answer = await self._call(guard_owner, "claim", claim)

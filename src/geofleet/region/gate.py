@@ -19,7 +19,7 @@ from collections.abc import Awaitable
 from geofleet.broker.base import Broker, Connection, DisconnectReason
 from geofleet.domain.events import presence_payload, thing_payload
 from geofleet.domain.names import parse_shadow_request, presence_topic, thing_event_topic
-from geofleet.domain.policy import Action, Principal, is_allowed
+from geofleet.domain.policy import Action, Principal, is_allowed, is_claim_client_id
 from geofleet.domain.records import CertificateStatus, Kind, Record
 from geofleet.provisioning.fleet_mqtt import FleetProvisioning
 from geofleet.region.presence import PresenceDirectory
@@ -78,7 +78,8 @@ class RegionGate:
         key = (connection.certificate_id, connection.client_id, connection.thing_name, action, topic)
         decision = self._decisions.get(key)
         if decision is None:
-            principal = Principal(connection.client_id, connection.thing_name, self._region, self._account)
+            principal = Principal(connection.client_id, connection.thing_name, self._region, self._account,
+                                  connection.certificate_id)
             policies = self._registry.effective_policies(connection.certificate_id)
             decision = is_allowed(policies, principal, action, topic)
             if len(self._decisions) >= _CACHE_LIMIT:
@@ -89,14 +90,14 @@ class RegionGate:
     async def connected(self, connection: Connection) -> None:
         if connection.internal:
             return
-        if self.presence is not None:
+        if self.presence is not None and not is_claim_client_id(connection.client_id):
             self.presence.connected(connection)
         await self._presence("connected", connection)
 
     async def disconnected(self, connection: Connection) -> None:
         if connection.internal:
             return
-        if self.presence is not None:
+        if self.presence is not None and not is_claim_client_id(connection.client_id):
             self.presence.disconnected(connection)
         await self._presence("disconnected", connection)
 

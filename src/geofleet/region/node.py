@@ -17,6 +17,7 @@ from geofleet.config import DataDir, RegionConfig
 from geofleet.domain.errors import NotFound
 from geofleet.domain.hlc import Clock
 from geofleet.domain.policy import CLAIM_POLICY_NAME, DEFAULT_POLICY_NAME, claim_policy, default_device_policy
+from geofleet.domain.throttle import RateLimiter
 from geofleet.pki.fleet import region_authority
 from geofleet.provisioning.fleet_mqtt import FleetProvisioning
 from geofleet.provisioning.geolocate import Geolocator
@@ -72,8 +73,10 @@ class RegionNode:
             fleet, name, self.registry, self.store, authority, data.root_ca.read_text(),
             locator.locate, self._guard, self.replication.unreachable_peers,
         )
-        self.gate.fleet_provisioning = FleetProvisioning(
-            self.provisioner, self.registry, self.store, authority, self.broker, locator.locate)
+        self.fleet_provisioning = self.gate.fleet_provisioning = FleetProvisioning(
+            self.provisioner, self.registry, self.store, authority, self.broker, locator.locate,
+            token_ttl_s=fleet.claim_token_ttl_s, limiter=RateLimiter(fleet.claim_requests_per_minute),
+            max_pending=fleet.claim_max_pending)
         app = create_app(self.registry, self.shadows, data.token(), name, self.replication, self.provisioner,
                          lambda guarded: directory_routes(name, guarded, self.health, self.concierge, self.presence,
                                                           self.broker))
@@ -90,9 +93,13 @@ class RegionNode:
     def _ensure_builtin_policies(self) -> None:
         for name, document in ((DEFAULT_POLICY_NAME, default_device_policy()), (CLAIM_POLICY_NAME, claim_policy())):
             try:
-                self.registry.get_policy(name)
+                current = self.registry.get_policy(name)
             except NotFound:
                 self.registry.create_policy(name, json.dumps(document))
+                continue
+            if name == CLAIM_POLICY_NAME and json.loads(current["policyDocument"]) != document:
+                # the claim policy is geofleet's, not the operator's: an older, wider one is replaced
+                self.registry.replace_policy(name, json.dumps(document))
 
     async def run(self) -> None:
         """Serve until SIGINT/SIGTERM or ``stop()``; then close everything cleanly."""
@@ -103,10 +110,12 @@ class RegionNode:
         await self.broker.start(self.gate)
         await self.replication.start()
         await self.health.start()
+        self.fleet_provisioning.start()
         http = asyncio.create_task(self._http.serve())
         while not self._http.started and not http.done():
             await asyncio.sleep(0.01)
         if http.done():
+            await self.fleet_provisioning.stop()
             await self.health.stop()
             await self.replication.stop()
             await self.broker.stop()
@@ -118,6 +127,7 @@ class RegionNode:
         finally:
             self._http.should_exit = True
             await http
+            await self.fleet_provisioning.stop()
             await self.health.stop()
             await self.replication.stop()
             await self.broker.stop()

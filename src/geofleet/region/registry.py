@@ -170,9 +170,10 @@ class Registry:
         status = CertificateStatus.ACTIVE if set_active else CertificateStatus.INACTIVE
         return self._register(cert, status)
 
-    def register_certificate(self, pem: str, status: CertificateStatus) -> Json:
-        """Register a certificate issued by the fleet's PKI elsewhere (another region's CA)."""
-        return self._register(load_cert(pem), status)
+    def register_certificate(self, pem: str, status: CertificateStatus, extra: Json | None = None) -> Json:
+        """Register a certificate issued by the fleet's PKI elsewhere (another region's CA);
+        ``extra`` fields go into its record (fleet provisioning keeps its ownership token there)."""
+        return self._register(load_cert(pem), status, extra)
 
     def create_claim_certificate(self, group: str, csr_pem: str) -> Json:
         """A claim certificate for AWS-style fleet provisioning over MQTT: it may only ask for a
@@ -351,10 +352,21 @@ class Registry:
         return [{k: v for k, v in (r.body or {}).items() if k != "key"} for r in self._store.records(kind)]
 
     def revoke_enrollment_group(self, name: str, individual: bool = False) -> Json:
+        """Revoke a group and, in the same transaction, every claim certificate issued for it:
+        REVOKED replicates and wins over any other status, and every region's gate cuts the
+        live sessions of a certificate that stops being ACTIVE."""
         body = self.enrollment_group(name, individual)
         body["revoked"] = True
-        self._write(Kind.ENROLLMENT if individual else Kind.ENROLLMENT_GROUP, name, body)
+        with self._store.atomic():
+            self._write(Kind.ENROLLMENT if individual else Kind.ENROLLMENT_GROUP, name, body)
+            if not individual:
+                for cert_id in self.claim_certificates_of(name):
+                    self.update_certificate(cert_id, CertificateStatus.REVOKED)
         return {k: v for k, v in body.items() if k != "key"}
+
+    def claim_certificates_of(self, group: str) -> list[str]:
+        """The claim certificates issued for ``group`` (a scan: revocation is rare)."""
+        return [r.key for r in self._store.records(Kind.CERTIFICATE) if (r.body or {}).get("claimGroup") == group]
 
     # -- plumbing --------------------------------------------------------------------------
 

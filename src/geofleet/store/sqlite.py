@@ -63,6 +63,11 @@ CREATE TABLE IF NOT EXISTS health (
 CREATE TABLE IF NOT EXISTS guards (
     device_id TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, answer TEXT, claimed_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS claim_pending (
+    certificate_id TEXT PRIMARY KEY, claim_certificate_id TEXT NOT NULL, expires_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS claim_pending_expiry ON claim_pending (expires_ms);
+CREATE INDEX IF NOT EXISTS claim_pending_claim ON claim_pending (claim_certificate_id);
 """
 
 _RECORD_COLUMNS = "kind, key, ref, body, hlc, origin"
@@ -323,6 +328,34 @@ class SqliteStore:
         """Give up a claim that failed before completing (or to allow re-provisioning)."""
         with self.atomic():
             self._db.execute("DELETE FROM guards WHERE device_id = ? AND fingerprint = ?", (device_id, fingerprint))
+
+    # -- certificates made by fleet provisioning, awaiting RegisterThing (local bookkeeping) ------
+
+    def claim_pending_add(self, certificate_id: str, claim_certificate_id: str, expires_ms: int) -> None:
+        """Remember a PENDING_ACTIVATION certificate this region made by CreateCertificateFromCsr
+        for a claim certificate, so that it is collected if its ownership token expires unused."""
+        with self.atomic():
+            self._db.execute("INSERT OR REPLACE INTO claim_pending (certificate_id, claim_certificate_id, expires_ms) "
+                             "VALUES (?, ?, ?)", (certificate_id, claim_certificate_id, expires_ms))
+
+    def claim_pending_count(self, claim_certificate_id: str) -> int:
+        """How many certificates this region made for the claim certificate are still
+        PENDING_ACTIVATION (made, neither provisioned, anywhere, nor collected)."""
+        row = self._db.execute(
+            "SELECT count(*) FROM claim_pending p JOIN records r ON r.kind = ? AND r.key = p.certificate_id "
+            "WHERE p.claim_certificate_id = ? AND json_extract(r.body, '$.status') = 'PENDING_ACTIVATION'",
+            (Kind.CERTIFICATE.value, claim_certificate_id)).fetchone()
+        return int(row[0])
+
+    def claim_pending_due(self, now_ms: int, limit: int = 100) -> list[str]:
+        """The remembered certificates whose ownership token expired before ``now_ms``, oldest first."""
+        rows = self._db.execute("SELECT certificate_id FROM claim_pending WHERE expires_ms < ? "
+                                "ORDER BY expires_ms LIMIT ?", (now_ms, limit))
+        return [row[0] for row in rows]
+
+    def claim_pending_done(self, certificate_id: str) -> None:
+        with self.atomic():
+            self._db.execute("DELETE FROM claim_pending WHERE certificate_id = ?", (certificate_id,))
 
     def mark_tombstones_seen(self, since: HLC, until: HLC) -> None:
         """Every region holds the tombstones written in [since, until): they may be collected."""
