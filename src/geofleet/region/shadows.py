@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from geofleet.domain import shadow as doc
+from geofleet.domain.errors import InvalidRequest
 from geofleet.domain.hlc import HLC, Clock
 from geofleet.domain.leaves import Leaves
 from geofleet.domain.names import ShadowOp, ShadowRequest, check_shadow_name, check_thing_name
@@ -106,6 +107,11 @@ class ShadowService:
 
 
 def _check_names(thing: str, name: str) -> None:
-    check_thing_name(thing)
-    check_shadow_name(name)
+    """AWS answers a request for an invalid thing or shadow name with a 400 on the request's own
+    ``/rejected`` topic; a ShadowError is what ``handle`` publishes there (and HTTP returns)."""
+    try:
+        check_thing_name(thing)
+        check_shadow_name(name)
+    except InvalidRequest as error:
+        raise doc.ShadowError(400, error.message) from None
 
