@@ -29,6 +29,9 @@ Leaves = dict[str, Entry]
 EXISTS = json.dumps(["@"])
 """Written by every update, removed by a delete: whether the shadow currently exists."""
 ROOT = json.dumps([])
+FLOOR = json.dumps(["#floor"])
+"""Not a leaf: ``[hlc, region, True, None]`` saying that entries older than ``hlc`` which no
+longer show may have been collected, so that a write older than it is refused (``merge``)."""
 
 
 def stamp(entry: Entry) -> tuple[str, str]:
@@ -64,47 +67,142 @@ def ops_delete(hlc: HLC, region: str) -> Leaves:
 
 
 def merge(leaves: Leaves, ops: Leaves) -> tuple[Leaves, bool]:
-    """Pointwise maximum by stamp; returns the merged map and whether anything changed."""
+    """Pointwise maximum by stamp, then ``compact``; returns the merged map and whether anything
+    changed. A write older than the floor (see ``collect``) is refused: the tombstone that would
+    hide it may be gone, and letting it in would resurrect a deleted leaf."""
+    floor = max(_floor(leaves), _floor(ops))
     merged = dict(leaves)
     changed = False
     for path, entry in ops.items():
+        if path != FLOOR and entry[0] < floor:
+            continue
         current = merged.get(path)
-        if current is None or _order(entry) > _order(current):
+        if current is None or _tiebreak(entry) > _tiebreak(current):
             merged[path] = entry
             changed = True
-    return merged, changed
+    if not changed:
+        return leaves, False
+    compacted = compact(merged)
+    return compacted, compacted != leaves
 
 
-def _order(entry: Entry) -> tuple[str, str, str]:
+def _tiebreak(entry: Entry) -> tuple[str, str, str]:
     # Equal stamps only arise from a replayed write; the value breaks the tie deterministically.
     return entry[0], entry[1], json.dumps(entry[3], sort_keys=True)
 
 
+# -- which entries still matter ----------------------------------------------------------------
+#
+# An entry is *shadowed* when a newer entry sits on its root-to-leaf line. Two cases differ:
+# - shadowed by a newer *ancestor* (a section or object set or deleted later, or the whole
+#   shadow deleted): everything the entry could ever hide is on the ancestor's line and older
+#   than it, so the ancestor hides it too; the entry can go at once, in every region alike;
+# - shadowed only by a newer *descendant* (a later field turned a scalar into an object), or a
+#   tombstone: it still hides older writes on other branches that may be on their way. It can
+#   go once no such write can arrive any more, i.e. when it is older than the floor.
+# Analysing a map costs one pass over its entries per level of their paths: linear in its size.
+
+
+def _floor(leaves: Leaves) -> str:
+    entry = leaves.get(FLOOR)
+    return "" if entry is None else str(entry[0])
+
+
+def _rank(path: tuple[str, ...], entry: Entry) -> tuple[str, str, tuple[str, ...]]:
+    """A total order on the entries of one line: stamp, then path (ties are test artefacts)."""
+    return entry[0], entry[1], path
+
+
+def _analyse(leaves: Leaves) -> dict[str, tuple[bool, bool]]:
+    """Per path (but the floor): (shadowed by an ancestor, shadowed by a descendant)."""
+    paths = {path: tuple(json.loads(path)) for path in leaves if path != FLOOR}
+    ranks = {key: _rank(key, leaves[path]) for path, key in paths.items()}
+    below: dict[tuple[str, ...], tuple[str, str, tuple[str, ...]]] = {}
+    for key, rank in ranks.items():
+        for cut in range(len(key)):
+            prefix = key[:cut]
+            if prefix not in below or rank > below[prefix]:
+                below[prefix] = rank
+    result = {}
+    for path, key in paths.items():
+        rank = ranks[key]
+        by_ancestor = any(key[:cut] in ranks and ranks[key[:cut]] > rank for cut in range(len(key)))
+        by_descendant = key in below and below[key] > rank
+        result[path] = (by_ancestor, by_descendant)
+    return result
+
+
+def compact(leaves: Leaves) -> Leaves:
+    """Drop the entries that can no longer change any document: those a newer ancestor
+    shadows, and below the floor the tombstones and every shadowed entry. The result is a
+    function of the map alone, so regions that hold the same writes hold the same map."""
+    floor = _floor(leaves)
+    kept: Leaves = {}
+    for path, (by_ancestor, by_descendant) in _analyse(leaves).items():
+        entry = leaves[path]
+        if by_ancestor or (entry[0] < floor and (entry[2] or by_descendant)):
+            continue
+        kept[path] = entry
+    if floor:
+        kept[FLOOR] = leaves[FLOOR]
+    return kept
+
+
+def collect(leaves: Leaves, horizon: HLC, region: str) -> Leaves:
+    """The write that raises the floor to ``horizon`` when that lets tombstones or shadowed
+    entries go (empty otherwise). The caller vouches that no write older than ``horizon`` is
+    still on its way to this region (the retention period); merging the write drops them here
+    and, replicated like any write, in every other region."""
+    stamp = horizon.encode()
+    if stamp <= _floor(leaves):
+        return {}
+    for path, (by_ancestor, by_descendant) in _analyse(leaves).items():
+        entry = leaves[path]
+        if entry[0] < stamp and (by_ancestor or entry[2] or by_descendant):
+            return {FLOOR: [stamp, region, True, None]}
+    return {}
+
+
+def without_idle_deletes(ops: Leaves, state: Json | None) -> Leaves:
+    """Drop the ``null`` writes that hide nothing visible in ``state``: AWS ignores a delete of
+    a key that is not there, and storing it as a tombstone would grow the shadow without bound
+    (the visible document would stay empty while its stored form grew with every update)."""
+    return {path: entry for path, entry in ops.items()
+            if not entry[2] or path == ROOT or _hides_something(state, json.loads(path))}
+
+
+def _hides_something(state: Json | None, path: list[str]) -> bool:
+    if state is None:
+        return False  # a deleted shadow shows nothing
+    value: Any = state
+    for key in path:
+        if not isinstance(value, dict):
+            return True  # a scalar on the way: the delete hides it (an ancestor turned object)
+        if key not in value:
+            return False
+        value = value[key]
+    return True
+
+
 def materialize(leaves: Leaves) -> tuple[Json | None, Json]:
     """The AWS-visible ``state`` (None when the shadow does not exist) and its ``metadata``."""
-    parsed = [(json.loads(path), entry) for path, entry in leaves.items()]
     state: Json = {}
     metadata: Json = {}
     exists = False
-    for path, entry in parsed:
-        if entry[2] or _dominated(path, _order(entry), parsed):
+    for path, (by_ancestor, by_descendant) in _analyse(leaves).items():
+        entry = leaves[path]
+        if entry[2] or by_ancestor or by_descendant:
             continue
-        if path == ["@"]:
+        if path == EXISTS:
             exists = True
             continue
+        keys = json.loads(path)
+        if not keys:
+            continue  # only a peer's malformed write could put a value at the root
         seconds = HLC.decode(entry[0]).wall_ms // 1000
-        _place(state, path, entry[3])
-        _place(metadata, path, _timestamps(entry[3], seconds))
+        _place(state, keys, entry[3])
+        _place(metadata, keys, _timestamps(entry[3], seconds))
     return (state if exists else None), (metadata if exists else {})
-
-
-def _dominated(path: list[str], order: tuple[str, str, str], parsed: list[tuple[list[str], Entry]]) -> bool:
-    return any(other != path and _on_one_line(path, other) and _order(entry) > order for other, entry in parsed)
-
-
-def _on_one_line(a: list[str], b: list[str]) -> bool:
-    shorter = min(len(a), len(b))
-    return a[:shorter] == b[:shorter]
 
 
 def _place(target: Json, path: list[str], value: Any) -> None:

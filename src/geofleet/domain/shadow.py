@@ -35,6 +35,11 @@ its ``state`` add two levels to a section's six), far below the decoder's recurs
 Shallower text is decoded so that the exact check per section can echo the clientToken."""
 _TOO_DEEP = "JSON contains too many levels of nesting; maximum is 6"
 MAX_CLIENT_TOKEN_BYTES = 64
+MAX_STORED_LEAVES = 4096
+"""Stamped entries one shadow may hold (live leaves, tombstones, shadowed writes). An 8 KB
+document has at most about 1,600 leaves; the rest is room for tombstones until they are
+collected. Past it a local update is refused with 413 rather than making every later update
+of the shadow slower (each costs time linear in this number)."""
 SECTIONS = ("desired", "reported")
 
 Json = dict[str, Any]
@@ -181,16 +186,24 @@ def parse_update(payload: bytes) -> UpdateRequest:
 
 
 def apply_update(
-    current: Shadow, request: UpdateRequest, now: int, *, hlc: HLC | None = None, region: str = ""
+    current: Shadow, request: UpdateRequest, now: int, *, hlc: HLC | None = None, region: str = "",
+    horizon: HLC | None = None,
 ) -> UpdateResult:
     """Apply an update; raises ShadowError(409) on a stale version, 413 when the result is
-    too large. ``hlc`` stamps the writes (default: ``now``), always after the shadow's last."""
+    too large. ``hlc`` stamps the writes (default: ``now``), always after the shadow's last.
+    ``horizon``: no write older than it can still arrive, so tombstones older than it go
+    (``leaves.collect``)."""
     if request.version is not None and request.version != current.version:
         raise ShadowError(409, "Version conflict", request.client_token)
-    ops = leaves.ops_from_patch(request.state, _next_stamp(current, hlc or HLC(now * 1000)), region)
+    ops = leaves.without_idle_deletes(
+        leaves.ops_from_patch(request.state, _next_stamp(current, hlc or HLC(now * 1000)), region), current.state)
+    if horizon is not None:
+        ops.update(leaves.collect(current.leaves, horizon, region))
     merged, _ = leaves.merge(current.leaves, ops)
     state, metadata = leaves.materialize(merged)
     if len(json.dumps(state, separators=(",", ":")).encode()) > MAX_DOCUMENT_BYTES:
+        raise ShadowError(413, "The payload exceeds the maximum size allowed", request.client_token)
+    if len(merged) > MAX_STORED_LEAVES:
         raise ShadowError(413, "The payload exceeds the maximum size allowed", request.client_token)
     updated = Shadow(state, metadata, current.version + 1, now, merged)
     accepted: Json = {
@@ -250,13 +263,16 @@ def get_response(current: Shadow, shadow_name: str, client_token: str | None, no
 
 def delete(
     current: Shadow, shadow_name: str, client_token: str | None, now: int, *,
-    hlc: HLC | None = None, region: str = "",
+    hlc: HLC | None = None, region: str = "", horizon: HLC | None = None,
 ) -> tuple[Shadow, Json, Leaves]:
     """Delete a shadow; its version is kept so that a re-created shadow continues from it.
-    Returns the deleted shadow, the accepted payload and the stamped write to replicate."""
+    Returns the deleted shadow, the accepted payload and the stamped write to replicate (the
+    root tombstone drops every older entry at once, see ``leaves.compact``)."""
     if not current.exists:
         raise ShadowError(404, f"No shadow exists with name: '{shadow_name}'", client_token)
     ops = leaves.ops_delete(_next_stamp(current, hlc or HLC(now * 1000)), region)
+    if horizon is not None:
+        ops.update(leaves.collect(current.leaves, horizon, region))
     merged, _ = leaves.merge(current.leaves, ops)
     deleted = Shadow(None, {}, current.version, now, merged)
     return deleted, _with_token({"version": current.version, "timestamp": now}, client_token), ops
