@@ -217,3 +217,10 @@ def test_the_service_stores_a_bounded_document(tmp_path: Path) -> None:
         assert _stored_bytes(path) < 1000
     finally:
         store.close()
+
+
+def test_a_horizon_past_the_update_itself_never_refuses_the_update() -> None:
+    shadow = update(Shadow(), {"reported": {"a": 1, "b": 1}}, T0).shadow
+    after = update(shadow, {"reported": {"a": None}}, T0 + 1, horizon=HLC((T0 + 100) * 1000)).shadow
+    assert after.state == {"reported": {"b": 1}}
+    assert update(after, {"reported": {"c": 2}}, T0 + 2).shadow.state == {"reported": {"b": 1, "c": 2}}

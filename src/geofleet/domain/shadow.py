@@ -192,13 +192,13 @@ def apply_update(
     """Apply an update; raises ShadowError(409) on a stale version, 413 when the result is
     too large. ``hlc`` stamps the writes (default: ``now``), always after the shadow's last.
     ``horizon``: no write older than it can still arrive, so tombstones older than it go
-    (``leaves.collect``)."""
+    (``leaves.collect``); never past this update's own stamp, which must not be refused."""
     if request.version is not None and request.version != current.version:
         raise ShadowError(409, "Version conflict", request.client_token)
-    ops = leaves.without_idle_deletes(
-        leaves.ops_from_patch(request.state, _next_stamp(current, hlc or HLC(now * 1000)), region), current.state)
+    stamp = _next_stamp(current, hlc or HLC(now * 1000))
+    ops = leaves.without_idle_deletes(leaves.ops_from_patch(request.state, stamp, region), current.state)
     if horizon is not None:
-        ops.update(leaves.collect(current.leaves, horizon, region))
+        ops.update(leaves.collect(current.leaves, min(horizon, stamp), region))
     merged, _ = leaves.merge(current.leaves, ops)
     state, metadata = leaves.materialize(merged)
     if len(json.dumps(state, separators=(",", ":")).encode()) > MAX_DOCUMENT_BYTES:
@@ -270,9 +270,10 @@ def delete(
     root tombstone drops every older entry at once, see ``leaves.compact``)."""
     if not current.exists:
         raise ShadowError(404, f"No shadow exists with name: '{shadow_name}'", client_token)
-    ops = leaves.ops_delete(_next_stamp(current, hlc or HLC(now * 1000)), region)
+    stamp = _next_stamp(current, hlc or HLC(now * 1000))
+    ops = leaves.ops_delete(stamp, region)
     if horizon is not None:
-        ops.update(leaves.collect(current.leaves, horizon, region))
+        ops.update(leaves.collect(current.leaves, min(horizon, stamp), region))
     merged, _ = leaves.merge(current.leaves, ops)
     deleted = Shadow(None, {}, current.version, now, merged)
     return deleted, _with_token({"version": current.version, "timestamp": now}, client_token), ops
