@@ -16,6 +16,7 @@ different leaves both survive and the same leaf resolves the same way everywhere
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from typing import Any
 
 from geofleet.domain.hlc import HLC
@@ -29,6 +30,7 @@ Leaves = dict[str, Entry]
 EXISTS = json.dumps(["@"])
 """Written by every update, removed by a delete: whether the shadow currently exists."""
 ROOT = json.dumps([])
+_WALL_DIGITS = len(HLC(0).encode().partition(".")[0])
 FLOOR = json.dumps(["#floor"])
 """Not a leaf: ``[hlc, region, True, None]`` saying that entries older than ``hlc`` which no
 longer show may have been collected, so that a write older than it is refused (``merge``)."""
@@ -39,7 +41,8 @@ def stamp(entry: Entry) -> tuple[str, str]:
 
 
 def latest(leaves: Leaves) -> HLC | None:
-    return max((HLC.decode(e[0]) for e in leaves.values()), default=None)
+    newest = max((e[0] for e in leaves.values()), default=None)  # encoded stamps sort as time does
+    return None if newest is None else HLC.decode(newest)
 
 
 def ops_from_patch(patch: Json, hlc: HLC, region: str) -> Leaves:
@@ -108,27 +111,49 @@ def _floor(leaves: Leaves) -> str:
     return "" if entry is None else str(entry[0])
 
 
-def _rank(path: tuple[str, ...], entry: Entry) -> tuple[str, str, tuple[str, ...]]:
-    """A total order on the entries of one line: stamp, then path (ties are test artefacts)."""
-    return entry[0], entry[1], path
+@lru_cache(maxsize=1 << 16)
+def _keys(path: str) -> tuple[str, ...]:
+    """A path's keys; every update of a shadow analyses all its paths, so they are parsed once."""
+    return tuple(json.loads(path))
+
+
+@lru_cache(maxsize=1 << 16)
+def _shape(path: str) -> tuple[str, tuple[str, ...]]:
+    """A path in canonical form and its proper prefixes (root first), in the same form."""
+    keys = _keys(path)
+    return json.dumps(list(keys)), tuple(json.dumps(list(keys[:cut])) for cut in range(len(keys)))
+
+
+Rank = tuple[str, str, str]
 
 
 def _analyse(leaves: Leaves) -> dict[str, tuple[bool, bool]]:
-    """Per path (but the floor): (shadowed by an ancestor, shadowed by a descendant)."""
-    paths = {path: tuple(json.loads(path)) for path in leaves if path != FLOOR}
-    ranks = {key: _rank(key, leaves[path]) for path, key in paths.items()}
-    below: dict[tuple[str, ...], tuple[str, str, tuple[str, ...]]] = {}
-    for key, rank in ranks.items():
-        for cut in range(len(key)):
-            prefix = key[:cut]
-            if prefix not in below or rank > below[prefix]:
+    """Per path (but the floor): (shadowed by an ancestor, shadowed by a descendant). Ranks
+    order the entries of one line: stamp, then path (equal stamps on one line are test
+    artefacts). One pass per level of the paths: linear in the number of entries."""
+    shapes = {path: _shape(path) for path in leaves if path != FLOOR}
+    ranks: dict[str, Rank] = {}
+    for path, (canonical, _) in shapes.items():
+        entry = leaves[path]
+        ranks[canonical] = (entry[0], entry[1], canonical)
+    below: dict[str, Rank] = {}
+    for canonical, prefixes in shapes.values():
+        rank = ranks[canonical]
+        for prefix in prefixes:
+            newest = below.get(prefix)
+            if newest is None or rank > newest:
                 below[prefix] = rank
     result = {}
-    for path, key in paths.items():
-        rank = ranks[key]
-        by_ancestor = any(key[:cut] in ranks and ranks[key[:cut]] > rank for cut in range(len(key)))
-        by_descendant = key in below and below[key] > rank
-        result[path] = (by_ancestor, by_descendant)
+    for path, (canonical, prefixes) in shapes.items():
+        rank = ranks[canonical]
+        by_ancestor = False
+        for prefix in prefixes:
+            above = ranks.get(prefix)
+            if above is not None and above > rank:
+                by_ancestor = True
+                break
+        newest = below.get(canonical)
+        result[path] = (by_ancestor, newest is not None and newest > rank)
     return result
 
 
@@ -149,17 +174,15 @@ def compact(leaves: Leaves) -> Leaves:
 
 
 def collect(leaves: Leaves, horizon: HLC, region: str) -> Leaves:
-    """The write that raises the floor to ``horizon`` when that lets tombstones or shadowed
-    entries go (empty otherwise). The caller vouches that no write older than ``horizon`` is
-    still on its way to this region (the retention period); merging the write drops them here
-    and, replicated like any write, in every other region."""
+    """The write that raises the floor to ``horizon`` when tombstones older than it exist
+    (empty otherwise); writes shadowed by a descendant go with them. The caller vouches that no
+    write older than ``horizon`` is still on its way to this region (the retention period);
+    merging the write drops them here and, replicated like any write, in every other region."""
     stamp = horizon.encode()
     if stamp <= _floor(leaves):
         return {}
-    for path, (by_ancestor, by_descendant) in _analyse(leaves).items():
-        entry = leaves[path]
-        if entry[0] < stamp and (by_ancestor or entry[2] or by_descendant):
-            return {FLOOR: [stamp, region, True, None]}
+    if any(entry[2] and entry[0] < stamp for path, entry in leaves.items() if path != FLOOR):
+        return {FLOOR: [stamp, region, True, None]}
     return {}
 
 
@@ -168,7 +191,7 @@ def without_idle_deletes(ops: Leaves, state: Json | None) -> Leaves:
     a key that is not there, and storing it as a tombstone would grow the shadow without bound
     (the visible document would stay empty while its stored form grew with every update)."""
     return {path: entry for path, entry in ops.items()
-            if not entry[2] or path == ROOT or _hides_something(state, json.loads(path))}
+            if not entry[2] or path == ROOT or _hides_something(state, list(_keys(path)))}
 
 
 def _hides_something(state: Json | None, path: list[str]) -> bool:
@@ -196,10 +219,10 @@ def materialize(leaves: Leaves) -> tuple[Json | None, Json]:
         if path == EXISTS:
             exists = True
             continue
-        keys = json.loads(path)
+        keys = list(_keys(path))
         if not keys:
             continue  # only a peer's malformed write could put a value at the root
-        seconds = HLC.decode(entry[0]).wall_ms // 1000
+        seconds = int(entry[0][:_WALL_DIGITS]) // 1000  # the stamp's wall-clock milliseconds
         _place(state, keys, entry[3])
         _place(metadata, keys, _timestamps(entry[3], seconds))
     return (state if exists else None), (metadata if exists else {})
