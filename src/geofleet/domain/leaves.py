@@ -16,6 +16,7 @@ different leaves both survive and the same leaf resolves the same way everywhere
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -73,20 +74,37 @@ def merge(leaves: Leaves, ops: Leaves) -> tuple[Leaves, bool]:
     """Pointwise maximum by stamp, then ``compact``; returns the merged map and whether anything
     changed. A write older than the floor (see ``collect``) is refused: the tombstone that would
     hide it may be gone, and letting it in would resurrect a deleted leaf."""
+    merged = merge_document(leaves, ops, materialized=False)
+    return merged.leaves, merged.changed
+
+
+@dataclass(frozen=True, slots=True)
+class Merged:
+    leaves: Leaves
+    changed: bool
+    state: Json | None
+    """The document of ``leaves`` (see ``materialize``), when asked for."""
+    metadata: Json
+
+
+def merge_document(leaves: Leaves, ops: Leaves, *, materialized: bool = True) -> Merged:
+    """``merge`` and ``materialize`` of the result with one analysis of the map: an update
+    needs both, and the analysis is most of their cost. (Dropping entries never changes which
+    of the others show, so the analysis before compaction serves the document after it.)"""
     floor = max(_floor(leaves), _floor(ops))
-    merged = dict(leaves)
+    union = dict(leaves)
     changed = False
     for path, entry in ops.items():
         if path != FLOOR and entry[0] < floor:
             continue
-        current = merged.get(path)
+        current = union.get(path)
         if current is None or _tiebreak(entry) > _tiebreak(current):
-            merged[path] = entry
+            union[path] = entry
             changed = True
-    if not changed:
-        return leaves, False
-    compacted = compact(merged)
-    return compacted, compacted != leaves
+    analysis = _analyse(union)
+    kept = _compact(union, analysis) if changed else leaves
+    state, metadata = _materialize(union, analysis) if materialized else (None, {})
+    return Merged(kept, changed and kept != leaves, state, metadata)
 
 
 def _tiebreak(entry: Entry) -> tuple[str, str, str]:
@@ -127,7 +145,10 @@ def _shape(path: str) -> tuple[str, tuple[str, ...]]:
 Rank = tuple[str, str, str]
 
 
-def _analyse(leaves: Leaves) -> dict[str, tuple[bool, bool]]:
+Analysis = dict[str, tuple[bool, bool]]
+
+
+def _analyse(leaves: Leaves) -> Analysis:
     """Per path (but the floor): (shadowed by an ancestor, shadowed by a descendant). Ranks
     order the entries of one line: stamp, then path (equal stamps on one line are test
     artefacts). One pass per level of the paths: linear in the number of entries."""
@@ -161,9 +182,13 @@ def compact(leaves: Leaves) -> Leaves:
     """Drop the entries that can no longer change any document: those a newer ancestor
     shadows, and below the floor the tombstones and every shadowed entry. The result is a
     function of the map alone, so regions that hold the same writes hold the same map."""
+    return _compact(leaves, _analyse(leaves))
+
+
+def _compact(leaves: Leaves, analysis: Analysis) -> Leaves:
     floor = _floor(leaves)
     kept: Leaves = {}
-    for path, (by_ancestor, by_descendant) in _analyse(leaves).items():
+    for path, (by_ancestor, by_descendant) in analysis.items():
         entry = leaves[path]
         if by_ancestor or (entry[0] < floor and (entry[2] or by_descendant)):
             continue
@@ -209,10 +234,14 @@ def _hides_something(state: Json | None, path: list[str]) -> bool:
 
 def materialize(leaves: Leaves) -> tuple[Json | None, Json]:
     """The AWS-visible ``state`` (None when the shadow does not exist) and its ``metadata``."""
+    return _materialize(leaves, _analyse(leaves))
+
+
+def _materialize(leaves: Leaves, analysis: Analysis) -> tuple[Json | None, Json]:
     state: Json = {}
     metadata: Json = {}
     exists = False
-    for path, (by_ancestor, by_descendant) in _analyse(leaves).items():
+    for path, (by_ancestor, by_descendant) in analysis.items():
         entry = leaves[path]
         if entry[2] or by_ancestor or by_descendant:
             continue

@@ -199,8 +199,8 @@ def apply_update(
     ops = leaves.without_idle_deletes(leaves.ops_from_patch(request.state, stamp, region), current.state)
     if horizon is not None:
         ops.update(leaves.collect(current.leaves, min(horizon, stamp), region))
-    merged, _ = leaves.merge(current.leaves, ops)
-    state, metadata = leaves.materialize(merged)
+    merge = leaves.merge_document(current.leaves, ops)
+    merged, state, metadata = merge.leaves, merge.state, merge.metadata
     if len(json.dumps(state, separators=(",", ":")).encode()) > MAX_DOCUMENT_BYTES:
         raise ShadowError(413, "The payload exceeds the maximum size allowed", request.client_token)
     if len(merged) > MAX_STORED_LEAVES:
@@ -221,10 +221,10 @@ def apply_update(
 def merge_remote(current: Shadow, ops: Leaves, now: int) -> MergeResult:
     """Fold writes made in another region into this region's copy. The region's own
     ``version`` moves only when the visible document changes, as AWS's would."""
-    merged, changed = leaves.merge(current.leaves, ops)
-    if not changed:
+    merge = leaves.merge_document(current.leaves, ops)
+    if not merge.changed:
         return MergeResult(current, False, None, None)
-    state, metadata = leaves.materialize(merged)
+    merged, state, metadata = merge.leaves, merge.state, merge.metadata
     if state == current.state and metadata == current.metadata:
         return MergeResult(Shadow(current.state, current.metadata, current.version, current.timestamp, merged),
                            False, None, None)
