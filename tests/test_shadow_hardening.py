@@ -12,11 +12,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from geofleet.domain.hlc import HLC
-from geofleet.domain.shadow import Shadow, ShadowError, apply_update, get_response, parse_json, parse_update
+from geofleet.domain.shadow import (
+    Shadow,
+    ShadowError,
+    apply_update,
+    get_response,
+    merge_remote,
+    parse_json,
+    parse_update,
+)
 from geofleet.replication.wire import change_to_json, parse_batch
 from geofleet.store.sqlite import SqliteStore
 from tests.conftest import Fleet
@@ -133,7 +141,9 @@ def test_whatever_is_accepted_round_trips_through_store_answers_and_wire(tmp_pat
         result = apply_update(Shadow(), request, 1_700_000_000, hlc=HLC(1_700_000_000_000), region="r1")
     except ShadowError as error:
         assert 400 <= error.status < 500
+        event(f"refused {error.status}")
         return
+    event("accepted")
     for answer in (result.accepted, result.documents, result.delta):
         if answer is not None:
             assert json.loads(_serve(answer)) == answer
@@ -146,6 +156,8 @@ def test_whatever_is_accepted_round_trips_through_store_answers_and_wire(tmp_pat
         feed = {"region": "r1", "head": store.head(), "changes": [change_to_json(c) for c in store.changes(0)]}
         batch = parse_batch(json.loads(_serve(feed)), "r1", 0)
         assert batch.changes[0].body == {"ops": result.ops}
+        replica = merge_remote(Shadow(), batch.changes[0].body["ops"], 1_700_000_001).shadow
+        assert replica.state == result.shadow.state, "the peer shows the same document"
     finally:
         store.close()
 
