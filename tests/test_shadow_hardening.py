@@ -7,7 +7,9 @@ three-region fleet of ``conftest.py``."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -227,3 +229,30 @@ def test_an_invalid_shadow_name_over_http_is_a_400(fleet: Fleet) -> None:
         response = http.post(f"/things/{name}/shadow", params={"name": "bad name!"},
                              content=b'{"state":{"reported":{"a":1}}}')
         assert response.status_code == 400 and response.json()["message"].startswith("invalid shadow name")
+
+
+# --- item 4 over the real node: nulls on absent keys are not stored in any region ----------------
+
+
+def _stored_doc_bytes(fleet: Fleet, region: str, thing: str) -> int:
+    uri = f"file:{fleet.data.region(region).store}?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=10)) as db:
+        row = db.execute("SELECT length(doc) FROM shadows WHERE thing = ? AND name = ''", (thing,)).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def test_forty_updates_of_nulls_on_absent_keys_stay_small_in_every_region(fleet: Fleet) -> None:
+    name = fleet.create_device()
+    with fleet.device(name).connect() as device:
+        device.subscribe(f"$aws/things/{name}/shadow/#")
+        device.request(shadow_topic(name, "update"), {"state": {"reported": {"on": True}}})
+        for n in range(40):
+            nulls = {f"k{i}": None for i in range(n * 450, n * 450 + 450)}
+            answer = device.request(shadow_topic(name, "update"), {"state": {"reported": nulls}})
+            assert answer.topic.endswith("/update/accepted")
+        device.request(shadow_topic(name, "update"), {"state": {"reported": {"done": 1}}})
+    for region in ("us-east-1", "eu-west-1", "ap-southeast-1"):
+        with raw(fleet, region) as http:
+            wait_for(lambda: http.get(f"/things/{name}/shadow").json().get("state", {}).get("reported")
+                     == {"on": True, "done": 1}, 30, f"the last update in {region}")
+        assert 0 < _stored_doc_bytes(fleet, region, name) < 2000, region
