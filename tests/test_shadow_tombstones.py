@@ -28,6 +28,7 @@ from geofleet.domain.shadow import (
     parse_update,
 )
 from geofleet.region.shadows import ShadowService
+from geofleet.replication.wire import change_to_json, parse_batch
 from geofleet.store.sqlite import SqliteStore
 from tests.test_leaves import fold, op_sets
 
@@ -224,3 +225,23 @@ def test_a_horizon_past_the_update_itself_never_refuses_the_update() -> None:
     after = update(shadow, {"reported": {"a": None}}, T0 + 1, horizon=HLC((T0 + 100) * 1000)).shadow
     assert after.state == {"reported": {"b": 1}}
     assert update(after, {"reported": {"c": 2}}, T0 + 2).shadow.state == {"reported": {"b": 1, "c": 2}}
+
+
+def test_the_floor_travels_through_the_change_log_and_the_wire(tmp_path: Path) -> None:
+    first = update(Shadow(), {"reported": {"a": 1, "b": 2}}, T0)
+    second = update(first.shadow, {"reported": {"a": None}}, T0 + 1)
+    third = update(second.shadow, {"reported": {"c": 3}}, T0 + 10, horizon=HLC((T0 + 5) * 1000))
+    store = SqliteStore(tmp_path / "r1.db")
+    try:
+        for result in (first, second, third):
+            store.put_shadow("t1", "", result.shadow, HLC.decode(max(e[0] for e in result.ops.values())), "r1",
+                             ops=result.ops)
+        feed = {"region": "r1", "head": store.head(), "changes": [change_to_json(c) for c in store.changes(0)]}
+        batch = parse_batch(json.loads(json.dumps(feed)), "r1", 0)
+    finally:
+        store.close()
+    replica = Shadow()
+    for change in batch.changes:
+        replica = merge_remote(replica, (change.body or {})["ops"], T0 + 11).shadow
+    assert replica.leaves == third.shadow.leaves and leaves.FLOOR in replica.leaves
+    assert replica.state == {"reported": {"b": 2, "c": 3}}
