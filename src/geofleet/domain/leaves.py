@@ -11,6 +11,12 @@ the same root-to-leaf line (an ancestor or a descendant) has a higher stamp. Wri
 another, entries reproduce AWS's merge exactly (a later scalar replaces an object, a later
 field turns a scalar into an object, ``null`` deletes); written concurrently in two regions,
 different leaves both survive and the same leaf resolves the same way everywhere.
+
+The map stays bounded: a ``null`` on a key that is not there writes nothing; an entry a newer
+ancestor hides is dropped at once; tombstones, and entries only a newer descendant hides, are
+dropped once they are older than the *floor*, which a region raises after the retention period
+and which replicates like any write (``compact``, ``collect``). A write older than the floor is
+refused, so a collected tombstone never lets a late write resurrect what it deleted.
 """
 
 from __future__ import annotations
