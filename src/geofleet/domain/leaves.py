@@ -37,10 +37,10 @@ Leaves = dict[str, Entry]
 EXISTS = json.dumps(["@"])
 """Written by every update, removed by a delete: whether the shadow currently exists."""
 ROOT = json.dumps([])
-_WALL_DIGITS = len(HLC(0).encode().partition(".")[0])
 FLOOR = json.dumps(["#floor"])
 """Not a leaf: ``[hlc, region, True, None]`` saying that entries older than ``hlc`` which no
 longer show may have been collected, so that a write older than it is refused (``merge``)."""
+_WALL_DIGITS = len(HLC(0).encode().partition(".")[0])
 
 
 def stamp(entry: Entry) -> tuple[str, str]:
@@ -107,6 +107,8 @@ def merge_document(leaves: Leaves, ops: Leaves, *, materialized: bool = True) ->
         if current is None or _tiebreak(entry) > _tiebreak(current):
             union[path] = entry
             changed = True
+    if not changed and not materialized:
+        return Merged(leaves, False, None, {})
     analysis = _analyse(union)
     kept = _compact(union, analysis) if changed else leaves
     state, metadata = _materialize(union, analysis) if materialized else (None, {})
