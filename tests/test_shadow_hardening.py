@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from geofleet.domain.hlc import HLC
+from geofleet.domain.names import ShadowOp, ShadowRequest, parse_shadow_request
 from geofleet.domain.shadow import (
     Shadow,
     ShadowError,
@@ -207,6 +208,14 @@ def test_hostile_updates_get_a_400_over_http(fleet: Fleet) -> None:
 
 
 # --- item 18: invalid shadow names over MQTT -----------------------------------------------------
+
+
+def test_request_topics_parse_whatever_the_names_and_nothing_else() -> None:
+    bad = parse_shadow_request("$aws/things/t1/shadow/name/bad name!/update")
+    assert bad == ShadowRequest("t1", "bad name!", ShadowOp.UPDATE)
+    assert bad.topic("rejected") == "$aws/things/t1/shadow/name/bad name!/update/rejected"
+    assert parse_shadow_request("$aws/things/t1/shadow/update\n") is None
+    assert parse_shadow_request("$aws/things/t1/shadow/update/accepted") is None
 
 
 @pytest.mark.parametrize("shadow", ["bad name!", "x" * 65, "caf\u00e9"])

@@ -90,7 +90,7 @@ def parse_shadow_request(topic: str) -> ShadowRequest | None:
     of dropping it. A topic level cannot hold ``/``, and the broker refuses publishes with ``+`` or
     ``#``, so the answer's topic never holds a wildcard; whether the device may receive it is the
     broker's authorization's call, as for any other answer."""
-    match = _SHADOW_TOPIC.match(topic)
+    match = _SHADOW_TOPIC.fullmatch(topic)  # not .match: "$" would let a trailing newline in
     if match is None:
         return None
     return ShadowRequest(match["thing"], match["shadow"] or CLASSIC, ShadowOp(match["op"]))
