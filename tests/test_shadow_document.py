@@ -130,9 +130,9 @@ def test_parse_rejects_more_than_six_levels_of_nesting(section: str) -> None:
     assert error.client_token == "tok"
 
 
-def test_nesting_counts_objects_inside_arrays() -> None:
-    assert parse_update(payload({"state": {"desired": {"a": [nested(5)]}}}))
-    error = rejection(payload({"state": {"desired": {"a": [1, nested(6)]}}}))
+def test_nesting_counts_arrays_and_objects_inside_arrays() -> None:
+    assert parse_update(payload({"state": {"desired": {"a": [nested(4)]}}}))
+    error = rejection(payload({"state": {"desired": {"a": [1, nested(5)]}}}))
     assert "too many levels of nesting" in error.message
 
 

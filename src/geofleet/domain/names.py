@@ -86,14 +86,17 @@ _SHADOW_TOPIC = re.compile(
 
 
 def parse_shadow_request(topic: str) -> ShadowRequest | None:
-    """Parse a shadow *request* topic; None for anything else (responses included)."""
-    match = _SHADOW_TOPIC.match(topic)
+    """Parse a shadow *request* topic; None for anything else (responses included).
+
+    The thing and shadow names are *not* checked here: a request with an invalid name is still
+    a request, and the shadow service answers it on its ``/rejected`` topic (as AWS does) instead
+    of dropping it. A topic level cannot hold ``/``, and the broker refuses publishes with ``+`` or
+    ``#``, so the answer's topic never holds a wildcard; whether the device may receive it is the
+    broker's authorization's call, as for any other answer."""
+    match = _SHADOW_TOPIC.fullmatch(topic)  # not .match: "$" would let a trailing newline in
     if match is None:
         return None
-    thing, shadow = match["thing"], match["shadow"] or CLASSIC
-    if not _THING_NAME.match(thing) or (shadow and not _SHADOW_NAME.match(shadow)):
-        return None
-    return ShadowRequest(thing, shadow, ShadowOp(match["op"]))
+    return ShadowRequest(match["thing"], match["shadow"] or CLASSIC, ShadowOp(match["op"]))
 
 
 def presence_topic(event: str, client_id: str) -> str:

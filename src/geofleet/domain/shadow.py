@@ -17,6 +17,7 @@ Choices where AWS's documentation is silent (recorded in docs/architecture.md):
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +28,18 @@ from geofleet.domain.leaves import Leaves
 
 MAX_DOCUMENT_BYTES = 8 * 1024
 MAX_DEPTH = 6
+"""Levels in ``desired`` or ``reported``, counted as AWS does: every object and every array is a level."""
+_MAX_DECODED_DEPTH = 32
+"""Deeper text is refused before decoding: far beyond what a valid request needs (the body and
+its ``state`` add two levels to a section's six), far below the decoder's recursion limit.
+Shallower text is decoded so that the exact check per section can echo the clientToken."""
+_TOO_DEEP = "JSON contains too many levels of nesting; maximum is 6"
 MAX_CLIENT_TOKEN_BYTES = 64
+MAX_STORED_LEAVES = 4096
+"""Stamped entries one shadow may hold (live leaves, tombstones, shadowed writes). An 8 KB
+document has at most about 1,600 leaves; the rest is room for tombstones until they are
+collected. Past it a local update is refused with 413 rather than making every later update
+of the shadow slower (each costs time linear in this number)."""
 SECTIONS = ("desired", "reported")
 
 Json = dict[str, Any]
@@ -101,7 +113,14 @@ class MergeResult:
 
 
 def parse_json(payload: bytes) -> tuple[Json, str | None]:
-    """Decode a request body: size, UTF-8 and JSON object checks, plus the clientToken."""
+    """Decode a request body: size, UTF-8 and JSON object checks, plus the clientToken.
+
+    Nesting is measured on the raw text before decoding, so a deep document costs a linear scan
+    and is refused with AWS's message instead of reaching the recursive decoder. What is decoded
+    must also be what every encoder on the way out can write back (the MQTT and HTTP answers,
+    the SQLite store, the replication feed): ``NaN``, ``Infinity``, numbers that overflow to
+    them and lone UTF-16 surrogates are not JSON that can be served, so they are "Invalid JSON"
+    here rather than a failure later in every region."""
     if len(payload) > MAX_DOCUMENT_BYTES:
         raise ShadowError(413, "The payload exceeds the maximum size allowed")
     try:
@@ -110,9 +129,12 @@ def parse_json(payload: bytes) -> tuple[Json, str | None]:
         raise ShadowError(415, "Unsupported documented encoding; supported encoding is UTF-8") from None
     if not text.strip():
         return {}, None
+    if nesting(text) > _MAX_DECODED_DEPTH:
+        raise ShadowError(400, _TOO_DEEP)
     try:
-        body = json.loads(text)
-    except ValueError:
+        body = json.loads(text, parse_constant=_refuse_constant)
+        json.dumps(body, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
         raise ShadowError(400, "Invalid JSON") from None
     if not isinstance(body, dict):
         raise ShadowError(400, "Invalid JSON")
@@ -120,6 +142,27 @@ def parse_json(payload: bytes) -> tuple[Json, str | None]:
     if token is not None and (not isinstance(token, str) or len(token.encode()) > MAX_CLIENT_TOKEN_BYTES):
         raise ShadowError(400, "Invalid clientToken")
     return body, token
+
+
+_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKETS = re.compile(r"[\[\]{}]")
+
+
+def nesting(text: str) -> int:
+    """The deepest nesting of objects and arrays in JSON ``text``, without decoding it (brackets
+    inside strings do not count); malformed text gives some number and fails to decode later."""
+    depth = deepest = 0
+    for bracket in _BRACKETS.findall(_STRINGS.sub("", text)):
+        if bracket in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def parse_update(payload: bytes) -> UpdateRequest:
@@ -134,8 +177,8 @@ def parse_update(payload: bytes) -> UpdateRequest:
             raise ShadowError(400, f"State contains an invalid node: '{key}'", token)
         if value is not None and not isinstance(value, dict):
             raise ShadowError(400, f"{key.capitalize()} node must be an object", token)
-        if value is not None and _depth(value) > MAX_DEPTH:
-            raise ShadowError(400, "JSON contains too many levels of nesting; maximum is 6", token)
+        if value is not None and depth(value) > MAX_DEPTH:
+            raise ShadowError(400, _TOO_DEEP, token)
     version = body.get("version")
     if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 0):
         raise ShadowError(400, "Invalid version", token)
@@ -143,16 +186,24 @@ def parse_update(payload: bytes) -> UpdateRequest:
 
 
 def apply_update(
-    current: Shadow, request: UpdateRequest, now: int, *, hlc: HLC | None = None, region: str = ""
+    current: Shadow, request: UpdateRequest, now: int, *, hlc: HLC | None = None, region: str = "",
+    horizon: HLC | None = None,
 ) -> UpdateResult:
     """Apply an update; raises ShadowError(409) on a stale version, 413 when the result is
-    too large. ``hlc`` stamps the writes (default: ``now``), always after the shadow's last."""
+    too large. ``hlc`` stamps the writes (default: ``now``), always after the shadow's last.
+    ``horizon``: no write older than it can still arrive, so tombstones older than it go
+    (``leaves.collect``); never past this update's own stamp, which must not be refused."""
     if request.version is not None and request.version != current.version:
         raise ShadowError(409, "Version conflict", request.client_token)
-    ops = leaves.ops_from_patch(request.state, _next_stamp(current, hlc or HLC(now * 1000)), region)
-    merged, _ = leaves.merge(current.leaves, ops)
-    state, metadata = leaves.materialize(merged)
+    stamp = _next_stamp(current, hlc or HLC(now * 1000))
+    ops = leaves.without_idle_deletes(leaves.ops_from_patch(request.state, stamp, region), current.state)
+    if horizon is not None:
+        ops.update(leaves.collect(current.leaves, min(horizon, stamp), region))
+    merge = leaves.merge_document(current.leaves, ops)
+    merged, state, metadata = merge.leaves, merge.state, merge.metadata
     if len(json.dumps(state, separators=(",", ":")).encode()) > MAX_DOCUMENT_BYTES:
+        raise ShadowError(413, "The payload exceeds the maximum size allowed", request.client_token)
+    if len(merged) > MAX_STORED_LEAVES:
         raise ShadowError(413, "The payload exceeds the maximum size allowed", request.client_token)
     updated = Shadow(state, metadata, current.version + 1, now, merged)
     accepted: Json = {
@@ -170,10 +221,10 @@ def apply_update(
 def merge_remote(current: Shadow, ops: Leaves, now: int) -> MergeResult:
     """Fold writes made in another region into this region's copy. The region's own
     ``version`` moves only when the visible document changes, as AWS's would."""
-    merged, changed = leaves.merge(current.leaves, ops)
-    if not changed:
+    merge = leaves.merge_document(current.leaves, ops)
+    if not merge.changed:
         return MergeResult(current, False, None, None)
-    state, metadata = leaves.materialize(merged)
+    merged, state, metadata = merge.leaves, merge.state, merge.metadata
     if state == current.state and metadata == current.metadata:
         return MergeResult(Shadow(current.state, current.metadata, current.version, current.timestamp, merged),
                            False, None, None)
@@ -212,13 +263,17 @@ def get_response(current: Shadow, shadow_name: str, client_token: str | None, no
 
 def delete(
     current: Shadow, shadow_name: str, client_token: str | None, now: int, *,
-    hlc: HLC | None = None, region: str = "",
+    hlc: HLC | None = None, region: str = "", horizon: HLC | None = None,
 ) -> tuple[Shadow, Json, Leaves]:
     """Delete a shadow; its version is kept so that a re-created shadow continues from it.
-    Returns the deleted shadow, the accepted payload and the stamped write to replicate."""
+    Returns the deleted shadow, the accepted payload and the stamped write to replicate (the
+    root tombstone drops every older entry at once, see ``leaves.compact``)."""
     if not current.exists:
         raise ShadowError(404, f"No shadow exists with name: '{shadow_name}'", client_token)
-    ops = leaves.ops_delete(_next_stamp(current, hlc or HLC(now * 1000)), region)
+    stamp = _next_stamp(current, hlc or HLC(now * 1000))
+    ops = leaves.ops_delete(stamp, region)
+    if horizon is not None:
+        ops.update(leaves.collect(current.leaves, min(horizon, stamp), region))
     merged, _ = leaves.merge(current.leaves, ops)
     deleted = Shadow(None, {}, current.version, now, merged)
     return deleted, _with_token({"version": current.version, "timestamp": now}, client_token), ops
@@ -282,9 +337,11 @@ def _with_token(body: Json, client_token: str | None) -> Json:
     return body
 
 
-def _depth(value: Any) -> int:
+def depth(value: Any) -> int:
+    """Levels of nesting as AWS counts them: an object or an array is one level more than the
+    deepest value it holds, a scalar none (so ``{"a": [1]}`` has two levels)."""
     if isinstance(value, dict):
-        return 1 + max((_depth(v) for v in value.values()), default=0)
+        return 1 + max((depth(v) for v in value.values()), default=0)
     if isinstance(value, list):
-        return max((_depth(v) for v in value), default=0)
+        return 1 + max((depth(v) for v in value), default=0)
     return 0

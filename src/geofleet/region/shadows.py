@@ -8,11 +8,13 @@ the version check is exact.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from geofleet.domain import shadow as doc
+from geofleet.domain.errors import InvalidRequest
 from geofleet.domain.hlc import HLC, Clock
 from geofleet.domain.leaves import Leaves
 from geofleet.domain.names import ShadowOp, ShadowRequest, check_shadow_name, check_thing_name
@@ -21,17 +23,24 @@ from geofleet.store.base import Store
 Publish = Callable[[str, bytes], Awaitable[None]]
 Json = dict[str, Any]
 
+TOMBSTONE_RETENTION_S = float(os.environ.get("GEOFLEET_TOMBSTONE_GRACE_S", 24 * 3600))
+"""How long a shadow keeps a tombstone (and the writes shadowed by a later one): as long as a
+registry record's tombstone (the same setting), the time within which every region is assumed
+to receive every write. An older write arriving later is refused (``leaves.merge``)."""
+
 
 def _encode(body: Json) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
 class ShadowService:
-    def __init__(self, store: Store, clock: Clock, region: str, publish: Publish) -> None:
+    def __init__(self, store: Store, clock: Clock, region: str, publish: Publish,
+                 tombstone_retention_s: float = TOMBSTONE_RETENTION_S) -> None:
         self._store = store
         self._clock = clock
         self._region = region
         self._publish = publish
+        self._retention_s = tombstone_retention_s
 
     async def handle(self, request: ShadowRequest, payload: bytes) -> None:
         """Serve one MQTT request: answer on ``/accepted`` or ``/rejected``, never raise."""
@@ -61,7 +70,7 @@ class ShadowService:
         _check_names(thing, name)
         now, hlc = int(time.time()), self._clock.now()
         result = doc.apply_update(self._current(thing, name), doc.parse_update(payload), now,
-                                  hlc=hlc, region=self._region)
+                                  hlc=hlc, region=self._region, horizon=self._horizon())
         self._store.put_shadow(thing, name, result.shadow, hlc, self._region, ops=result.ops)
         request = ShadowRequest(thing, name, ShadowOp.UPDATE)
         await self._publish(request.topic("accepted"), _encode(result.accepted))
@@ -93,7 +102,7 @@ class ShadowService:
         _, token = doc.parse_json(payload)
         hlc = self._clock.now()
         deleted, answer, ops = doc.delete(self._current(thing, name), name or thing, token, int(time.time()),
-                                          hlc=hlc, region=self._region)
+                                          hlc=hlc, region=self._region, horizon=self._horizon())
         self._store.put_shadow(thing, name, deleted, hlc, self._region, ops=ops)
         return answer
 
@@ -106,11 +115,20 @@ class ShadowService:
         check_thing_name(thing)
         return self._store.shadow_names_after(thing, after, limit)
 
+    def _horizon(self) -> HLC:
+        """Writes older than this have reached every region: tombstones older than it may go."""
+        return HLC(max(0, int((time.time() - self._retention_s) * 1000)))
+
     def _current(self, thing: str, name: str) -> doc.Shadow:
         return self._store.get_shadow(thing, name) or doc.Shadow()
 
 
 def _check_names(thing: str, name: str) -> None:
-    check_thing_name(thing)
-    check_shadow_name(name)
+    """AWS answers a request for an invalid thing or shadow name with a 400 on the request's own
+    ``/rejected`` topic; a ShadowError is what ``handle`` publishes there (and HTTP returns)."""
+    try:
+        check_thing_name(thing)
+        check_shadow_name(name)
+    except InvalidRequest as error:
+        raise doc.ShadowError(400, error.message) from None
 
