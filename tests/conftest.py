@@ -10,10 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from geofleet.client import AdminClient
 from geofleet.cluster import LocalFleet, spawn_region
 from tests.helpers import Device, geofleet
+
+# Property tests are judged by their examples, not their speed: a loaded CI machine must not turn
+# a slow example into a failure (hypothesis' default deadline is 200 ms per example).
+settings.register_profile("geofleet", deadline=None)
+settings.load_profile("geofleet")
 
 REGIONS = ["us-east-1", "eu-west-1", "ap-southeast-1"]
 _names = itertools.count()

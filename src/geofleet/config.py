@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import random
 import re
 import secrets
 import socket
@@ -217,14 +218,30 @@ def default_config(free_ports: bool = False, regions: tuple[str, ...] = DEFAULT_
 
 
 def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
+    """Ports free now, chosen *below* the kernel's ephemeral range: a port from that range
+    (what binding to port 0 gives) can be taken as the source port of any outgoing connection
+    on this machine, so a region restarted on it could find it in use."""
+    low = _ephemeral_range()[0]
+    candidates = random.sample(range(min(10_000, low - count), low), k=min(low - 1_024, 4 * count + 64))
+    ports: list[int] = []
+    for port in candidates:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == count:
+            return ports
+    raise ConfigError(f"could not find {count} free ports below {low} on 127.0.0.1")
+
+
+def _ephemeral_range() -> tuple[int, int]:
     try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32_768, 60_999  # Linux's default
 
 
 @dataclass(frozen=True, slots=True)
