@@ -9,12 +9,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import FastAPI, Query
+from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 
 from geofleet.domain.digest import BUCKETS
 from geofleet.domain.errors import GeofleetError
 from geofleet.replication.antientropy import bucket_contents
+from geofleet.replication.peer_identity import PEER_COMMON_NAME
 from geofleet.replication.wire import change_to_json
 from geofleet.store.base import Store
 from geofleet.store.guard import guard_action
@@ -51,6 +52,13 @@ class UnknownPeer(GeofleetError):
     code = "UnknownPeer"
 
 
+class PeerIdentityMismatch(GeofleetError):
+    """The region a request names is not the one its TLS certificate belongs to."""
+
+    status = 403
+    code = "PeerIdentityMismatch"
+
+
 def create_peer_app(region: str, peers: set[str], store: Store, feed: ChangeFeed,
                     acknowledged: dict[str, int], health: Callable[[], Awaitable[dict[str, Any]]]) -> FastAPI:
     app = FastAPI(title=f"geofleet replication {region}", openapi_url=None, docs_url=None, redoc_url=None)
@@ -59,15 +67,21 @@ def create_peer_app(region: str, peers: set[str], store: Store, feed: ChangeFeed
     async def refused(_: Any, error: GeofleetError) -> JSONResponse:
         return JSONResponse({"code": error.status, "message": error.message}, status_code=error.status)
 
-    def check(peer: str) -> None:
+    def check(peer: str, request: Request) -> None:
+        """The named peer must be a region of the fleet *and* the holder of this connection's certificate."""
         if peer not in peers:
             raise UnknownPeer(f"{peer!r} is not a peer region of {region}")
+        certified = getattr(request.state, PEER_COMMON_NAME, None)
+        if certified != peer:
+            raise PeerIdentityMismatch(f"this connection's peer certificate is {certified!r}'s; it may not act "
+                                       f"as {peer!r}")
 
     @app.get("/v1/changes")
-    async def changes(peer: str, after: int = Query(0, ge=0), limit: int = Query(MAX_BATCH, ge=1, le=MAX_BATCH),
+    async def changes(request: Request, peer: str, after: int = Query(0, ge=0),
+                      limit: int = Query(MAX_BATCH, ge=1, le=MAX_BATCH),
                       stream: str = Query("all", pattern="^(all|priority)$"),
                       wait: float = Query(0.0, ge=0.0, le=MAX_WAIT_S)) -> dict[str, Any]:
-        check(peer)
+        check(peer, request)
         kinds = PRIORITY_KINDS if stream == "priority" else None
         if stream == "all":
             acknowledged[peer] = max(acknowledged.get(peer, 0), after)
@@ -79,25 +93,25 @@ def create_peer_app(region: str, peers: set[str], store: Store, feed: ChangeFeed
         return {"region": region, "head": store.head(), "changes": [change_to_json(c) for c in found]}
 
     @app.post("/v1/guard/{action}")
-    async def guard(peer: str, action: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def guard(request: Request, peer: str, action: str, body: dict[str, Any]) -> dict[str, Any]:
         """The provision-once guard of device ids this region owns (see provisioning)."""
-        check(peer)
+        check(peer, request)
         return {"region": region, **guard_action(store, action, body)}
 
     @app.get("/v1/health")
-    async def peer_health(peer: str) -> dict[str, Any]:
+    async def peer_health(request: Request, peer: str) -> dict[str, Any]:
         """This region's own deep health, for its peers' view of the fleet."""
-        check(peer)
+        check(peer, request)
         return await health()
 
     @app.get("/v1/digest")
-    async def digest(peer: str) -> dict[str, Any]:
-        check(peer)
+    async def digest(request: Request, peer: str) -> dict[str, Any]:
+        check(peer, request)
         return {"region": region, "buckets": {str(b): d for b, d in store.bucket_digests().items()}}
 
     @app.get("/v1/bucket/{bucket}")
-    async def bucket(peer: str, bucket: int) -> dict[str, Any]:
-        check(peer)
+    async def bucket(request: Request, peer: str, bucket: int) -> dict[str, Any]:
+        check(peer, request)
         if not 0 <= bucket < BUCKETS:
             raise GeofleetError(f"bucket must be 0-{BUCKETS - 1}")
         return {"region": region, **bucket_contents(store, bucket)}

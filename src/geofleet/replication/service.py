@@ -24,6 +24,7 @@ from geofleet.region.shadows import ShadowService
 from geofleet.replication.antientropy import differing
 from geofleet.replication.apply import Applier
 from geofleet.replication.link import Link, LinkStatus
+from geofleet.replication.peer_identity import PeerIdentityProtocol
 from geofleet.replication.server import ChangeFeed, create_peer_app
 from geofleet.replication.wire import BatchError, check_leaves, parse_hlc, parse_record
 from geofleet.store.base import Store
@@ -59,6 +60,7 @@ class Replication:
             host=me.host, port=me.peer_port, log_level="warning", lifespan="off", access_log=False,
             ssl_certfile=str(paths.peer_cert), ssl_keyfile=str(paths.peer_key), ssl_ca_certs=str(data.peer_ca),
             ssl_cert_reqs=ssl.CERT_REQUIRED, timeout_graceful_shutdown=2, proxy_headers=False,
+            http=PeerIdentityProtocol,  # puts the client certificate's CN in each request's state
         ))
         client_tls = ssl.create_default_context(cafile=str(data.peer_ca))
         client_tls.load_cert_chain(str(paths.peer_cert), str(paths.peer_key))
