@@ -30,6 +30,7 @@ DEFAULT_REGIONS = ("us-east-1", "eu-west-1", "ap-southeast-1")
 DEFAULT_MQTT_PORT = 18883
 DEFAULT_HTTP_PORT = 18443
 DEFAULT_PEER_PORT = 18643
+DEFAULT_CHANGELOG_RETENTION_S = 6 * 3600.0
 _REGION_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 
@@ -91,6 +92,9 @@ class FleetConfig:
     (only its home's standby, and only while the home is down); see ``domain.endpoints``."""
     standby: dict[str, str] = field(default_factory=dict)
     """Region -> its standby in active-standby mode (default: the nearest other region)."""
+    changelog_retention_s: float = DEFAULT_CHANGELOG_RETENTION_S
+    """A region's change log is truncated once every peer pulled it, or after this long if a peer
+    has not: a peer away longer catches up by anti-entropy (a full digest comparison)."""
 
     @property
     def home_default(self) -> str:
@@ -143,8 +147,13 @@ class FleetConfig:
             if primary not in names or second not in names or primary == second:
                 raise ConfigError(f"standby {primary!r} -> {second!r}: both must be regions of this fleet, "
                                   "and different")
+        try:
+            retention = _positive(data.get("changelog_retention_s", DEFAULT_CHANGELOG_RETENTION_S),
+                                  "changelog_retention_s")
+        except (TypeError, ValueError):
+            raise ConfigError("changelog_retention_s must be a number of seconds") from None
         return cls(str(data.get("fleet", "geofleet")), regions, str(data.get("account", "000000000000")),
-                   default, residency, trusted, str(data.get("geoip_database", "")), mode, standby)
+                   default, residency, trusted, str(data.get("geoip_database", "")), mode, standby, retention)
 
 
 def _region_from_json(index: int, raw: dict[str, Any]) -> RegionConfig:

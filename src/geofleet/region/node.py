@@ -77,7 +77,7 @@ class RegionNode:
         self.replication = Replication(data, fleet, name, self.store, self.registry, self.shadows,
                                        lambda: self.health.local())
         self.health = Health(name, self.store, self.broker, probe, list(self.replication.peers),
-                             self.replication.get_peer)
+                             self.replication.get_peer, self.replication.failing_links)
         self.concierge = Concierge(fleet, name, self.registry, self.health)
         geoip = (data.root / fleet.geoip_database) if fleet.geoip_database else None
         locator = Geolocator(geoip)

@@ -60,7 +60,10 @@ class PeerIdentityMismatch(GeofleetError):
 
 
 def create_peer_app(region: str, peers: set[str], store: Store, feed: ChangeFeed,
-                    acknowledged: dict[str, int], health: Callable[[], Awaitable[dict[str, Any]]]) -> FastAPI:
+                    acknowledged: dict[str, int], health: Callable[[], Awaitable[dict[str, Any]]],
+                    on_acknowledged: Callable[[], object] = lambda: None) -> FastAPI:
+    """``acknowledged`` (peer -> how far it has pulled) is kept current here; ``on_acknowledged``
+    runs when a peer's position moves (the log may be truncated then)."""
     app = FastAPI(title=f"geofleet replication {region}", openapi_url=None, docs_url=None, redoc_url=None)
 
     @app.exception_handler(GeofleetError)
@@ -80,17 +83,31 @@ def create_peer_app(region: str, peers: set[str], store: Store, feed: ChangeFeed
     async def changes(request: Request, peer: str, after: int = Query(0, ge=0),
                       limit: int = Query(MAX_BATCH, ge=1, le=MAX_BATCH),
                       stream: str = Query("all", pattern="^(all|priority)$"),
-                      wait: float = Query(0.0, ge=0.0, le=MAX_WAIT_S)) -> dict[str, Any]:
+                      wait: float = Query(0.0, ge=0.0, le=MAX_WAIT_S)) -> Any:
         check(peer, request)
         kinds = PRIORITY_KINDS if stream == "priority" else None
-        if stream == "all":
-            acknowledged[peer] = max(acknowledged.get(peer, 0), after)
+        if stream == "all" and after > acknowledged.get(peer, 0):
+            acknowledged[peer] = after
+            on_acknowledged()
         found = store.changes(after, limit, kinds)
         deadline = time.monotonic() + wait
         while not found and not feed.closed and (remaining := deadline - time.monotonic()) > 0:
             await feed.wait(remaining)  # any write wakes us; the priority stream waits on for its kind
             found = store.changes(after, limit, kinds)
+        # Checked after reading, with no await between: a truncation during the wait cannot slip by.
+        start = store.log_start()
+        if stream == "all" and after < start:  # the priority stream is a fast path: it resumes at the start
+            return JSONResponse({"code": "ChangeLogTruncated", "region": region, "head": store.head(),
+                                 "logStart": start,
+                                 "message": f"changes {after + 1}-{start} of {region} are no longer in its log; "
+                                            "catch up by anti-entropy, then pull after 'head'"}, status_code=410)
         return {"region": region, "head": store.head(), "changes": [change_to_json(c) for c in found]}
+
+    @app.get("/v1/head")
+    async def log_head(request: Request, peer: str) -> dict[str, Any]:
+        """How far this region's log goes: cheap, and answers even when a change cannot be served."""
+        check(peer, request)
+        return {"region": region, "head": store.head(), "logStart": store.log_start()}
 
     @app.post("/v1/guard/{action}")
     async def guard(request: Request, peer: str, action: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -246,8 +246,29 @@ class SqliteStore:
                 for seq, hlc, origin, kind, key, ref, body in rows]
 
     def head(self) -> int:
-        row = self._db.execute("SELECT max(seq) FROM changelog").fetchone()
+        """The last sequence number ever given (AUTOINCREMENT never reuses one, and keeps it after
+        the log is truncated)."""
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'changelog'").fetchone()
+        return int(row[0]) if row else 0
+
+    def log_start(self) -> int:
+        """The last sequence number truncated from the log (0: nothing was): a peer whose cursor
+        is before it has missed changes the log no longer holds."""
+        row = self._db.execute("SELECT min(seq) FROM changelog").fetchone()
+        return int(row[0]) - 1 if row[0] is not None else self.head()
+
+    def log_expired_through(self, before: HLC, scan: int = 5000) -> int:
+        """The last sequence number of the log's oldest entries stamped before ``before`` (0 if
+        none); looks at the first ``scan`` entries only, so one round stays cheap."""
+        row = self._db.execute(
+            "SELECT max(seq) FROM (SELECT seq, hlc FROM changelog ORDER BY seq LIMIT ?) WHERE hlc < ?",
+            (scan, before.encode())).fetchone()
         return int(row[0] or 0)
+
+    def truncate_log(self, through: int) -> int:
+        """Delete the log's entries up to ``through``; returns how many went."""
+        with self.atomic():
+            return self._db.execute("DELETE FROM changelog WHERE seq <= ?", (through,)).rowcount
 
     def last_hlc(self) -> HLC:
         row = self._db.execute(
