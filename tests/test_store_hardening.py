@@ -25,9 +25,12 @@ from geofleet.pki.ca import load_key
 from geofleet.pki.fleet import initialize
 from geofleet.store.sealing import Sealer, SealError
 from geofleet.store.sqlite import SqliteStore
-from tests.helpers import geofleet
+from tests.helpers import geofleet, wait_for
+from tests.test_bad_peer import FAKE, REAL, THING, FakePeer, link_error, untouched
+from tests.test_bad_peer import real_region as _real_region
 
 A, B, C = "us-east-1", "eu-west-1", "ap-southeast-1"
+real_region = _real_region  # the fixture: one real region whose only peer is a fake
 
 
 @pytest.fixture
@@ -186,3 +189,14 @@ def test_init_refuses_an_unencrypted_root_unless_asked_and_encrypts_with_600k_ro
         checked = subprocess.run(["openssl", "pkey", "-in", str(pem_file), "-passin", "pass:correct horse battery",
                                   "-noout"], capture_output=True, text=True)
         assert checked.returncode == 0, checked.stderr
+
+
+def test_a_server_with_another_regions_peer_certificate_is_not_believed(real_region: DataDir) -> None:
+    """The other direction: the server at eu-west-1's peer port shows us-east-1's peer certificate
+    (valid, of the peer CA, and for the same host names): its batch is refused."""
+    mine = real_region.region(REAL)
+    with FakePeer(real_region, mine.peer_cert, mine.peer_key) as peer:
+        peer.answer = {"region": FAKE, "head": 1, "changes": [THING]}
+        wait_for(lambda: f"presented {REAL!r}'s peer certificate, not {FAKE!r}'s" in link_error(real_region), 15,
+                 "the link to refuse the impostor")
+    assert untouched(real_region)

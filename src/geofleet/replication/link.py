@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 
 from geofleet.replication.apply import Applier
+from geofleet.replication.peer_identity import check_served_by
 from geofleet.replication.wire import BatchError, parse_batch
 from geofleet.store.base import Store
 
@@ -123,6 +124,7 @@ class Link:
         cursor = self._store.cursor(self.peer, self.stream)
         response = await self._http.get(f"{self.url}/v1/changes", params={
             "peer": self.region, "after": cursor, "stream": self.stream, "wait": wait}, timeout=wait + 10.0)
+        check_served_by(response, self.peer)
         if response.status_code == 410 and self.stream == "all":
             await self._catch_up(cursor, response)
             return False
@@ -173,11 +175,12 @@ class Link:
         for _ in range(2):  # a peer that failed a request closes its connection: the first try may find it stale
             try:
                 response = await self._http.get(f"{self.url}/v1/head", params={"peer": self.region}, timeout=5.0)
+                check_served_by(response, self.peer)
                 data = response.json() if response.status_code == 200 else None
                 break
             except httpx.RemoteProtocolError:
                 continue
-            except (httpx.HTTPError, ValueError):
+            except (httpx.HTTPError, BatchError, ValueError):
                 return
         if isinstance(data, dict) and data.get("region") == self.peer and isinstance(data.get("head"), int):
             self._status.peer_head = max(self._status.peer_head, data["head"])

@@ -15,7 +15,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import httpx
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from geofleet.replication.wire import BatchError
 
 PEER_COMMON_NAME = "geofleet_peer_common_name"
 
@@ -24,6 +27,18 @@ class PeerIdentityProtocol(H11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.app_state = {**self.app_state, PEER_COMMON_NAME: common_name(transport.get_extra_info("peercert"))}
+
+
+def check_served_by(response: httpx.Response, peer: str) -> None:
+    """The other direction: an answer counts as ``peer``'s only if the server's peer certificate is
+    ``peer``'s (every region's certificate names the same loopback and shared host names, so the
+    TLS host name check alone does not tell regions apart)."""
+    stream = response.extensions.get("network_stream")
+    ssl_object = stream.get_extra_info("ssl_object") if stream is not None else None
+    served = common_name(ssl_object.getpeercert()) if ssl_object is not None else None
+    if served != peer:
+        raise BatchError(f"the server at {response.url.host}:{response.url.port} presented {served!r}'s peer "
+                         f"certificate, not {peer!r}'s")
 
 
 def common_name(peercert: Any) -> str | None:

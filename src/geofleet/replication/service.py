@@ -26,7 +26,7 @@ from geofleet.region.shadows import ShadowService
 from geofleet.replication.antientropy import differing
 from geofleet.replication.apply import Applier
 from geofleet.replication.link import Link, LinkStatus
-from geofleet.replication.peer_identity import PeerIdentityProtocol
+from geofleet.replication.peer_identity import PeerIdentityProtocol, check_served_by
 from geofleet.replication.server import ChangeFeed, create_peer_app
 from geofleet.replication.wire import BatchError, check_leaves, parse_hlc, parse_record
 from geofleet.store.base import Store
@@ -255,6 +255,7 @@ class Replication:
 
 
 def _json(response: httpx.Response, peer: str) -> dict[str, Any]:
+    check_served_by(response, peer)
     if response.status_code != 200:
         raise BatchError(f"{peer} answered HTTP {response.status_code}: {response.text[:200]}")
     data = response.json()
