@@ -19,6 +19,7 @@ import pytest
 from geofleet.client import AdminClient
 from geofleet.cluster import spawn_region, wait_ready
 from geofleet.config import DataDir, default_config
+from geofleet.domain.changelog import truncation_point
 from geofleet.domain.hlc import HLC
 from geofleet.domain.records import Kind, Record
 from geofleet.pki.ca import load_key
@@ -200,3 +201,29 @@ def test_a_server_with_another_regions_peer_certificate_is_not_believed(real_reg
         wait_for(lambda: f"presented {REAL!r}'s peer certificate, not {FAKE!r}'s" in link_error(real_region), 15,
                  "the link to refuse the impostor")
     assert untouched(real_region)
+
+
+# -- item 9c at the store level -----------------------------------------------------------------
+
+def test_a_truncated_log_keeps_its_head_and_says_where_it_starts(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    for i in range(1, 6):
+        store.put(Record(Kind.THING, f"t{i}", {"thingName": f"t{i}"}, HLC(1000 * i), "r1"))
+    assert (store.head(), store.log_start()) == (5, 0)
+    assert store.log_expired_through(HLC(3500)) == 3
+    assert store.truncate_log(3) == 3
+    assert (store.head(), store.log_start(), [c.seq for c in store.changes(0)]) == (5, 3, [4, 5])
+    store.truncate_log(5)
+    assert (store.head(), store.log_start(), store.changes(0)) == (5, 5, [])
+    store.put(Record(Kind.THING, "t6", {"thingName": "t6"}, HLC(6000), "r1"))
+    store.close()
+    reopened = SqliteStore(tmp_path / "s.db")
+    assert (reopened.head(), reopened.log_start(), [c.seq for c in reopened.changes(0)]) == (6, 5, [6])
+
+
+def test_the_truncation_point_waits_for_every_peer_unless_the_retention_expired() -> None:
+    assert truncation_point(10, {"b": 7, "c": 4}, ["b", "c"], 0) == 4
+    assert truncation_point(10, {"b": 7}, ["b", "c"], 0) == 0, "a peer not heard from has acknowledged nothing"
+    assert truncation_point(10, {"b": 7}, ["b", "c"], 6) == 6
+    assert truncation_point(10, {"b": 12, "c": 11}, ["b", "c"], 0) == 10, "never past the head"
+    assert truncation_point(10, {}, [], 0) == 10, "a region without peers keeps nothing"
