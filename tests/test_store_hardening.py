@@ -26,7 +26,7 @@ from geofleet.pki.ca import load_key
 from geofleet.pki.fleet import initialize
 from geofleet.store.sealing import Sealer, SealError
 from geofleet.store.sqlite import SqliteStore
-from tests.helpers import geofleet, wait_for
+from tests.helpers import Device, geofleet, wait_for
 from tests.test_bad_peer import FAKE, REAL, THING, FakePeer, link_error, untouched
 from tests.test_bad_peer import real_region as _real_region
 
@@ -54,14 +54,27 @@ def test_a_second_instance_of_a_running_region_refuses_and_changes_nothing(
         one_region: tuple[DataDir, subprocess.Popen[bytes]]) -> None:
     data, first = one_region
     paths = data.region(A)
-    probe_before = (paths.root / "probe.pem").read_bytes()
-    second = subprocess.run([sys.executable, "-m", "geofleet", "region", "run", A, "--data-dir", str(data.root)],
-                            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
-    assert second.returncode != 0
-    assert second.stderr.strip() == f"geofleet: region {A} is already running (pid {first.pid})", second.stderr
-    assert (paths.root / "probe.pem").read_bytes() == probe_before, "the second instance replaced the probe cert"
-    with AdminClient(data, A) as api:
-        assert api.call("GET", "/health")["checks"]["broker"]["ok"]
+    out = data.root / "devices"
+    geofleet("device", "create", "sensor-1", "--data-dir", str(data.root), "--region", A, "--out", str(out))
+    device = Device("sensor-1", data.config().region(A).mqtt_port, out / "root-ca.pem", out / "sensor-1.cert.pem",
+                    out / "sensor-1.key.pem").connect()
+
+    def connected() -> bool:
+        with AdminClient(data, A) as api:
+            return bool(api.call("GET", "/v1/presence/sensor-1")["connected"])
+    try:
+        wait_for(connected, 10, "sensor-1 present in A")
+        probe_before = (paths.root / "probe.pem").read_bytes()
+        second = subprocess.run([sys.executable, "-m", "geofleet", "region", "run", A, "--data-dir", str(data.root)],
+                                capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        assert second.returncode != 0
+        assert second.stderr.strip() == f"geofleet: region {A} is already running (pid {first.pid})", second.stderr
+        assert (paths.root / "probe.pem").read_bytes() == probe_before, "the second instance replaced the probe"
+        assert connected(), "the second instance ended the running region's sessions"
+        with AdminClient(data, A) as api:
+            assert api.call("GET", "/health")["checks"]["broker"]["ok"]
+    finally:
+        device.close()
 
 
 def test_the_lock_dies_with_the_process(tmp_path: Path) -> None:
