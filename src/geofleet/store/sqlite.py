@@ -82,7 +82,8 @@ def _load(text: str | None) -> Any:
 class SqliteStore:
     def __init__(self, path: Path | str, sealer: Sealer | None = None) -> None:
         """``sealer`` encrypts the secrets records hold (see ``sealing.py``); None keeps them plain."""
-        _private_files(Path(path))
+        if str(path) != ":memory:":
+            _private_files(Path(path))
         self._sealer = sealer
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
