@@ -62,6 +62,15 @@ def has_thing(fleet: Fleet, region: str, name: str) -> bool:
     return True
 
 
+def has_shadow(fleet: Fleet, region: str, thing: str) -> bool:
+    with fleet.admin(region) as api:
+        try:
+            api.call("GET", f"/things/{thing}/shadow")
+        except NotFound:
+            return False
+    return True
+
+
 def create_things(fleet: Fleet, region: str, names: list[str]) -> None:
     with fleet.admin(region) as api:
         for name in names:
@@ -143,11 +152,14 @@ def test_the_change_log_stays_bounded_once_peers_acknowledge(pair: Fleet) -> Non
 def test_a_peer_away_past_the_truncation_catches_up_by_anti_entropy_deletes_included(short_memory: Fleet) -> None:
     fleet = short_memory
     create_things(fleet, A, ["keep", "doomed", "doomed-too"])
-    wait_for(lambda: has_thing(fleet, B, "doomed-too"), 10, "B to hold every thing")
+    with fleet.admin(A) as api:
+        api.call("POST", "/things/keep/shadow", json={"state": {"reported": {"on": True}}})
+    wait_for(lambda: has_thing(fleet, B, "doomed-too") and has_shadow(fleet, B, "keep"), 10, "B to hold it all")
     fleet.send_signal(B, signal.SIGKILL)
     with fleet.admin(A) as api:
         api.call("DELETE", "/things/doomed")
         api.call("DELETE", "/things/doomed-too")
+        api.call("DELETE", "/things/keep/shadow")
         api.call("POST", "/things/born-while-away", json={})
     acked = status(fleet, A)["acknowledged"][B]
     wait_for(lambda: status(fleet, A)["log"]["start"] >= status(fleet, A)["head"] > acked, 20,
@@ -155,8 +167,8 @@ def test_a_peer_away_past_the_truncation_catches_up_by_anti_entropy_deletes_incl
 
     fleet.restart(B)
     wait_for(lambda: has_thing(fleet, B, "born-while-away"), 20, "B to catch up")
-    wait_for(lambda: not has_thing(fleet, B, "doomed") and not has_thing(fleet, B, "doomed-too"), 20,
-             "the deletes to reach B")
+    wait_for(lambda: not has_thing(fleet, B, "doomed") and not has_thing(fleet, B, "doomed-too")
+             and not has_shadow(fleet, B, "keep"), 20, "the deletes (things and a shadow) to reach B")
     link = wait_for(lambda: (s := status(fleet, B)["links"][A])["lastError"] is None and s, 20, "a clean link")
     assert link["resyncs"] >= 1 and link["cursor"] >= acked
     with fleet.admin(A) as a, fleet.admin(B) as b:
