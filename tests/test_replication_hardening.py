@@ -143,6 +143,8 @@ def test_the_change_log_stays_bounded_once_peers_acknowledge(pair: Fleet) -> Non
     assert report["log"]["start"] == report["head"] >= written, report
     assert report["acknowledged"][B] == report["head"]
     assert log_rows(pair, A) == 0
+    with pair.admin(A) as api:
+        assert f'geofleet_changelog_entries{{region="{A}"}} 0.0' in api._http.get("/metrics").text
     assert largest < written / 2, f"the log held {largest} of {written} entries at some point"
     create_things(pair, A, ["one-more"])  # a write after truncation gets the next sequence number
     wait_for(lambda: has_thing(pair, B, "one-more"), 10, "B to pull past a truncated log")

@@ -83,6 +83,8 @@ class Replication:
                               ["source", "target"], registry=self._metrics)
         self._parked = Gauge("geofleet_replication_parked", "Changes waiting for a dependency", ["region"],
                              registry=self._metrics)
+        self._log_entries = Gauge("geofleet_changelog_entries", "Entries in the region's change log (not yet "
+                                  "pulled by every peer)", ["region"], registry=self._metrics)
 
     async def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._server.serve()))
@@ -144,6 +146,7 @@ class Replication:
             self._lag.labels(name, self.region).set((status.lag_ms or 0.0) / 1000)
             self._backlog.labels(name, self.region).set(status.backlog)
         self._parked.labels(self.region).set(self._store.parked())
+        self._log_entries.labels(self.region).set(self._store.head() - self._store.log_start())
         return bytes(generate_latest(self._metrics))
 
     async def call_peer(self, peer: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
