@@ -79,10 +79,6 @@ class Failure:
     since_ms: int
 
 
-class LogTruncated(BatchError):
-    """The peer's change log no longer holds the changes after our cursor."""
-
-
 Resync = Callable[[], Awaitable[object]]
 
 
@@ -112,9 +108,10 @@ class Link:
                     expected = isinstance(error, httpx.HTTPError | BatchError | ValueError)
                     log.log(logging.WARNING if expected else logging.ERROR, "replication %s -> %s (%s): %s",
                             self.peer, self.region, self.stream, message, exc_info=not expected)
-                if self.stream == "all":
+                answered = not isinstance(error, httpx.TransportError)
+                if answered and self.stream == "all":
                     await self._refresh_head()  # first, so that the error and the backlog show together
-                self._status.failed(self.stream, message, not isinstance(error, httpx.TransportError))
+                self._status.failed(self.stream, message, answered)
                 caught_up = False
                 await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
@@ -169,8 +166,9 @@ class Link:
         self._status.peer_head = max(self._status.peer_head, head)
 
     async def _refresh_head(self) -> None:
-        """After a failed pull, learn the peer's head anyway, so the backlog shows what this
-        region is missing while the link cannot pull (unknown while the peer is unreachable)."""
+        """After a pull the peer answered but could not serve, learn the peer's head anyway, so the
+        backlog shows what this region is missing while the link is stuck (an unreachable peer is
+        not asked: its head is unknown, and a black-holed one would hold the retry up)."""
         data = None
         for _ in range(2):  # a peer that failed a request closes its connection: the first try may find it stale
             try:
