@@ -10,7 +10,7 @@ from tests.helpers import geofleet
 
 
 def test_init_default_config_has_three_aws_regions_on_loopback(tmp_path: Path) -> None:
-    result = geofleet("init", "--data-dir", str(tmp_path / "d"))
+    result = geofleet("init", "--data-dir", str(tmp_path / "d"), "--insecure-unencrypted-root")
     assert "us-east-1" in result.stdout
     config = json.loads((tmp_path / "d" / "fleet.json").read_text())
     regions = {r["name"]: r for r in config["regions"]}
@@ -57,6 +57,6 @@ def test_device_create_thing_shadow_and_revoke(fleet: Fleet, tmp_path: Path) -> 
 
 
 def test_region_down_is_a_clear_error(tmp_path: Path) -> None:
-    geofleet("init", "--data-dir", str(tmp_path / "d"))
+    geofleet("init", "--data-dir", str(tmp_path / "d"), "--insecure-unencrypted-root")
     result = geofleet("thing", "list", "--data-dir", str(tmp_path / "d"), "--region", "us-east-1", check=False)
     assert result.returncode == 1 and "did not answer" in result.stderr and "is it running" in result.stderr

@@ -78,8 +78,14 @@ def init(
     passphrase_env: Annotated[str, typer.Option(help="Env var holding a passphrase for the root key.")]
     = "GEOFLEET_ROOT_PASSPHRASE",
     free_ports: Annotated[bool, typer.Option("--free-ports", help="Default regions on ports free now.")] = False,
+    insecure_unencrypted_root: Annotated[bool, typer.Option(
+        "--insecure-unencrypted-root", help="Leave the root CA keys unencrypted (throw-away dev fleets only).")]
+    = False,
 ) -> None:
-    """Create a fleet: its config, root CA, one intermediate CA and server certificate per region."""
+    """Create a fleet: its config, root CA, one intermediate CA and server certificate per region.
+
+    The root and peer CA keys are encrypted with the passphrase in $GEOFLEET_ROOT_PASSPHRASE
+    (PBKDF2-SHA256, 600,000 rounds); without one, init refuses unless --insecure-unencrypted-root."""
     from geofleet.pki.fleet import initialize
 
     if config is None:
@@ -90,11 +96,15 @@ def init(
         except (OSError, ValueError) as exc:
             _fail(f"cannot read {config}: {exc}", 2)
     passphrase = os.environ.get(passphrase_env)
+    if not passphrase and not insecure_unencrypted_root:
+        _fail(f"the root CA key needs a passphrase: set {passphrase_env} (then keep the root offline, see "
+              "README), or pass --insecure-unencrypted-root for a throw-away dev fleet", 2)
     initialize(DataDir(data_dir), fleet, passphrase.encode() if passphrase else None)
     names = ", ".join(f"{r.name} (mqtts :{r.mqtt_port}, https :{r.http_port})" for r in fleet.regions)
     typer.echo(f"fleet {fleet.fleet!r} created in {data_dir}: {names}")
     if not passphrase:
-        typer.echo(f"note: the root CA key is not encrypted; set {passphrase_env} to encrypt it", err=True)
+        typer.echo(f"WARNING: the root CA keys in {DataDir(data_dir).root_key.parent} are not encrypted: anyone "
+                   "who reads them can issue certificates for any region; dev use only", err=True)
 
 
 @region_app.command("run")
@@ -464,6 +474,7 @@ def drill(
 
 
 def main() -> None:
+    os.umask(0o077)  # whatever a command creates (data dirs, stores, logs) is the operator's alone
     try:
         app()
     except ConfigError as error:

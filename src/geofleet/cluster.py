@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from geofleet.config import DEFAULT_REGIONS, DataDir, default_config, write_public
+from geofleet.config import DEFAULT_REGIONS, DataDir, default_config, private_dir, write_public
 from geofleet.domain.errors import ConfigError
 
 READY_TIMEOUT_S = 60.0
@@ -28,8 +28,11 @@ STOP_TIMEOUT_S = 15.0
 def spawn_region(data: DataDir, name: str, log_file: Path | None = None) -> subprocess.Popen[bytes]:
     """Start a region node as a child that gets SIGTERM when its parent dies, however it dies
     (Linux), so that a killed ``geofleet up`` or test run never leaves regions holding ports."""
-    log_file = log_file or data.region(name).root / "node.log"
-    with open(log_file, "ab") as log:
+    log_file = log_file or data.region(name).log
+    private_dir(log_file.parent)
+    # 0600: a region's log names devices, certificates and errors that are the operator's business only.
+    with os.fdopen(os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab") as log:
+        os.fchmod(log.fileno(), 0o600)
         return subprocess.Popen(
             [sys.executable, "-m", "geofleet", "region", "run", name, "--data-dir", str(data.root)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
@@ -136,7 +139,7 @@ class LocalFleet:
 
         data = DataDir(root)
         initialize(data, default_config(free_ports=True, regions=regions, **(settings or {})))
-        log = open(root / "up.log", "ab")  # noqa: SIM115 - the child process owns it
+        log = os.fdopen(os.open(root / "up.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")
         process = subprocess.Popen([sys.executable, "-m", "geofleet", "up", "--data-dir", str(root)],
                                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()

@@ -31,6 +31,7 @@ DEFAULT_REGIONS = ("us-east-1", "eu-west-1", "ap-southeast-1")
 DEFAULT_MQTT_PORT = 18883
 DEFAULT_HTTP_PORT = 18443
 DEFAULT_PEER_PORT = 18643
+DEFAULT_CHANGELOG_RETENTION_S = 6 * 3600.0
 _REGION_NAME = re.compile(r"\A[a-z0-9][a-z0-9-]{0,62}\Z")  # \Z: "$" would let "name\n" through
 
 
@@ -99,6 +100,9 @@ class FleetConfig:
     """Fleet-provisioning requests one claim certificate may make per minute in one region."""
     claim_max_pending: int = 100
     """Certificates one claim certificate may have awaiting RegisterThing in one region."""
+    changelog_retention_s: float = DEFAULT_CHANGELOG_RETENTION_S
+    """A region's change log is truncated once every peer pulled it, or after this long if a peer
+    has not: a peer away longer catches up by anti-entropy (a full digest comparison)."""
 
     @property
     def home_default(self) -> str:
@@ -151,8 +155,14 @@ class FleetConfig:
             if primary not in names or second not in names or primary == second:
                 raise ConfigError(f"standby {primary!r} -> {second!r}: both must be regions of this fleet, "
                                   "and different")
+        try:
+            retention = _positive(data.get("changelog_retention_s", DEFAULT_CHANGELOG_RETENTION_S),
+                                  "changelog_retention_s")
+        except (TypeError, ValueError):
+            raise ConfigError("changelog_retention_s must be a number of seconds") from None
         return cls(str(data.get("fleet", "geofleet")), regions, str(data.get("account", "000000000000")),
                    default, residency, trusted, str(data.get("geoip_database", "")), mode, standby,
+                   changelog_retention_s=retention,
                    claim_token_ttl_s=_positive_int(data.get("claim_token_ttl_s", 3600), "claim_token_ttl_s"),
                    claim_requests_per_minute=_positive_int(data.get("claim_requests_per_minute", 20),
                                                            "claim_requests_per_minute"),
@@ -276,6 +286,15 @@ class RegionPaths:
     def store(self) -> Path:
         return self.root / "store.db"
 
+    @property
+    def lock(self) -> Path:
+        """Held (flock) by the region's running process, for its whole life."""
+        return self.root / "region.lock"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "node.log"
+
 
 @dataclass(frozen=True, slots=True)
 class DataDir:
@@ -315,6 +334,11 @@ class DataDir:
         return self.root / "admin-token"
 
     @property
+    def secrets_file(self) -> Path:
+        """The fleet secret that the store's at-rest encryption keys derive from (never in a store)."""
+        return self.root / "fleet-secret"
+
+    @property
     def cluster_file(self) -> Path:
         return self.root / "cluster.json"
 
@@ -330,6 +354,25 @@ class DataDir:
             self._cache["config"] = FleetConfig.from_json(json.loads(self.config_file.read_text()))
         return self._cache["config"]
 
+    def fleet_secret(self) -> bytes:
+        """The fleet secret, made on first use for a data directory from before it existed; when
+        regions start together, the first to link its file wins and the others read that one."""
+        try:
+            return bytes.fromhex(self.secrets_file.read_text().strip())
+        except FileNotFoundError:
+            pass
+        except ValueError:
+            raise ConfigError(f"{self.secrets_file} is not a hex secret; restore it from a backup") from None
+        candidate = self.secrets_file.with_name(f"{self.secrets_file.name}.{secrets.token_hex(4)}.tmp")
+        write_private(candidate, secrets.token_hex(32).encode() + b"\n")
+        try:
+            os.link(candidate, self.secrets_file)  # atomic, and refuses to replace another's
+        except FileExistsError:
+            pass
+        finally:
+            candidate.unlink()
+        return self.fleet_secret()
+
     def token(self) -> str:
         try:
             return self.admin_token.read_text().strip()
@@ -337,11 +380,23 @@ class DataDir:
             raise ConfigError(f"no admin token at {self.admin_token}: is this a geofleet data dir?") from None
 
 
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (and missing parents) as 0700 and tighten it if it exists: a data directory
+    holds keys, tokens and the store, and no other local user has any business listing it."""
+    path.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+    os.chmod(path, PRIVATE_DIR)
+    return path
+
+
 def write_private(path: Path, data: bytes) -> None:
-    """Write a secret atomically with mode 0600 (never world-readable, even for an instant)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write a file atomically with mode 0600 (never readable by others, even for an instant)."""
+    private_dir(path.parent)
     tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")  # concurrent writers never share it
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
         handle.flush()
@@ -350,7 +405,6 @@ def write_private(path: Path, data: bytes) -> None:
 
 
 def write_public(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    """Certificates and configuration: not secret, but the data directory is the operator's alone,
+    so they get 0600 too (clients that need the CA get a copy, e.g. ``device create --out``)."""
+    write_private(path, data)

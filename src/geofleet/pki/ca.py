@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from geofleet.domain.errors import InvalidRequest
+from geofleet.pki.keyfile import encrypt_pkcs8
 
 ROOT_DAYS = 3650
 INTERMEDIATE_DAYS = 1825
@@ -193,10 +194,11 @@ def load_cert(pem: str | bytes) -> x509.Certificate:
 
 
 def key_pem(key: PrivateKey, passphrase: bytes | None = None) -> bytes:
-    encryption: serialization.KeySerializationEncryption = (
-        serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
-    )
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+    """PKCS#8 PEM; with a passphrase, PBES2 at ``keyfile.KDF_ROUNDS`` (not cryptography's 2,048)."""
+    if passphrase:
+        return encrypt_pkcs8(key, passphrase)
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
 
 
 def load_key(pem: bytes, passphrase: bytes | None = None) -> PrivateKey:

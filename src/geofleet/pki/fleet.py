@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import secrets
 
-from geofleet.config import DataDir, FleetConfig, write_private, write_public
+from geofleet.config import DataDir, FleetConfig, private_dir, write_private, write_public
 from geofleet.domain.errors import ConfigError
 from geofleet.pki.ca import (
     Authority,
@@ -25,6 +25,7 @@ def initialize(data: DataDir, config: FleetConfig, passphrase: bytes | None = No
     the trust bundle and an admin token. Refuses to overwrite an existing fleet."""
     if data.config_file.exists():
         raise ConfigError(f"{data.root} already holds a fleet; choose an empty --data-dir")
+    private_dir(data.root)
     root = create_root(config.fleet)
     write_private(data.root_key, key_pem(root.key, passphrase))
     write_public(data.root_ca, cert_pem(root.cert))
@@ -43,6 +44,7 @@ def initialize(data: DataDir, config: FleetConfig, passphrase: bytes | None = No
     write_public(data.trust_bundle, b"".join(bundle))
     _peer_identities(data, config, passphrase)
     write_private(data.admin_token, secrets.token_urlsafe(32).encode() + b"\n")
+    data.fleet_secret()  # made now, beside the admin token: the store's at-rest keys derive from it
     write_public(data.config_file, json.dumps(config.to_json(), indent=2).encode() + b"\n")
 
 

@@ -121,12 +121,16 @@ class PeerView:
 
 
 PeerGet = Callable[[str, str, float], Awaitable[dict[str, Any]]]
+FailingLinks = Callable[[], dict[str, str]]
 
 
 class Health:
     def __init__(self, region: str, store: Store, broker: Broker, probe: BrokerProbe, peers: list[str],
-                 peer_get: PeerGet) -> None:
+                 peer_get: PeerGet, failing_links: FailingLinks) -> None:
+        """``failing_links``: replication links from peers that answer but cannot be pulled
+        (peer -> error); the region still serves its devices, but it is missing their writes."""
         self._region = region
+        self._failing_links = failing_links
         self._store = store
         self._broker = broker
         self._probe = probe
@@ -160,7 +164,9 @@ class Health:
         local = dict(await self.local())
         now = time.monotonic()
         local["peers"] = {name: view.to_json(now) for name, view in self.peers.items()}
-        if local["healthy"] and not all(self.is_healthy(name) for name in self.peers):
+        failing = self._failing_links()
+        local["replication"] = {name: {"failing": failing.get(name)} for name in self.peers}
+        if local["healthy"] and (failing or not all(self.is_healthy(name) for name in self.peers)):
             local["status"] = "degraded"
         return local
 

@@ -13,7 +13,7 @@ from typing import Any
 import uvicorn
 
 from geofleet.broker.amqtt_broker import EmbeddedBroker
-from geofleet.config import DataDir, RegionConfig
+from geofleet.config import DataDir, FleetConfig, RegionConfig, RegionPaths, private_dir
 from geofleet.domain.errors import NotFound
 from geofleet.domain.hlc import Clock
 from geofleet.domain.policy import CLAIM_POLICY_NAME, DEFAULT_POLICY_NAME, claim_policy, default_device_policy
@@ -27,10 +27,12 @@ from geofleet.region.concierge import Concierge
 from geofleet.region.directory_api import directory_routes
 from geofleet.region.gate import RegionGate
 from geofleet.region.health import BrokerProbe, Health
+from geofleet.region.instance_lock import InstanceLock
 from geofleet.region.presence import PresenceDirectory
 from geofleet.region.registry import Registry
 from geofleet.region.shadows import ShadowService
 from geofleet.replication.service import Replication
+from geofleet.store.sealing import Sealer
 from geofleet.store.sqlite import SqliteStore
 from geofleet.web import EmbeddedServer
 
@@ -43,7 +45,18 @@ class RegionNode:
         self.config: RegionConfig = fleet.region(name)
         self.data = data
         paths = data.region(name)
-        self.store = SqliteStore(paths.store)
+        # First of all: a second process for this region must change nothing of the running one.
+        self._lock = InstanceLock.acquire(paths.lock, name)
+        try:
+            self._build(data, fleet, name, paths)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _build(self, data: DataDir, fleet: FleetConfig, name: str, paths: RegionPaths) -> None:
+        private_dir(data.root)
+        private_dir(paths.root)
+        self.store = SqliteStore(paths.store, Sealer(data.fleet_secret()))
         self.clock = Clock(start=self.store.last_hlc())
         authority = region_authority(data, name)
         self.registry = Registry(self.store, self.clock, name, fleet.account, authority)
@@ -65,7 +78,7 @@ class RegionNode:
         self.replication = Replication(data, fleet, name, self.store, self.registry, self.shadows,
                                        lambda: self.health.local())
         self.health = Health(name, self.store, self.broker, probe, list(self.replication.peers),
-                             self.replication.get_peer)
+                             self.replication.get_peer, self.replication.failing_links)
         self.concierge = Concierge(fleet, name, self.registry, self.health)
         geoip = (data.root / fleet.geoip_database) if fleet.geoip_database else None
         locator = Geolocator(geoip)
@@ -133,6 +146,7 @@ class RegionNode:
             await self.broker.stop()
             self.store.close()
             log.info("region %s stopped", self.config.name)
+            self._lock.release()
 
     def stop(self) -> None:
         self._stop.set()

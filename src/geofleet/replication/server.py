@@ -9,13 +9,15 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import FastAPI, Query
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import JSONResponse
 
 from geofleet.body_limit import BodyLimit
 from geofleet.domain.digest import BUCKETS
 from geofleet.domain.errors import GeofleetError
 from geofleet.http_errors import install_error_shape
 from geofleet.replication.antientropy import bucket_contents
+from geofleet.replication.peer_identity import PEER_COMMON_NAME
 from geofleet.replication.wire import change_to_json
 from geofleet.store.base import Store
 from geofleet.store.guard import guard_action
@@ -54,51 +56,81 @@ class UnknownPeer(GeofleetError):
     code = "UnknownPeer"
 
 
+class PeerIdentityMismatch(GeofleetError):
+    """The region a request names is not the one its TLS certificate belongs to."""
+
+    status = 403
+    code = "PeerIdentityMismatch"
+
+
 def create_peer_app(region: str, peers: set[str], store: Store, feed: ChangeFeed,
-                    acknowledged: dict[str, int], health: Callable[[], Awaitable[dict[str, Any]]]) -> FastAPI:
+                    acknowledged: dict[str, int], health: Callable[[], Awaitable[dict[str, Any]]],
+                    on_acknowledged: Callable[[], object] = lambda: None) -> FastAPI:
+    """``acknowledged`` (peer -> how far it has pulled) is kept current here; ``on_acknowledged``
+    runs when a peer's position moves (the log may be truncated then)."""
     app = FastAPI(title=f"geofleet replication {region}", openapi_url=None, docs_url=None, redoc_url=None)
     install_error_shape(app)
     app.add_middleware(BodyLimit, limit=MAX_PEER_BODY_BYTES)
 
-    def check(peer: str) -> None:
+    def check(peer: str, request: Request) -> None:
+        """The named peer must be a region of the fleet *and* the holder of this connection's certificate."""
         if peer not in peers:
             raise UnknownPeer(f"{peer!r} is not a peer region of {region}")
+        certified = getattr(request.state, PEER_COMMON_NAME, None)
+        if certified != peer:
+            raise PeerIdentityMismatch(f"this connection's peer certificate is {certified!r}'s; it may not act "
+                                       f"as {peer!r}")
 
     @app.get("/v1/changes")
-    async def changes(peer: str, after: int = Query(0, ge=0), limit: int = Query(MAX_BATCH, ge=1, le=MAX_BATCH),
+    async def changes(request: Request, peer: str, after: int = Query(0, ge=0),
+                      limit: int = Query(MAX_BATCH, ge=1, le=MAX_BATCH),
                       stream: str = Query("all", pattern="^(all|priority)$"),
-                      wait: float = Query(0.0, ge=0.0, le=MAX_WAIT_S)) -> dict[str, Any]:
-        check(peer)
+                      wait: float = Query(0.0, ge=0.0, le=MAX_WAIT_S)) -> Any:
+        check(peer, request)
         kinds = PRIORITY_KINDS if stream == "priority" else None
-        if stream == "all":
-            acknowledged[peer] = max(acknowledged.get(peer, 0), after)
+        if stream == "all" and after > acknowledged.get(peer, 0):
+            acknowledged[peer] = after
+            on_acknowledged()
         found = store.changes(after, limit, kinds)
         deadline = time.monotonic() + wait
         while not found and not feed.closed and (remaining := deadline - time.monotonic()) > 0:
             await feed.wait(remaining)  # any write wakes us; the priority stream waits on for its kind
             found = store.changes(after, limit, kinds)
+        # Checked after reading, with no await between: a truncation during the wait cannot slip by.
+        start = store.log_start()
+        if stream == "all" and after < start:  # the priority stream is a fast path: it resumes at the start
+            return JSONResponse({"code": "ChangeLogTruncated", "region": region, "head": store.head(),
+                                 "logStart": start,
+                                 "message": f"changes {after + 1}-{start} of {region} are no longer in its log; "
+                                            "catch up by anti-entropy, then pull after 'head'"}, status_code=410)
         return {"region": region, "head": store.head(), "changes": [change_to_json(c) for c in found]}
 
+    @app.get("/v1/head")
+    async def log_head(request: Request, peer: str) -> dict[str, Any]:
+        """How far this region's log goes: cheap, and answers even when a change cannot be served."""
+        check(peer, request)
+        return {"region": region, "head": store.head(), "logStart": store.log_start()}
+
     @app.post("/v1/guard/{action}")
-    async def guard(peer: str, action: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def guard(request: Request, peer: str, action: str, body: dict[str, Any]) -> dict[str, Any]:
         """The provision-once guard of device ids this region owns (see provisioning)."""
-        check(peer)
+        check(peer, request)
         return {"region": region, **guard_action(store, action, body)}
 
     @app.get("/v1/health")
-    async def peer_health(peer: str) -> dict[str, Any]:
+    async def peer_health(request: Request, peer: str) -> dict[str, Any]:
         """This region's own deep health, for its peers' view of the fleet."""
-        check(peer)
+        check(peer, request)
         return await health()
 
     @app.get("/v1/digest")
-    async def digest(peer: str) -> dict[str, Any]:
-        check(peer)
+    async def digest(request: Request, peer: str) -> dict[str, Any]:
+        check(peer, request)
         return {"region": region, "buckets": {str(b): d for b, d in store.bucket_digests().items()}}
 
     @app.get("/v1/bucket/{bucket}")
-    async def bucket(peer: str, bucket: int) -> dict[str, Any]:
-        check(peer)
+    async def bucket(request: Request, peer: str, bucket: int) -> dict[str, Any]:
+        check(peer, request)
         if not 0 <= bucket < BUCKETS:
             raise GeofleetError(f"bucket must be 0-{BUCKETS - 1}")
         return {"region": region, **bucket_contents(store, bucket)}

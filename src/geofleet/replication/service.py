@@ -4,6 +4,7 @@ anti-entropy, and the status and metrics operators read."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import random
@@ -17,6 +18,7 @@ import uvicorn
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from geofleet.config import DataDir, FleetConfig
+from geofleet.domain.changelog import truncation_point
 from geofleet.domain.errors import NotFound
 from geofleet.domain.hlc import HLC
 from geofleet.region.registry import Registry
@@ -24,6 +26,7 @@ from geofleet.region.shadows import ShadowService
 from geofleet.replication.antientropy import differing
 from geofleet.replication.apply import Applier
 from geofleet.replication.link import Link, LinkStatus
+from geofleet.replication.peer_identity import PeerIdentityProtocol, check_served_by
 from geofleet.replication.server import ChangeFeed, create_peer_app
 from geofleet.replication.wire import BatchError, check_leaves, parse_hlc, parse_record
 from geofleet.store.base import Store
@@ -35,6 +38,7 @@ ANTI_ENTROPY_INTERVAL_S = 30.0
 TOMBSTONE_GRACE_S = float(os.environ.get("GEOFLEET_TOMBSTONE_GRACE_S", 24 * 3600))
 """How long a delete stays as a tombstone at least."""
 STREAMS = ("priority", "all")
+TRUNCATE_INTERVAL_S = 2.0
 
 
 class Replication:
@@ -42,6 +46,7 @@ class Replication:
                  shadows: ShadowService, health: Callable[[], Awaitable[dict[str, Any]]]) -> None:
         self.region = region
         self._store = store
+        self._retention_s = fleet.changelog_retention_s
         self._applier = Applier(registry, shadows)
         self.feed = ChangeFeed()
         store.on_change = self.feed.notify
@@ -55,10 +60,12 @@ class Replication:
         paths = data.region(region)
         me = fleet.region(region)
         self._server = EmbeddedServer(uvicorn.Config(
-            create_peer_app(region, set(self.peers), store, self.feed, self.acknowledged, health),
+            create_peer_app(region, set(self.peers), store, self.feed, self.acknowledged, health,
+                            lambda: self.truncate(expired=False)),
             host=me.host, port=me.peer_port, log_level="warning", lifespan="off", access_log=False,
             ssl_certfile=str(paths.peer_cert), ssl_keyfile=str(paths.peer_key), ssl_ca_certs=str(data.peer_ca),
             ssl_cert_reqs=ssl.CERT_REQUIRED, timeout_graceful_shutdown=2, proxy_headers=False,
+            http=PeerIdentityProtocol,  # puts the client certificate's CN in each request's state
         ))
         client_tls = ssl.create_default_context(cafile=str(data.peer_ca))
         client_tls.load_cert_chain(str(paths.peer_cert), str(paths.peer_key))
@@ -76,6 +83,8 @@ class Replication:
                               ["source", "target"], registry=self._metrics)
         self._parked = Gauge("geofleet_replication_parked", "Changes waiting for a dependency", ["region"],
                              registry=self._metrics)
+        self._log_entries = Gauge("geofleet_changelog_entries", "Entries in the region's change log (not yet "
+                                  "pulled by every peer)", ["region"], registry=self._metrics)
 
     async def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._server.serve()))
@@ -86,9 +95,10 @@ class Replication:
         for name, peer in self.peers.items():
             for stream in STREAMS:
                 link = Link(self.region, name, peer.peer_url, stream, self._http, self._store, self._applier,
-                            self.status[name], self._resume[name])
+                            self.status[name], self._resume[name], functools.partial(self._sync_with, name))
                 self._tasks.append(asyncio.create_task(link.run()))
         self._tasks.append(asyncio.create_task(self._anti_entropy_loop()))
+        self._tasks.append(asyncio.create_task(self._truncate_loop()))
 
     async def stop(self) -> None:
         for task in self._tasks[1:]:
@@ -119,15 +129,24 @@ class Replication:
         return [peer] if peer else list(self.peers)
 
     def report(self) -> dict[str, Any]:
-        return {"region": self.region, "head": self._store.head(), "parked": self._store.parked(),
+        head, start = self._store.head(), self._store.log_start()
+        return {"region": self.region, "head": head, "parked": self._store.parked(),
                 "acknowledged": dict(self.acknowledged),
+                "log": {"start": start, "entries": head - start, "retentionS": self._retention_s},
                 "links": {name: status.to_json() for name, status in self.status.items()}}
+
+    def failing_links(self) -> dict[str, str]:
+        """Peers whose link the peer answers but cannot serve (an HTTP error, a bad batch), with
+        the error: such a link stays stuck until someone acts, so health reports it."""
+        return {name: fault for name, status in self.status.items()
+                if not status.paused and (fault := status.peer_fault) is not None}
 
     def metrics(self) -> bytes:
         for name, status in self.status.items():
             self._lag.labels(name, self.region).set((status.lag_ms or 0.0) / 1000)
             self._backlog.labels(name, self.region).set(status.backlog)
         self._parked.labels(self.region).set(self._store.parked())
+        self._log_entries.labels(self.region).set(self._store.head() - self._store.log_start())
         return bytes(generate_latest(self._metrics))
 
     async def call_peer(self, peer: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -144,6 +163,32 @@ class Replication:
     def unreachable_peers(self) -> set[str]:
         """Peers whose last pull failed (a region not yet heard from counts as reachable)."""
         return {name for name, status in self.status.items() if status.last_error is not None}
+
+    # -- change log truncation -------------------------------------------------------------
+
+    async def _truncate_loop(self) -> None:
+        while True:
+            await asyncio.sleep(TRUNCATE_INTERVAL_S)
+            try:
+                self.truncate(expired=True)
+            except Exception:  # the loop must outlive any one bad round
+                log.exception("change log truncation failed")
+
+    def truncate(self, expired: bool) -> int:
+        """Drop the log's prefix that every peer has pulled, and with ``expired`` (the periodic
+        round; a peer's pull only looks at acknowledgements, a cheap delete) what is older than
+        the retention."""
+        through = self._store.log_expired_through(HLC(int((time.time() - self._retention_s) * 1000))) \
+            if expired else 0
+        point = truncation_point(self._store.head(), self.acknowledged, self.peers, through)
+        if point <= self._store.log_start():
+            return 0
+        behind = sorted(name for name in self.peers if self.acknowledged.get(name, 0) < point)
+        if behind:
+            log.warning("change log of %s truncated through %d (older than %.0f s) before %s pulled it: "
+                        "they will catch up by anti-entropy", self.region, point, self._retention_s,
+                        ", ".join(behind))
+        return self._store.truncate_log(point)
 
     # -- anti-entropy ----------------------------------------------------------------------
 
@@ -213,6 +258,7 @@ class Replication:
 
 
 def _json(response: httpx.Response, peer: str) -> dict[str, Any]:
+    check_served_by(response, peer)
     if response.status_code != 200:
         raise BatchError(f"{peer} answered HTTP {response.status_code}: {response.text[:200]}")
     data = response.json()

@@ -11,7 +11,9 @@ logged again, so nothing is ever shipped back to where it came from.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,6 +26,7 @@ from geofleet.domain.leaves import Leaves
 from geofleet.domain.records import Kind, Record
 from geofleet.domain.shadow import Shadow
 from geofleet.store.base import SHADOW_KIND, Change
+from geofleet.store.sealing import Sealer
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -82,11 +85,16 @@ def _load(text: str | None) -> Any:
 
 
 class SqliteStore:
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, sealer: Sealer | None = None) -> None:
+        """``sealer`` encrypts the secrets records hold (see ``sealing.py``); None keeps them plain."""
+        if str(path) != ":memory:":
+            _private_files(Path(path))
+        self._sealer = sealer
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.execute("PRAGMA secure_delete=ON")  # a replaced or deleted secret leaves no old bytes behind
         self._db.executescript(_SCHEMA)
         self._depth = 0
         self._logged = False
@@ -97,6 +105,19 @@ class SqliteStore:
 
     def close(self) -> None:
         self._db.close()
+
+    def _dump_body(self, record: Record) -> str | None:
+        body = record.body
+        if self._sealer is not None:
+            body = self._sealer.seal_body(record.kind.value, record.key, body)
+        return _dump(body)
+
+    def _open(self, kind: str, key: str, body: Any) -> Any:
+        return body if self._sealer is None else self._sealer.open_body(kind, key, body)
+
+    def _record(self, row: tuple[str, str, str, str | None, str, str]) -> Record:
+        kind, key, ref, body, hlc, origin = row
+        return Record(Kind(kind), key, self._open(kind, key, _load(body)), HLC.decode(hlc), origin, ref)
 
     @contextmanager
     def atomic(self) -> Iterator[None]:
@@ -125,7 +146,7 @@ class SqliteStore:
         row = self._db.execute(
             f"SELECT {_RECORD_COLUMNS} FROM records WHERE kind = ? AND key = ?", (kind.value, key)
         ).fetchone()
-        return None if row is None else _record(row)
+        return None if row is None else self._record(row)
 
     def records(self, kind: Kind, *, prefix: str | None = None, ref: str | None = None) -> list[Record]:
         sql = f"SELECT {_RECORD_COLUMNS} FROM records WHERE kind = ? AND body IS NOT NULL"
@@ -137,7 +158,7 @@ class SqliteStore:
         if ref is not None:
             sql += " AND ref = ?"
             args.append(ref)
-        return [_record(row) for row in self._db.execute(sql + " ORDER BY key", args)]
+        return [self._record(row) for row in self._db.execute(sql + " ORDER BY key", args)]
 
     def records_after(self, kind: Kind, after: str, limit: int) -> list[Record]:
         """Live records of ``kind`` with keys after ``after``, in key order, at most ``limit``: a
@@ -145,12 +166,12 @@ class SqliteStore:
         rows = self._db.execute(
             f"SELECT {_RECORD_COLUMNS} FROM records WHERE kind = ? AND key > ? AND body IS NOT NULL "
             "ORDER BY key LIMIT ?", (kind.value, after, limit))
-        return [_record(row) for row in rows]
+        return [self._record(row) for row in rows]
 
     def put(self, record: Record, *, log: bool = True) -> None:
         """Write a record (a tombstone when ``body`` is None); ``log`` appends it to the change
         log, for writes made in this region."""
-        body = _dump(record.body)
+        body = self._dump_body(record)
         bucket = bucket_of(record.kind.value, record.key)
         with self.atomic():
             if self._digests is not None:
@@ -229,7 +250,7 @@ class SqliteStore:
 
     def bucket_items(self, bucket: int) -> tuple[list[Record], list[tuple[str, Leaves]]]:
         """Every record (tombstones included) and every shadow's leaves in one bucket."""
-        records = [_record(row) for row in self._db.execute(
+        records = [self._record(row) for row in self._db.execute(
             f"SELECT {_RECORD_COLUMNS} FROM records WHERE bucket = ?", (bucket,))]
         shadows = [(shadow_key(thing, name), json.loads(doc).get("leaves") or {}) for thing, name, doc in
                    self._db.execute("SELECT thing, name, doc FROM shadows WHERE bucket = ?", (bucket,))]
@@ -244,12 +265,33 @@ class SqliteStore:
             sql += f" AND kind IN ({', '.join('?' for _ in kinds)})"
             args += list(kinds)
         rows = self._db.execute(sql + " ORDER BY seq LIMIT ?", [*args, limit])
-        return [Change(seq, HLC.decode(hlc), origin, kind, key, ref, _load(body))
+        return [Change(seq, HLC.decode(hlc), origin, kind, key, ref, self._open(kind, key, _load(body)))
                 for seq, hlc, origin, kind, key, ref, body in rows]
 
     def head(self) -> int:
-        row = self._db.execute("SELECT max(seq) FROM changelog").fetchone()
+        """The last sequence number ever given (AUTOINCREMENT never reuses one, and keeps it after
+        the log is truncated)."""
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'changelog'").fetchone()
+        return int(row[0]) if row else 0
+
+    def log_start(self) -> int:
+        """The last sequence number truncated from the log (0: nothing was): a peer whose cursor
+        is before it has missed changes the log no longer holds."""
+        row = self._db.execute("SELECT min(seq) FROM changelog").fetchone()
+        return int(row[0]) - 1 if row[0] is not None else self.head()
+
+    def log_expired_through(self, before: HLC, scan: int = 5000) -> int:
+        """The last sequence number of the log's oldest entries stamped before ``before`` (0 if
+        none); looks at the first ``scan`` entries only, so one round stays cheap."""
+        row = self._db.execute(
+            "SELECT max(seq) FROM (SELECT seq, hlc FROM changelog ORDER BY seq LIMIT ?) WHERE hlc < ?",
+            (scan, before.encode())).fetchone()
         return int(row[0] or 0)
+
+    def truncate_log(self, through: int) -> int:
+        """Delete the log's entries up to ``through``; returns how many went."""
+        with self.atomic():
+            return self._db.execute("DELETE FROM changelog WHERE seq <= ?", (through,)).rowcount
 
     def last_hlc(self) -> HLC:
         row = self._db.execute(
@@ -286,7 +328,7 @@ class SqliteStore:
                 self._db.execute(
                     "INSERT OR IGNORE INTO pending (kind, key, ref, body, hlc, origin, needs_kind, needs_key) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (record.kind.value, record.key, record.ref, _dump(record.body), record.hlc.encode(),
+                    (record.kind.value, record.key, record.ref, self._dump_body(record), record.hlc.encode(),
                      record.origin, kind.value, key),
                 )
 
@@ -298,7 +340,7 @@ class SqliteStore:
                 (kind.value, key),
             ).fetchall()
             self._db.execute("DELETE FROM pending WHERE needs_kind = ? AND needs_key = ?", (kind.value, key))
-        return [_record(row) for row in rows]
+        return [self._record(row) for row in rows]
 
     # -- provision-once guard (only in a device id's owner region) ------------------------------
 
@@ -386,6 +428,10 @@ def shadow_key(thing: str, name: str) -> str:
     return f"{thing}|{name}"
 
 
-def _record(row: tuple[str, str, str, str | None, str, str]) -> Record:
-    kind, key, ref, body, hlc, origin = row
-    return Record(Kind(kind), key, _load(body), HLC.decode(hlc), origin, ref)
+def _private_files(path: Path) -> None:
+    """The database and its WAL and shared-memory files: 0600 (SQLite gives the -wal and -shm
+    files the database file's mode, so creating that one 0600 covers them as they appear)."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(file, 0o600)
