@@ -229,7 +229,7 @@ def test_an_invalid_shadow_name_is_answered_on_its_rejected_topic(fleet: Fleet, 
             body = answer.json()
             assert body["code"] == 400 and body["message"].startswith("invalid shadow name"), body
     with raw(fleet) as http:
-        assert http.get(f"/api/things/shadow/ListNamedShadowsForThing/{name}").json() == {"results": []}
+        assert http.get(f"/api/things/shadow/ListNamedShadowsForThing/{name}").json()["results"] == []
 
 
 def test_an_invalid_shadow_name_over_http_is_a_400(fleet: Fleet) -> None:
