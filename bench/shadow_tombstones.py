@@ -39,6 +39,7 @@ from typing import Any
 import common
 
 from geofleet.domain.hlc import Clock
+from geofleet.domain.horizon import DEFAULT_GRACE_S, TombstoneHorizon
 from geofleet.region.shadows import ShadowService
 from geofleet.store.sqlite import SqliteStore
 
@@ -108,7 +109,7 @@ async def run_case(name: str, setup: Setup, updates: int, root: Path) -> dict[st
 
     path = root / f"{name}.db"
     store = SqliteStore(path)
-    service = ShadowService(store, Clock(), "us-east-1", publish)
+    service = ShadowService(store, Clock(), "us-east-1", publish, TombstoneHorizon(DEFAULT_GRACE_S))
     thing = f"bench-{name}"
     try:
         started = time.perf_counter()

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from geofleet.domain import leaves
 from geofleet.domain.hlc import HLC, Clock
+from geofleet.domain.horizon import TombstoneHorizon
 from geofleet.domain.shadow import (
     MAX_STORED_LEAVES,
     Shadow,
@@ -191,7 +192,9 @@ def test_the_service_stores_a_bounded_document(tmp_path: Path) -> None:
 
     path = tmp_path / "region.db"
     store = SqliteStore(path)
-    service = ShadowService(store, Clock(), "r1", publish, tombstone_retention_s=0.0)
+    horizon = TombstoneHorizon(grace_s=0.0)
+    horizon.agreed(HLC(2**62))  # as if every peer had agreed after everything written here
+    service = ShadowService(store, Clock(), "r1", publish, horizon)
 
     def current() -> Shadow:
         shadow = store.get_shadow("t1", "")

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from geofleet.domain.errors import ConfigError
+from geofleet.domain.horizon import DEFAULT_GRACE_S
 from geofleet.domain.network import parse_networks
 
 DEFAULT_REGIONS = ("us-east-1", "eu-west-1", "ap-southeast-1")
@@ -213,6 +214,12 @@ def aws_region_coordinates() -> dict[str, tuple[float, float]]:
     text = resources.files("geofleet").joinpath("data/aws-regions.csv").read_text()
     return {row["region"]: (float(row["latitude"]), float(row["longitude"]))
             for row in csv.DictReader(text.splitlines())}
+
+
+def tombstone_grace_s() -> float:
+    """``GEOFLEET_TOMBSTONE_GRACE_S`` (drills and tests shorten it), else a day: how old a
+    tombstone must be before it may be collected (``domain.horizon``)."""
+    return float(os.environ.get("GEOFLEET_TOMBSTONE_GRACE_S", DEFAULT_GRACE_S))
 
 
 def default_config(free_ports: bool = False, regions: tuple[str, ...] = DEFAULT_REGIONS,

@@ -13,9 +13,10 @@ from typing import Any
 import uvicorn
 
 from geofleet.broker.amqtt_broker import EmbeddedBroker
-from geofleet.config import DataDir, FleetConfig, RegionConfig, RegionPaths, private_dir
+from geofleet.config import DataDir, FleetConfig, RegionConfig, RegionPaths, private_dir, tombstone_grace_s
 from geofleet.domain.errors import NotFound
 from geofleet.domain.hlc import Clock
+from geofleet.domain.horizon import TombstoneHorizon
 from geofleet.domain.policy import CLAIM_POLICY_NAME, DEFAULT_POLICY_NAME, claim_policy, default_device_policy
 from geofleet.domain.throttle import RateLimiter
 from geofleet.pki.fleet import region_authority
@@ -63,7 +64,8 @@ class RegionNode:
         self.broker = EmbeddedBroker(
             self.config.host, self.config.mqtt_port, paths.server_chain, paths.server_key, data.trust_bundle
         )
-        self.shadows = ShadowService(self.store, self.clock, name, self.broker.publish)
+        horizon = TombstoneHorizon(tombstone_grace_s())
+        self.shadows = ShadowService(self.store, self.clock, name, self.broker.publish, horizon)
         self.gate = RegionGate(self.registry, self.shadows, name, fleet.account)
         self.gate.broker = self.broker
         self.presence = PresenceDirectory(self.store, self.registry, self.clock, name)
@@ -76,7 +78,7 @@ class RegionNode:
         probe = BrokerProbe(authority, self.config, data.trust_bundle, paths.root)
         self.gate.probe = (probe.certificate_id, probe.client_id, probe.topic)
         self.replication = Replication(data, fleet, name, self.store, self.registry, self.shadows,
-                                       lambda: self.health.local())
+                                       lambda: self.health.local(), horizon)
         self.health = Health(name, self.store, self.broker, probe, list(self.replication.peers),
                              self.replication.get_peer, self.replication.failing_links)
         self.concierge = Concierge(fleet, name, self.registry, self.health)

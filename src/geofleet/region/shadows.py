@@ -8,7 +8,6 @@ the version check is exact.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 from geofleet.domain import shadow as doc
 from geofleet.domain.errors import InvalidRequest
 from geofleet.domain.hlc import HLC, Clock
+from geofleet.domain.horizon import TombstoneHorizon
 from geofleet.domain.leaves import Leaves
 from geofleet.domain.names import ShadowOp, ShadowRequest, check_shadow_name, check_thing_name
 from geofleet.store.base import Store
@@ -23,24 +23,21 @@ from geofleet.store.base import Store
 Publish = Callable[[str, bytes], Awaitable[None]]
 Json = dict[str, Any]
 
-TOMBSTONE_RETENTION_S = float(os.environ.get("GEOFLEET_TOMBSTONE_GRACE_S", 24 * 3600))
-"""How long a shadow keeps a tombstone (and the writes shadowed by a later one): as long as a
-registry record's tombstone (the same setting), the time within which every region is assumed
-to receive every write. An older write arriving later is refused (``leaves.merge``)."""
-
-
 def _encode(body: Json) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
 class ShadowService:
     def __init__(self, store: Store, clock: Clock, region: str, publish: Publish,
-                 tombstone_retention_s: float = TOMBSTONE_RETENTION_S) -> None:
+                 horizon: TombstoneHorizon) -> None:
+        """``horizon`` says how old a tombstone (or a write shadowed by a later one) must be
+        before no region can still send a write it hides: shadows collect behind it, and a
+        write older than the collected point is refused (``leaves.merge``)."""
         self._store = store
         self._clock = clock
         self._region = region
         self._publish = publish
-        self._retention_s = tombstone_retention_s
+        self._horizon = horizon
 
     async def handle(self, request: ShadowRequest, payload: bytes) -> None:
         """Serve one MQTT request: answer on ``/accepted`` or ``/rejected``, never raise."""
@@ -70,7 +67,7 @@ class ShadowService:
         _check_names(thing, name)
         now, hlc = int(time.time()), self._clock.now()
         result = doc.apply_update(self._current(thing, name), doc.parse_update(payload), now,
-                                  hlc=hlc, region=self._region, horizon=self._horizon())
+                                  hlc=hlc, region=self._region, horizon=self._horizon.current())
         self._store.put_shadow(thing, name, result.shadow, hlc, self._region, ops=result.ops)
         request = ShadowRequest(thing, name, ShadowOp.UPDATE)
         await self._publish(request.topic("accepted"), _encode(result.accepted))
@@ -102,7 +99,7 @@ class ShadowService:
         _, token = doc.parse_json(payload)
         hlc = self._clock.now()
         deleted, answer, ops = doc.delete(self._current(thing, name), name or thing, token, int(time.time()),
-                                          hlc=hlc, region=self._region, horizon=self._horizon())
+                                          hlc=hlc, region=self._region, horizon=self._horizon.current())
         self._store.put_shadow(thing, name, deleted, hlc, self._region, ops=ops)
         return answer
 
@@ -114,10 +111,6 @@ class ShadowService:
         """A page of ``names`` (keys after ``after``, at most ``limit``) for the paged listing."""
         check_thing_name(thing)
         return self._store.shadow_names_after(thing, after, limit)
-
-    def _horizon(self) -> HLC:
-        """Writes older than this have reached every region: tombstones older than it may go."""
-        return HLC(max(0, int((time.time() - self._retention_s) * 1000)))
 
     def _current(self, thing: str, name: str) -> doc.Shadow:
         return self._store.get_shadow(thing, name) or doc.Shadow()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
 import random
 import ssl
 import time
@@ -21,6 +20,7 @@ from geofleet.config import DataDir, FleetConfig
 from geofleet.domain.changelog import truncation_point
 from geofleet.domain.errors import NotFound
 from geofleet.domain.hlc import HLC
+from geofleet.domain.horizon import TombstoneHorizon
 from geofleet.region.registry import Registry
 from geofleet.region.shadows import ShadowService
 from geofleet.replication.antientropy import differing
@@ -35,18 +35,18 @@ from geofleet.web import EmbeddedServer
 log = logging.getLogger(__name__)
 
 ANTI_ENTROPY_INTERVAL_S = 30.0
-TOMBSTONE_GRACE_S = float(os.environ.get("GEOFLEET_TOMBSTONE_GRACE_S", 24 * 3600))
-"""How long a delete stays as a tombstone at least."""
 STREAMS = ("priority", "all")
 TRUNCATE_INTERVAL_S = 2.0
 
 
 class Replication:
     def __init__(self, data: DataDir, fleet: FleetConfig, region: str, store: Store, registry: Registry,
-                 shadows: ShadowService, health: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+                 shadows: ShadowService, health: Callable[[], Awaitable[dict[str, Any]]],
+                 horizon: TombstoneHorizon) -> None:
         self.region = region
         self._store = store
         self._retention_s = fleet.changelog_retention_s
+        self._tombstones = horizon
         self._applier = Applier(registry, shadows)
         self.feed = ChangeFeed()
         store.on_change = self.feed.notify
@@ -200,14 +200,11 @@ class Replication:
             except Exception:  # the loop must outlive any one bad round
                 log.exception("anti-entropy round failed")
 
-    def _horizon(self) -> HLC:
-        return HLC(int((time.time() - TOMBSTONE_GRACE_S) * 1000))
-
     async def sync(self) -> dict[str, Any]:
         """Compare digests with every reachable, unpaused peer, pull what differs, and collect
         tombstones that every region is known to hold."""
         started = HLC(int(time.time() * 1000))
-        horizon = self._horizon()
+        horizon = self._tombstones.by_age()
         results: dict[str, Any] = {}
         for name in self.peers:
             if not self._resume[name].is_set():
@@ -221,6 +218,7 @@ class Replication:
         if all(r.get("differingBuckets") == 0 for r in results.values()) and \
                 all(s.backlog == 0 for s in self.status.values()):
             self._store.mark_tombstones_seen(horizon, started)
+            self._tombstones.agreed(started)  # shadows collect behind it
         collected = self._store.collect_tombstones(horizon)
         if collected:
             log.info("collected %d tombstone(s) every region had", collected)
