@@ -12,7 +12,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from geofleet.domain.errors import Conflict
 from geofleet.domain.limits import MAX_PAYLOAD_BYTES
 from tests.conftest import Fleet
 from tests.helpers import Device, wait_for
