@@ -239,10 +239,14 @@ def test_idle_connections_are_closed_quietly(fleet: Fleet) -> None:
         raw(fleet, name).close()
     for _ in range(50):  # TCP only
         socket.create_connection(("localhost", fleet.port("us-east-1")), timeout=5).close()
-    silent = raw(fleet, name)
+    silent = raw(fleet, name)  # TLS up, then nothing
+    mute = socket.create_connection(("localhost", fleet.port("us-east-1")), timeout=15)  # not even TLS
     started = time.monotonic()
     assert silent.closed_by_server(15), "a connection that never sent CONNECT was kept open"
+    with contextlib.suppress(ConnectionResetError):
+        assert mute.recv(1) == b"", "a connection that never started TLS was kept open"
     waited = time.monotonic() - started
     assert waited < 8, f"closed only after {waited:.1f} s"
+    mute.close()
     new_errors = node_log_errors(fleet)[before:]
     assert len(new_errors) < 5, "\n".join(new_errors[:5])
