@@ -15,6 +15,9 @@ alternating a shadow update and a QoS 1 publish to a topic never used before
 disconnects and reconnects one device every ``1 / --reconnects`` seconds (default 2/s), so
 closed connections keep being freed, or not.
 
+Each window also records how many of its shadow requests were still unanswered 2 s after it
+ended, and the machine's load average: on a shared machine a slow window may be someone else's.
+
 The verdict checks what must hold on a long-running region: after the first (warm-up) window,
 each region's RSS grows by less than 5 %; the last window's shadow p99 is within 2x the first's;
 each store.db grows by less than 5 % over the last window (bounded, not creeping).
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -224,7 +228,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--devices", type=common.positive(int), default=50, help="devices (default 50)")
     parser.add_argument("--rate", type=common.positive(float), default=200.0,
                         help="operations/s over all devices, half shadow updates (default 200)")
-    parser.add_argument("--seconds", type=common.positive(float), default=600.0, help="duration (default 600)")
+    parser.add_argument("--seconds", type=common.positive(float), default=600.0,
+                        help="duration, rounded up to whole windows (default 600)")
     parser.add_argument("--window", type=common.positive(float), default=60.0,
                         help="sampling window in seconds (default 60)")
     parser.add_argument("--reconnects", type=common.positive(float), default=2.0,
@@ -256,8 +261,8 @@ def main(argv: list[str] | None = None) -> int:
             for thread in threads:
                 thread.start()
             start = time.monotonic()
-            while (elapsed := time.monotonic() - start) < args.seconds - 1e-6:
-                stop.wait(min(args.window, args.seconds - elapsed))
+            for index in range(max(1, math.ceil(args.seconds / args.window - 1e-9))):
+                stop.wait(max(0.0, start + (index + 1) * args.window - time.monotonic()))
                 window = traffic.next_window()
                 settle_until = time.monotonic() + 2.0  # the window's last answers are still in flight
                 while time.monotonic() < settle_until and traffic.outstanding(window):
@@ -267,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
                     "rss_mb": {r: rss_mb(pid) for r, pid in pids.items()},
                     "store_mb": {r: store_mb(fleet.data.region(r).root) for r in regions},
                     "shadow_sent": window.shadow_sent, "published_new_topics": window.published,
+                    "shadow_unanswered_after_2s": traffic.outstanding(window),
+                    "load_average": common.load_average(),
                     "shadow_ms": common.distribution(common.ns_to_ms(window.latencies_ns), digits=2,
                                                      quantiles=(50, 99), count=True),
                 }

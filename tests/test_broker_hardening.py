@@ -225,6 +225,17 @@ def test_a_malformed_publish_closes_the_connection_and_presence_says_so(fleet: F
     watcher.close()
 
 
+def test_a_second_connect_closes_the_connection(fleet: Fleet) -> None:
+    watcher = monitor(fleet)
+    name = fleet.create_device()
+    client = raw(fleet, name)
+    assert client.connect(connect_packet(name)) == ACCEPTED
+    client.send(connect_packet(name))
+    assert client.closed_by_server(5)
+    assert disconnect_reason(watcher, name) == "CLIENT_ERROR"
+    watcher.close()
+
+
 # -- item 18: idle connections -------------------------------------------------------------------
 
 def node_log_errors(fleet: Fleet, region: str = "us-east-1") -> list[str]:

@@ -16,7 +16,7 @@ from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.mqtt.puback import PubackPacket
 from amqtt.session import INCOMING
 
-from geofleet.broker.base import Connection
+from geofleet.broker.base import Connection, DisconnectReason
 
 
 class DeviceHandler(BrokerProtocolHandler):  # type: ignore[misc]
@@ -31,6 +31,13 @@ class DeviceHandler(BrokerProtocolHandler):  # type: ignore[misc]
     def handle_read_timeout(self) -> None:
         if self.on_read_timeout is not None:
             self.on_read_timeout(self)
+
+    async def handle_connect(self, connect: Any) -> None:
+        """A second CONNECT on a connection is a protocol violation [MQTT-3.1.0-2]: close it
+        (CLIENT_ERROR, as AWS IoT), without amqtt's ERROR log line per offence."""
+        if self.connection is not None and self.connection.reason is None:
+            self.connection.reason = DisconnectReason.CLIENT_ERROR
+        await self.handle_connection_closed()
 
     async def _handle_qos1_message_flow(self, message: Any) -> None:
         """amqtt acknowledges an incoming QoS 1 publish as soon as it has read it; here the
