@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
+import struct
 import time
 from pathlib import Path
 
@@ -94,6 +95,12 @@ class RawClient:
             except (ConnectionError, ssl.SSLError):
                 return True
         return False
+
+    def reset(self) -> None:
+        """Abort the connection with a TCP reset, as a device losing power mid-stream would."""
+        with contextlib.suppress(OSError):
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.sock.close()
 
     def close(self) -> None:
         """Drop the connection without DISCONNECT (the broker sees it as lost)."""

@@ -28,6 +28,7 @@ from geofleet.region.registry import Registry
 from geofleet.region.shadows import ShadowService
 from geofleet.store.sqlite import SqliteStore
 from tests.helpers import Device, wait_for
+from tests.mqtt_wire import RawClient, connect_packet
 
 
 class OpenGate:
@@ -115,9 +116,14 @@ def test_closed_connections_are_freed_without_the_cycle_collector(broker: tuple[
     gc.disable()
     try:
         for i in range(cycles):
-            device = Device(f"device-{i}", running.port, files["ca"], files["cert"], files["key"]).connect()
-            device.publish("dt/x", b"1")
-            device.close()
+            if i % 2:  # a clean MQTT DISCONNECT
+                device = Device(f"device-{i}", running.port, files["ca"], files["cert"], files["key"]).connect()
+                device.publish("dt/x", b"1")
+                device.close()
+            else:  # a device that vanishes: TCP reset, no DISCONNECT
+                client = RawClient(running.port, files["ca"], files["cert"], files["key"])
+                assert client.connect(connect_packet(f"device-{i}")) == b"\x20\x02\x00\x00"
+                client.reset()
             wait_for(lambda n=i + 1: running.gate.ended >= n, 10, "the broker to see the disconnect")  # type: ignore[misc]
         # amqtt's session monitor drops a disconnected clean session within a second; after
         # that, nothing but a reference cycle can keep a handler or its TLS object alive

@@ -54,7 +54,7 @@ from amqtt.mqtt.disconnect import DisconnectPacket
 from geofleet.broker import admission
 from geofleet.broker.base import Connection, DisconnectReason, Gate, Tap
 from geofleet.broker.framing import BoundedReader
-from geofleet.broker.handler import DeviceHandler
+from geofleet.broker.handler import DeviceHandler, forget_traceback
 from geofleet.domain.limits import (
     MAX_PACKET_BYTES,
     client_id_problem,
@@ -172,8 +172,13 @@ class _GatedAmqtt(AmqttBroker):  # type: ignore[misc]
 
     async def stream_connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                                listener_name: str) -> None:
-        await self._client_connected(listener_name, BoundedReader(StreamReaderAdapter(reader), MAX_PACKET_BYTES),
-                                     StreamWriterAdapter(writer))
+        try:
+            await self._client_connected(listener_name,
+                                         BoundedReader(StreamReaderAdapter(reader), MAX_PACKET_BYTES,
+                                                       reader.exception),
+                                         StreamWriterAdapter(writer))
+        finally:
+            forget_traceback(reader.exception())
 
     async def _client_connected(self, listener_name: str, reader: Any, writer: Any) -> None:
         """amqtt's connection lifecycle, with admission before any session is touched."""
@@ -446,3 +451,4 @@ async def _settle(written: list[Awaitable[None]]) -> None:
     if written:
         with contextlib.suppress(TimeoutError):  # a stalled reader must not hold devices back
             await asyncio.wait_for(asyncio.gather(*written), TAP_WAIT_S)
+

@@ -11,6 +11,8 @@ its limits). A read that runs past the announced length (a malformed packet) is 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from amqtt.adapters import ReaderAdapter
 
 _HEADER, _LENGTH, _BODY = 0, 1, 2
@@ -25,8 +27,11 @@ class PacketTooLarge(FramingViolation):
 
 
 class BoundedReader(ReaderAdapter):  # type: ignore[misc]
-    def __init__(self, inner: ReaderAdapter, max_packet_bytes: int) -> None:
+    def __init__(self, inner: ReaderAdapter, max_packet_bytes: int,
+                 stream_error: Callable[[], BaseException | None] = lambda: None) -> None:
         self._inner = inner
+        self.stream_error = stream_error
+        """The error the underlying stream ended with, if any (asyncio's ``StreamReader.exception``)."""
         self._max = max_packet_bytes
         self._state = _HEADER
         self._length = 0

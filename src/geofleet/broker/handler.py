@@ -17,6 +17,7 @@ from amqtt.mqtt.puback import PubackPacket
 from amqtt.session import INCOMING
 
 from geofleet.broker.base import Connection, DisconnectReason
+from geofleet.broker.framing import BoundedReader
 
 
 class DeviceHandler(BrokerProtocolHandler):  # type: ignore[misc]
@@ -57,7 +58,25 @@ class DeviceHandler(BrokerProtocolHandler):  # type: ignore[misc]
             await self._send_packet(puback)
             message.puback_packet = puback
 
+    async def stop(self) -> None:
+        await super().stop()
+        if isinstance(self.reader, BoundedReader):
+            forget_traceback(self.reader.stream_error())
+
     def release(self) -> None:
         """Drop what ties this finished handler to the broker."""
         self.on_read_timeout = None
         self._unacked.clear()
+
+
+def forget_traceback(error: BaseException | None) -> None:
+    """Drop the traceback of the error a connection ended with (a reset, mostly).
+
+    asyncio keeps that error in the stream's close future, and ``wait_closed`` re-raises it
+    inside amqtt's ``handler.stop`` (which logs and swallows it); the traceback then holds that
+    frame, whose ``self`` is the handler, which holds the stream: a reference cycle, so every
+    connection a device dropped (TLS object included) waited for the cyclic collector. The error
+    itself is kept; only the frames go."""
+    while error is not None:
+        error.__traceback__ = None
+        error = error.__context__
