@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 from amqtt.adapters import BufferReader
+from amqtt.mqtt.connect import ConnectPacket
 from amqtt.mqtt.publish import PublishPacket
 
 from geofleet.broker.framing import BoundedReader, FramingViolation, PacketTooLarge
@@ -17,7 +18,7 @@ from geofleet.domain.limits import (
     topic_filter_problem,
     topic_name_problem,
 )
-from tests.mqtt_wire import publish_header, publish_packet
+from tests.mqtt_wire import connect_packet, publish_header, publish_packet
 
 
 def test_topic_size_and_depth() -> None:
@@ -69,3 +70,12 @@ def test_the_reader_refuses_a_read_past_the_announced_length() -> None:
     lying = b"\x30\x03" + b"\x00\x08dt/a/b/c"  # says 3 bytes, carries a topic of 8
     with pytest.raises(FramingViolation):
         _read_publish(lying)
+
+
+def test_the_reader_passes_an_empty_last_field() -> None:
+    """A CONNECT ending in an empty will message: amqtt reads its 0 bytes after the packet's end."""
+    async def run() -> ConnectPacket:
+        data = connect_packet("device", will=("dt/device/gone", b"", False)) + b"\xc0\x00"
+        return await ConnectPacket.from_stream(BoundedReader(BufferReader(data), MAX_PACKET_BYTES))
+    packet = asyncio.run(run())
+    assert packet.payload is not None and packet.payload.will_message == b""

@@ -41,6 +41,8 @@ class BoundedReader(ReaderAdapter):  # type: ignore[misc]
         """What the client did wrong, once it did (the broker reports it as CLIENT_ERROR)."""
 
     async def read(self, n: int = -1) -> bytes:
+        if n == 0:  # an empty field (amqtt reads a zero-length will message or password so)
+            return b""
         if self._state == _BODY:
             if n < 0 or n > self._left:
                 self._refuse(FramingViolation(f"a read of {n} bytes runs past the packet's remaining "
