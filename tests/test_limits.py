@@ -79,3 +79,11 @@ def test_the_reader_passes_an_empty_last_field() -> None:
         return await ConnectPacket.from_stream(BoundedReader(BufferReader(data), MAX_PACKET_BYTES))
     packet = asyncio.run(run())
     assert packet.payload is not None and packet.payload.will_message == b""
+
+
+@pytest.mark.parametrize("topic", [b"dt/a/+", b"dt/#"])
+def test_the_reader_refuses_a_wildcard_publish_topic_before_amqtt_reads_on(topic: bytes) -> None:
+    """amqtt would discard the packet half-read and parse its payload as the next packets."""
+    smuggled = b"\xc0\x00"  # a PINGREQ inside the payload
+    with pytest.raises(FramingViolation, match="wildcards"):
+        _read_publish(publish_packet(topic, smuggled))
