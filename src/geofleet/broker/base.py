@@ -20,6 +20,8 @@ class DisconnectReason(StrEnum):
     """AWS IoT's ``disconnectReason`` values for the lifecycle event."""
 
     CLIENT_INITIATED_DISCONNECT = "CLIENT_INITIATED_DISCONNECT"
+    CLIENT_ERROR = "CLIENT_ERROR"
+    """The client broke the protocol or a limit (an invalid topic, an oversized packet)."""
     CONNECTION_LOST = "CONNECTION_LOST"
     DUPLICATE_CLIENTID = "DUPLICATE_CLIENTID"
     FORBIDDEN_ACCESS = "FORBIDDEN_ACCESS"

@@ -29,12 +29,15 @@ class Action(StrEnum):
     PUBLISH = "iot:Publish"
     SUBSCRIBE = "iot:Subscribe"
     RECEIVE = "iot:Receive"
+    RETAIN_PUBLISH = "iot:RetainPublish"
+    """Publishing with the RETAIN flag (a live PUBLISH or a Last Will); needs iot:Publish too."""
 
 
 _RESOURCE_TYPE = {
     Action.CONNECT: "client",
     Action.PUBLISH: "topic",
     Action.RECEIVE: "topic",
+    Action.RETAIN_PUBLISH: "topic",
     Action.SUBSCRIBE: "topicfilter",
 }
 
@@ -89,7 +92,7 @@ def _parse_statement(index: int, raw: Any) -> Statement:
         if not (action == "iot:*" or action in set(Action)):
             raise InvalidRequest(
                 f"{where}.Action {action!r} is not supported; use iot:Connect, iot:Publish, "
-                "iot:Subscribe, iot:Receive or iot:*"
+                "iot:RetainPublish, iot:Subscribe, iot:Receive or iot:*"
             )
     resources = _strings(raw.get("Resource"), f"{where}.Resource")
     for resource in resources:
@@ -181,7 +184,11 @@ def _glob(text: str) -> str:
 
 
 def default_device_policy() -> dict[str, Any]:
-    """Least privilege for a device: connect as its own thing name, use only its own topics."""
+    """Least privilege for a device: connect as its own thing name, use only its own topics.
+
+    Retained publishes (iot:RetainPublish) are allowed on the device's own application topics
+    (``dt/<thing>/*``, ``cmd/<thing>/*``), as AWS's example policies do, and not on the shadow
+    topics: a retained shadow request would replay to every later subscriber."""
     thing = "${iot:Connection.Thing.ThingName}"
     own_topics = [f"$aws/things/{thing}/shadow/*", f"dt/{thing}/*", f"cmd/{thing}/*"]
     return {
@@ -192,6 +199,11 @@ def default_device_policy() -> dict[str, Any]:
                 "Effect": "Allow",
                 "Action": ["iot:Publish", "iot:Receive"],
                 "Resource": [f"arn:aws:iot:*:*:topic/{t}" for t in own_topics],
+            },
+            {
+                "Effect": "Allow",
+                "Action": "iot:RetainPublish",
+                "Resource": [f"arn:aws:iot:*:*:topic/{t}" for t in own_topics[1:]],
             },
             {
                 "Effect": "Allow",

@@ -1,8 +1,9 @@
 """The region's answers to its broker: who may connect, what each connection may do, and what
 happens when devices come, go and publish.
 
-Policy decisions are cached per (certificate, client, action, topic); any change to a
-certificate, policy or attachment clears the cache, and a certificate that stops being ACTIVE
+Policy decisions are cached per (certificate, client, action, topic) in a bounded LRU (a device
+publishing to a new topic each time must not grow memory); any change to a certificate, policy
+or attachment clears the cache, and a certificate that stops being ACTIVE
 has its live sessions closed at once.
 """
 
@@ -18,6 +19,7 @@ from collections.abc import Awaitable
 
 from geofleet.broker.base import Broker, Connection, DisconnectReason
 from geofleet.domain.events import presence_payload, thing_payload
+from geofleet.domain.lru import BoundedCache
 from geofleet.domain.names import parse_shadow_request, presence_topic, thing_event_topic
 from geofleet.domain.policy import Action, Principal, is_allowed, is_claim_client_id
 from geofleet.domain.records import CertificateStatus, Kind, Record
@@ -28,7 +30,8 @@ from geofleet.region.shadows import ShadowService
 
 log = logging.getLogger(__name__)
 
-_CACHE_LIMIT = 100_000
+DECISION_CACHE_ENTRIES = 4096
+"""Room for the hot decisions of a few thousand connections (~260 B an entry, ~1 MB)."""
 _SECURITY_KINDS = frozenset({Kind.CERTIFICATE, Kind.POLICY, Kind.POLICY_ATTACHMENT, Kind.THING_PRINCIPAL})
 
 
@@ -37,12 +40,14 @@ def _now_ms() -> int:
 
 
 class RegionGate:
-    def __init__(self, registry: Registry, shadows: ShadowService, region: str, account: str) -> None:
+    def __init__(self, registry: Registry, shadows: ShadowService, region: str, account: str,
+                 decision_cache_entries: int = DECISION_CACHE_ENTRIES) -> None:
         self._registry = registry
         self._shadows = shadows
         self._region = region
         self._account = account
-        self._decisions: dict[tuple[str, str, str | None, Action, str], bool] = {}
+        self._decisions: BoundedCache[tuple[str, str, str | None, Action, str], bool] = \
+            BoundedCache(decision_cache_entries)
         self._version = _now_ms()
         self._tasks: set[asyncio.Task[None]] = set()
         self.broker: Broker | None = None
@@ -51,6 +56,11 @@ class RegionGate:
         self.probe: tuple[str, str, str] | None = None
         """(certificate id, client id, topic) of the region's health probe."""
         registry.observe(self._registry_changed)
+
+    @property
+    def cached_decisions(self) -> int:
+        """How many policy decisions are cached (bounded by ``decision_cache_entries``)."""
+        return len(self._decisions)
 
     # -- the Gate port ---------------------------------------------------------------------
 
@@ -82,9 +92,7 @@ class RegionGate:
                                   connection.certificate_id)
             policies = self._registry.effective_policies(connection.certificate_id)
             decision = is_allowed(policies, principal, action, topic)
-            if len(self._decisions) >= _CACHE_LIMIT:
-                self._decisions.clear()
-            self._decisions[key] = decision
+            self._decisions.put(key, decision)
         return decision
 
     async def connected(self, connection: Connection) -> None:
