@@ -53,22 +53,21 @@ def health(fleet: Fleet, region: str) -> dict[str, Any]:
         return dict(api.call("GET", "/health"))
 
 
-def has_thing(fleet: Fleet, region: str, name: str) -> bool:
+def exists(fleet: Fleet, region: str, path: str) -> bool:
     with fleet.admin(region) as api:
         try:
-            api.call("GET", f"/things/{name}")
+            api.call("GET", path)
         except NotFound:
             return False
     return True
+
+
+def has_thing(fleet: Fleet, region: str, name: str) -> bool:
+    return exists(fleet, region, f"/things/{name}")
 
 
 def has_shadow(fleet: Fleet, region: str, thing: str) -> bool:
-    with fleet.admin(region) as api:
-        try:
-            api.call("GET", f"/things/{thing}/shadow")
-        except NotFound:
-            return False
-    return True
+    return exists(fleet, region, f"/things/{thing}/shadow")
 
 
 def create_things(fleet: Fleet, region: str, names: list[str]) -> None:
