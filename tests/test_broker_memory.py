@@ -20,6 +20,7 @@ from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from geofleet.broker.amqtt_broker import EmbeddedBroker
 from geofleet.broker.base import Connection
 from geofleet.domain.hlc import Clock
+from geofleet.domain.horizon import DEFAULT_GRACE_S, TombstoneHorizon
 from geofleet.domain.lru import BoundedCache
 from geofleet.domain.policy import Action
 from geofleet.pki.ca import cert_pem, create_root, issue_leaf, key_pem, new_key
@@ -143,7 +144,7 @@ def test_the_policy_decision_cache_is_bounded(tmp_path: Path) -> None:
     async def publish(topic: str, payload: bytes, qos: int = 1) -> None:
         return None
 
-    gate = RegionGate(registry, ShadowService(store, clock, "r1", publish), "r1", "000000000000",
+    gate = RegionGate(registry, ShadowService(store, clock, "r1", publish, TombstoneHorizon(DEFAULT_GRACE_S)), "r1", "000000000000",
                       decision_cache_entries=1000)
     connection = Connection("device", "s", "cert", "device", "127.0.0.1", 0)
     for n in range(5000):  # a device publishing to a new topic each time
