@@ -144,8 +144,8 @@ def test_the_policy_decision_cache_is_bounded(tmp_path: Path) -> None:
     async def publish(topic: str, payload: bytes, qos: int = 1) -> None:
         return None
 
-    gate = RegionGate(registry, ShadowService(store, clock, "r1", publish, TombstoneHorizon(DEFAULT_GRACE_S)), "r1", "000000000000",
-                      decision_cache_entries=1000)
+    shadows = ShadowService(store, clock, "r1", publish, TombstoneHorizon(DEFAULT_GRACE_S))
+    gate = RegionGate(registry, shadows, "r1", "000000000000", decision_cache_entries=1000)
     connection = Connection("device", "s", "cert", "device", "127.0.0.1", 0)
     for n in range(5000):  # a device publishing to a new topic each time
         gate.authorize(connection, Action.PUBLISH, f"dt/device/{n}")
