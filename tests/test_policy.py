@@ -10,10 +10,14 @@ import pytest
 
 from geofleet.domain.errors import InvalidRequest
 from geofleet.domain.policy import (
+    CLAIM_POLICY_NAME,
+    DEFAULT_POLICY_NAME,
     MAX_POLICY_BYTES,
     Action,
     Policy,
     Principal,
+    builtin_upgrade,
+    claim_policy,
     default_device_policy,
     is_allowed,
     parse_policy,
@@ -360,3 +364,19 @@ def test_parse_policy_rejects_thing_attribute_variables() -> None:
 def test_parse_policy_rejects_oversized_documents() -> None:
     document = json.dumps({"Statement": [statement("Allow", "iot:Publish", "x" * MAX_POLICY_BYTES)]})
     assert str(MAX_POLICY_BYTES) in _rejection(document)
+
+
+def test_a_region_upgrades_the_default_policy_only_from_the_version_it_wrote_itself() -> None:
+    current = default_device_policy()
+    before_retain = {**current, "Statement": [s for s in current["Statement"] if s["Action"] != "iot:RetainPublish"]}
+    assert builtin_upgrade(DEFAULT_POLICY_NAME, before_retain) == current
+    assert builtin_upgrade(DEFAULT_POLICY_NAME, current) is None
+    edited = {**before_retain, "Statement": [*before_retain["Statement"],
+                                             {"Effect": "Deny", "Action": "iot:Publish", "Resource": "*"}]}
+    assert builtin_upgrade(DEFAULT_POLICY_NAME, edited) is None, "an operator's own edit is theirs to keep"
+
+
+def test_any_other_claim_policy_is_replaced_by_the_current_one() -> None:
+    wider = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "iot:*", "Resource": "*"}]}
+    assert builtin_upgrade(CLAIM_POLICY_NAME, wider) == claim_policy()
+    assert builtin_upgrade(CLAIM_POLICY_NAME, claim_policy()) is None

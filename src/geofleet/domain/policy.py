@@ -266,3 +266,26 @@ def claim_policy() -> dict[str, Any]:
              "Resource": [f"arn:aws:iot:*:*:topic/{t}" for t in answers]},
         ],
     }
+
+
+def builtin_policies() -> dict[str, dict[str, Any]]:
+    """The policies every region makes when they are missing, by name."""
+    return {DEFAULT_POLICY_NAME: default_device_policy(), CLAIM_POLICY_NAME: claim_policy()}
+
+
+def builtin_upgrade(name: str, stored: dict[str, Any]) -> dict[str, Any] | None:
+    """The current document of a built-in policy when ``stored`` is one geofleet wrote before
+    (a region upgraded in place replaces it), else None.
+
+    The claim policy is geofleet's alone (its namespace and topics are protocol, not taste): any
+    other version is replaced. The default device policy may have been edited by its operator:
+    it is replaced only when it is exactly the version from before ``iot:RetainPublish``
+    existed, whose devices would otherwise lose retained publishes on their own topics."""
+    current = builtin_policies()[name]
+    if stored == current:
+        return None
+    if name == CLAIM_POLICY_NAME:
+        return current
+    before_retain = {**current, "Statement": [s for s in current["Statement"] if s["Action"] != "iot:RetainPublish"]}
+    return current if stored == before_retain else None
+

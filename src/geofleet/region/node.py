@@ -17,7 +17,7 @@ from geofleet.config import DataDir, FleetConfig, RegionConfig, RegionPaths, pri
 from geofleet.domain.errors import NotFound
 from geofleet.domain.hlc import Clock
 from geofleet.domain.horizon import TombstoneHorizon
-from geofleet.domain.policy import CLAIM_POLICY_NAME, DEFAULT_POLICY_NAME, claim_policy, default_device_policy
+from geofleet.domain.policy import builtin_policies, builtin_upgrade
 from geofleet.domain.throttle import RateLimiter
 from geofleet.pki.fleet import region_authority
 from geofleet.provisioning.fleet_mqtt import FleetProvisioning
@@ -106,15 +106,16 @@ class RegionNode:
         return await self.replication.call_peer(owner, f"/v1/guard/{action}", body)
 
     def _ensure_builtin_policies(self) -> None:
-        for name, document in ((DEFAULT_POLICY_NAME, default_device_policy()), (CLAIM_POLICY_NAME, claim_policy())):
+        for name, document in builtin_policies().items():
             try:
                 current = self.registry.get_policy(name)
             except NotFound:
                 self.registry.create_policy(name, json.dumps(document))
                 continue
-            if name == CLAIM_POLICY_NAME and json.loads(current["policyDocument"]) != document:
-                # the claim policy is geofleet's, not the operator's: an older, wider one is replaced
-                self.registry.replace_policy(name, json.dumps(document))
+            upgrade = builtin_upgrade(name, json.loads(current["policyDocument"]))
+            if upgrade is not None:
+                log.info("region %s: policy %s replaced by this version's", self.config.name, name)
+                self.registry.replace_policy(name, json.dumps(upgrade))
 
     async def run(self) -> None:
         """Serve until SIGINT/SIGTERM or ``stop()``; then close everything cleanly."""
