@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from geofleet.app import DeviceOffline, EventStream, FleetApp
-from geofleet.device import BlockingDevice, DeviceClient, DiskOutbox, FailoverOptions
+from geofleet.device import BlockingDevice, DeviceClient, DeviceShadow, DiskOutbox, FailoverOptions, bootstrap_async
 from geofleet.domain.errors import InvalidRequest, NotFound
 from geofleet.drill import wait_until
 from tests.conftest import Fleet
@@ -153,6 +153,8 @@ def test_device_survives_a_killed_region_loses_nothing_and_comes_home(ffleet: Fl
 
             ffleet.restart(A, timeout=None)
             await asyncio.to_thread(ffleet.wait_ready, A)
+            # A's stream carries only what A receives while it is open: 9-10 may be sent to A
+            await wait_until(lambda: A in stream.regions_open, 15, "the application following A again")
             for n in range(9, 11):
                 await device.publish(f"dt/{name}/t", json.dumps({"n": n}))
             await wait_until(lambda: device.status.region == A, 20, "the device back home")
@@ -397,3 +399,36 @@ def test_disk_outbox_keeps_messages_across_a_device_restart(ffleet: Fleet, tmp_p
 
     run(offline)
     assert run(online) == [0, 1, 2]
+
+
+def test_sdk_forms_bootstrap_async_messages_and_shadow_context(ffleet: Fleet, tmp_path: Path) -> None:
+    """The SDK's asyncio forms end to end: a device provisions with ``bootstrap_async``, connects
+    from its credentials, keeps its shadow in an ``async with`` block (a delta set by the
+    application arrives), and reads a command from ``device.messages``."""
+    common = ["--data-dir", str(ffleet.data.root), "--region", A]
+    group = json.loads(geofleet("enrollment", "create", "sdk-forms", *common, "--json").stdout)
+    name = ffleet.new_name("sdk")
+    key = geofleet("enrollment", "device-key", "--device-id", name, "--group-key", group["key"]).stdout.strip()
+    url = ffleet.data.config().region(A).http_url
+
+    async def scenario() -> None:
+        credentials = await bootstrap_async(name, key, "sdk-forms", [url], ffleet.data.root_ca, tmp_path)
+        assert credentials.endpoints[0].region == credentials.home_region
+        assert await bootstrap_async(name, key, "sdk-forms", [url], ffleet.data.root_ca, tmp_path) == credentials
+        deltas: list[dict[str, Any]] = []
+        async with FleetApp.from_data_dir(ffleet.data.root) as app, \
+                DeviceClient.from_credentials(credentials, options=FAST) as device:
+            home = await device.wait_connected(10)
+            assert device.status.connected and device.status.region == home
+            async with DeviceShadow(device, on_delta=deltas.append) as shadow:
+                await shadow.update(reported={"light": "off"})
+                await app.update_shadow(name, {"state": {"desired": {"light": "on"}}})
+                await wait_until(lambda: deltas == [{"light": "on"}], 10, "the delta at the device")
+            await device.subscribe(f"cmd/{name}/#")
+            assert await app.send(name, f"cmd/{name}/reboot", '{"now": true}') == home
+            message = await asyncio.wait_for(anext(device.messages), 10)
+            assert (message.topic, message.payload) == (f"cmd/{name}/reboot", b'{"now": true}')
+        assert not device.status.connected and device.status.region is None
+
+    run(scenario)
+

@@ -76,6 +76,14 @@ class EventStream:
         self._on_duplicate = on_duplicate
         self._queue: asyncio.Queue[Event] = asyncio.Queue(100_000)
         self._readers: list[asyncio.Task[None]] = []
+        self._open: set[str] = set()
+
+    @property
+    def regions_open(self) -> frozenset[str]:
+        """The regions whose stream is open now. A region's stream carries only what is
+        published while it is open: a program (or test) that must see a message published in a
+        region that just came back waits for that region here first."""
+        return frozenset(self._open)
 
     async def __aenter__(self) -> EventStream:
         ready = {r.name: asyncio.Event() for r in self._regions}
@@ -127,6 +135,7 @@ class EventStream:
                         item = json.loads(line)
                         if "topic" not in item:
                             if item.get("stream") == "open":
+                                self._open.add(region.name)
                                 opened.set()
                             continue
                         payload = item["payload"].encode() if "payload" in item \
@@ -134,5 +143,7 @@ class EventStream:
                         await self._queue.put(Event(item["region"], item["topic"], payload, int(item["receivedMs"])))
             except (httpx.HTTPError, ValueError, GeofleetError):
                 pass
+            finally:
+                self._open.discard(region.name)
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))
             delay = min(delay * 2, 5.0)
