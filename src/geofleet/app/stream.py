@@ -63,7 +63,14 @@ class Event:
 
 class EventStream:
     """Made by ``FleetApp.events``: ``async with`` opens every region's stream, ``async for``
-    reads the merged events, leaving the block closes them."""
+    reads the merged events, leaving the block closes them.
+
+    Example::
+
+        async with app.events(["$aws/events/presence/+/+"]) as stream:
+            async for event in stream:
+                print(event.region, event.topic)
+    """
 
     def __init__(self, http: httpx.AsyncClient, regions: Sequence[Region],
                  healthy: Callable[[], Awaitable[list[Region]]], filters: Sequence[str], ready_timeout: float,

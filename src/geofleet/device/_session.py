@@ -2,8 +2,8 @@
 
 What is here is the part of the device that touches sockets: opening an aiomqtt client made
 safe for failover, reading its messages, sending the outbox, and a TLS probe of a broker. The
-decisions (where to go, when) are ``geofleet.domain.failover``'s; the facade that programs use
-is ``geofleet.device.connection.DeviceClient``.
+decisions (where to go, when) are ``geofleet.domain.failover``'s, the loop that follows them is
+``_loop.py``, and the facade that programs use is ``geofleet.device.connection.DeviceClient``.
 
 Every socket has TCP_NODELAY: paho leaves Nagle's algorithm on, which was measured to stall a
 QoS 1 round trip by 25 ms.
