@@ -33,7 +33,7 @@ from typing import Any
 
 import common
 
-from geofleet.device.connection import FailoverOptions
+from geofleet.device import FailoverOptions
 from geofleet.drill import DrillResult, account, drill, stage
 
 

@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from geofleet.app import DeviceOffline, FleetApp
-from geofleet.device import BlockingDevice, DeviceClient, DiskOutbox, FailoverOptions
+from geofleet.app import DeviceOffline, EventStream, FleetApp
+from geofleet.device import BlockingDevice, DeviceClient, DeviceShadow, DiskOutbox, FailoverOptions, bootstrap_async
 from geofleet.domain.errors import InvalidRequest, NotFound
 from geofleet.drill import wait_until
 from tests.conftest import Fleet
@@ -121,48 +121,51 @@ def test_device_survives_a_killed_region_loses_nothing_and_comes_home(ffleet: Fl
     commands: list[bytes] = []
 
     async def scenario() -> None:
-        async with FleetApp.from_data_dir(ffleet.data.root) as app:
-            stream = await app.events([f"dt/{name}/#"])
+        async with FleetApp.from_data_dir(ffleet.data.root) as app, app.events([f"dt/{name}/#"]) as stream:
+            await failover_scenario(app, stream)
 
-            async def collect() -> None:
-                async for event in stream:
-                    received.append(int(json.loads(event.payload)["n"]))
+    async def failover_scenario(app: FleetApp, stream: EventStream) -> None:
+        async def collect() -> None:
+            async for event in stream:
+                received.append(int(json.loads(event.payload)["n"]))
 
-            collector = asyncio.create_task(collect())
-            device = device_client(ffleet, name, A, B, options=FAST)
-            await device.subscribe(f"cmd/{name}/#", lambda _t, p: commands.append(p))
-            async with device:
-                assert await device.wait_connected(10) == A
-                for n in range(1, 6):
-                    await device.publish(f"dt/{name}/t", json.dumps({"n": n}))
-                await wait_until(lambda: len(received) == 5, 10, "messages 1-5 at the application")
-                assert (await app.locate(name)).region == A
+        collector = asyncio.create_task(collect())
+        device = device_client(ffleet, name, A, B, options=FAST)
+        await device.subscribe(f"cmd/{name}/#", lambda _t, p: commands.append(p))
+        async with device:
+            assert await device.wait_connected(10) == A
+            for n in range(1, 6):
+                await device.publish(f"dt/{name}/t", json.dumps({"n": n}))
+            await wait_until(lambda: len(received) == 5, 10, "messages 1-5 at the application")
+            assert (await app.locate(name)).region == A
 
-                ffleet.send_signal(A, signal.SIGSTOP)
-                for n in range(6, 9):
-                    await device.publish(f"dt/{name}/t", json.dumps({"n": n}))
-                ffleet.send_signal(A, signal.SIGKILL)
-                killed = time.monotonic()
-                await wait_until(lambda: device.region == B, 10, "the device in B")
-                assert time.monotonic() - killed < 5.0, "failover within the 5 s target"
-                assert await app.send(name, f"cmd/{name}/hello", "right after failover") == B
-                await wait_until(lambda: commands == [b"right after failover"], 5, "the command at the device")
-                await wait_until(lambda: sorted(received) == list(range(1, 9)), 10, "6-8 resent through B")
-                await eventually(lambda: located_in(app, name, B), 10, "presence moved to B")
+            ffleet.send_signal(A, signal.SIGSTOP)
+            for n in range(6, 9):
+                await device.publish(f"dt/{name}/t", json.dumps({"n": n}))
+            ffleet.send_signal(A, signal.SIGKILL)
+            killed = time.monotonic()
+            await wait_until(lambda: device.status.region == B, 10, "the device in B")
+            assert time.monotonic() - killed < 5.0, "failover within the 5 s target"
+            assert await app.send(name, f"cmd/{name}/hello", "right after failover") == B
+            await wait_until(lambda: commands == [b"right after failover"], 5, "the command at the device")
+            await wait_until(lambda: sorted(received) == list(range(1, 9)), 10, "6-8 resent through B")
+            await eventually(lambda: located_in(app, name, B), 10, "presence moved to B")
 
-                ffleet.restart(A, timeout=None)
-                await asyncio.to_thread(ffleet.wait_ready, A)
-                for n in range(9, 11):
-                    await device.publish(f"dt/{name}/t", json.dumps({"n": n}))
-                await wait_until(lambda: device.region == A, 20, "the device back home")
-                arrived_b, back_home = device.moves[-2], device.moves[-1]
-                assert arrived_b.region == B and back_home.reason == f"fail-back to {A}"
-                assert back_home.at - arrived_b.at >= FAST.min_stay_s, "the minimum stay was respected"
-                await device.flush(10)
-                await wait_until(lambda: len(received) >= 10, 10, "every message at the application")
-            collector.cancel()
-            assert sorted(received) == list(range(1, 11)), "no QoS 1 message lost, none delivered twice"
-            assert app.duplicates_dropped == 0
+            ffleet.restart(A, timeout=None)
+            await asyncio.to_thread(ffleet.wait_ready, A)
+            # A's stream carries only what A receives while it is open: 9-10 may be sent to A
+            await wait_until(lambda: A in stream.regions_open, 15, "the application following A again")
+            for n in range(9, 11):
+                await device.publish(f"dt/{name}/t", json.dumps({"n": n}))
+            await wait_until(lambda: device.status.region == A, 20, "the device back home")
+            arrived_b, back_home = device.status.moves[-2], device.status.moves[-1]
+            assert arrived_b.region == B and back_home.reason == f"fail-back to {A}"
+            assert back_home.at - arrived_b.at >= FAST.min_stay_s, "the minimum stay was respected"
+            await device.flush(10)
+            await wait_until(lambda: len(received) >= 10, 10, "every message at the application")
+        collector.cancel()
+        assert sorted(received) == list(range(1, 11)), "no QoS 1 message lost, none delivered twice"
+        assert app.duplicates_dropped == 0
 
     run(scenario)
 
@@ -194,11 +197,11 @@ def test_active_standby_device_uses_the_standby_only_while_the_home_is_down(ffle
         async with device_client(ffleet, name, A, B, concierge=urls, options=options) as device:
             assert await device.wait_connected(10) == A
             ffleet.send_signal(A, signal.SIGKILL)
-            await wait_until(lambda: device.region == B, 10, "the device on the standby")
+            await wait_until(lambda: device.status.region == B, 10, "the device on the standby")
             ffleet.restart(A, timeout=None)
             await asyncio.to_thread(ffleet.wait_ready, A)
-            await wait_until(lambda: device.region == A, 20, "the device home, the standby reported unusable")
-            assert device.moves[-1].reason == f"{B} reported unusable"
+            await wait_until(lambda: device.status.region == A, 20, "the device home, the standby reported unusable")
+            assert device.status.moves[-1].reason == f"{B} reported unusable"
 
     run(scenario)
 
@@ -215,7 +218,7 @@ def test_black_holed_region_is_left_after_keepalive_and_reported_unhealthy(fflee
             ffleet.send_signal(B, signal.SIGSTOP)
             frozen = time.monotonic()
             try:
-                await wait_until(lambda: device.region == A, FAST.keepalive_s + 5, "the device in A")
+                await wait_until(lambda: device.status.region == A, FAST.keepalive_s + 5, "the device in A")
                 assert time.monotonic() - frozen < FAST.keepalive_s + 5
                 await device.publish(f"dt/{name}/t", "after")
                 await device.flush(5)
@@ -223,7 +226,7 @@ def test_black_holed_region_is_left_after_keepalive_and_reported_unhealthy(fflee
                                  "B reported unhealthy by A")
             finally:
                 ffleet.send_signal(B, signal.SIGCONT)
-            await wait_until(lambda: device.region == B, 20, "the device back in B")
+            await wait_until(lambda: device.status.region == B, 20, "the device back in B")
 
     run(scenario)
 
@@ -278,7 +281,7 @@ def test_bad_endpoint_lists_give_clear_errors_and_bounded_retries(ffleet: Fleet)
         async with device:
             with pytest.raises(Exception, match="no endpoint accepted a connection within 3 s"):
                 await device.wait_connected(3)
-            return [device.attempts, device.last_error]
+            return [device.status.attempts, device.status.last_error]
 
     attempts, error = run(unreachable)
     assert 1 <= attempts <= 15, f"{attempts} attempts in 3 s: retries must back off, not spin"
@@ -346,18 +349,18 @@ def test_app_shadow_and_lifecycle_events_from_every_region(ffleet: Fleet) -> Non
 
     async def scenario() -> None:
         async with FleetApp.from_data_dir(ffleet.data.root) as app:
-            stream = await app.events([f"$aws/events/presence/+/{name}"])
-            updated = await app.update_shadow(name, {"state": {"desired": {"mode": "eco"}}})
-            assert updated["state"]["desired"] == {"mode": "eco"}
-            assert (await app.get_shadow(name))["state"]["delta"] == {"mode": "eco"}
-            for region in (A, B):
-                with ffleet.device(name, region) as device:
-                    device.connect()
-            seen: list[tuple[str, str]] = []
-            async for event in stream:
-                seen.append((event.region, event.topic.split("/")[3]))
-                if len(seen) == 4:
-                    break
+            async with app.events([f"$aws/events/presence/+/{name}"]) as stream:
+                updated = await app.update_shadow(name, {"state": {"desired": {"mode": "eco"}}})
+                assert updated["state"]["desired"] == {"mode": "eco"}
+                assert (await app.get_shadow(name))["state"]["delta"] == {"mode": "eco"}
+                for region in (A, B):
+                    with ffleet.device(name, region) as device:
+                        device.connect()
+                seen: list[tuple[str, str]] = []
+                async for event in stream:
+                    seen.append((event.region, event.topic.split("/")[3]))
+                    if len(seen) == 4:
+                        break
             assert sorted(seen) == sorted([(A, "connected"), (A, "disconnected"), (B, "connected"),
                                            (B, "disconnected")])
 
@@ -377,13 +380,12 @@ def test_disk_outbox_keeps_messages_across_a_device_restart(ffleet: Fleet, tmp_p
         async with DeviceClient(name, *files, nowhere, options=FAST, outbox=outbox) as device:
             for n in range(3):
                 await device.publish(f"dt/{name}/t", json.dumps({"n": n}))
-            assert not device.connected.is_set()
+            assert not device.status.connected
         outbox.close()
 
     async def online() -> list[int]:
         got: list[int] = []
-        async with FleetApp.from_data_dir(ffleet.data.root) as app:
-            stream = await app.events([f"dt/{name}/#"])
+        async with FleetApp.from_data_dir(ffleet.data.root) as app, app.events([f"dt/{name}/#"]) as stream:
             outbox = DiskOutbox(tmp_path / "outbox.db")
             assert len(outbox) == 3
             async with device_client(ffleet, name, B, options=FAST, outbox=outbox) as device:
@@ -397,3 +399,36 @@ def test_disk_outbox_keeps_messages_across_a_device_restart(ffleet: Fleet, tmp_p
 
     run(offline)
     assert run(online) == [0, 1, 2]
+
+
+def test_sdk_forms_bootstrap_async_messages_and_shadow_context(ffleet: Fleet, tmp_path: Path) -> None:
+    """The SDK's asyncio forms end to end: a device provisions with ``bootstrap_async``, connects
+    from its credentials, keeps its shadow in an ``async with`` block (a delta set by the
+    application arrives), and reads a command from ``device.messages``."""
+    common = ["--data-dir", str(ffleet.data.root), "--region", A]
+    group = json.loads(geofleet("enrollment", "create", "sdk-forms", *common, "--json").stdout)
+    name = ffleet.new_name("sdk")
+    key = geofleet("enrollment", "device-key", "--device-id", name, "--group-key", group["key"]).stdout.strip()
+    url = ffleet.data.config().region(A).http_url
+
+    async def scenario() -> None:
+        credentials = await bootstrap_async(name, key, "sdk-forms", [url], ffleet.data.root_ca, tmp_path)
+        assert credentials.endpoints[0].region == credentials.home_region
+        assert await bootstrap_async(name, key, "sdk-forms", [url], ffleet.data.root_ca, tmp_path) == credentials
+        deltas: list[dict[str, Any]] = []
+        async with FleetApp.from_data_dir(ffleet.data.root) as app, \
+                DeviceClient.from_credentials(credentials, options=FAST) as device:
+            home = await device.wait_connected(10)
+            assert device.status.connected and device.status.region == home
+            async with DeviceShadow(device, on_delta=deltas.append) as shadow:
+                await shadow.update(reported={"light": "off"})
+                await app.update_shadow(name, {"state": {"desired": {"light": "on"}}})
+                await wait_until(lambda: deltas == [{"light": "on"}], 10, "the delta at the device")
+            await device.subscribe(f"cmd/{name}/#")
+            assert await app.send(name, f"cmd/{name}/reboot", '{"now": true}') == home
+            message = await asyncio.wait_for(anext(device.messages), 10)
+            assert (message.topic, message.payload) == (f"cmd/{name}/reboot", b'{"now": true}')
+        assert not device.status.connected and device.status.region is None
+
+    run(scenario)
+

@@ -1,6 +1,6 @@
 """The device outbox (in memory and on disk): order kept, ack removes, bounded without dropping,
-the disk outbox survives a restart; the reconnect backoff's bounds and jitter; and which
-endpoint a device tries next."""
+the disk outbox survives a restart. (The reconnect backoff and endpoint choice are in
+test_failover_policy.py.)"""
 
 from __future__ import annotations
 
@@ -8,10 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
-from geofleet.device.connection import Endpoint, FailoverOptions, choose_endpoint
 from geofleet.device.outbox import DiskOutbox, MemoryOutbox, Outbox, OutboxFull, Pending
 
 MakeOutbox = Callable[..., Outbox]
@@ -135,37 +132,3 @@ def test_disk_outbox_limit_counts_messages_left_from_before_a_restart(tmp_path: 
     finally:
         after.close()
 
-
-# --- reconnect backoff --------------------------------------------------------------------------
-
-OPTIONS = [FailoverOptions(), FailoverOptions(backoff_base_s=2.0, backoff_max_s=5.0),
-           FailoverOptions(backoff_base_s=0.1, backoff_max_s=60.0)]
-
-
-@given(st.sampled_from(OPTIONS), st.integers(1, 50))
-def test_backoff_stays_between_a_quarter_base_and_the_capped_exponential(options: FailoverOptions,
-                                                                         failures: int) -> None:
-    ceiling = min(options.backoff_max_s, options.backoff_base_s * 2 ** (failures - 1))
-    delay = options.backoff(failures)
-    assert options.backoff_base_s / 4 <= delay <= ceiling
-    assert delay <= options.backoff_max_s
-
-
-@pytest.mark.parametrize("failures", [1, 5, 50])
-def test_backoff_is_jittered(failures: int) -> None:
-    options = FailoverOptions()
-    assert len({options.backoff(failures) for _ in range(50)}) > 1
-
-
-EP = [Endpoint("us-east-1", "h1", 1), Endpoint("eu-west-1", "h2", 2), Endpoint("ap-southeast-1", "h3", 3)]
-
-
-def test_choose_endpoint_skips_regions_reported_unusable() -> None:
-    assert choose_endpoint(EP, 0, {"us-east-1": False}).region == "eu-west-1"
-    assert choose_endpoint(EP, 1, {"eu-west-1": False, "ap-southeast-1": False}).region == "us-east-1"
-    assert choose_endpoint(EP, 4, {}).region == "eu-west-1"  # cyclic
-
-
-def test_choose_endpoint_tries_in_order_when_every_region_is_reported_unusable() -> None:
-    all_down = {e.region: False for e in EP}
-    assert [choose_endpoint(EP, i, all_down).region for i in range(3)] == [e.region for e in EP]

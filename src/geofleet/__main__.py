@@ -1,3 +1,3 @@
-from geofleet.cli import main
+from geofleet.launcher import main
 
 main()

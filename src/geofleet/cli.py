@@ -363,7 +363,8 @@ def device_bootstrap(
 
     check_thing_name(device_id)
     credentials = bootstrap(device_id, enrollment_key, group, bootstrap_url, root_ca, out)
-    result = {"deviceId": device_id, "homeRegion": credentials.home_region, "endpoints": credentials.endpoints,
+    result = {"deviceId": device_id, "homeRegion": credentials.home_region,
+              "endpoints": [e.to_json() for e in credentials.endpoints],
               "certificate": str(credentials.cert_file), "key": str(credentials.key_file)}
     _print(result, as_json, f"device {device_id} provisioned; home region {credentials.home_region}; files in {out}")
 
@@ -422,7 +423,7 @@ def simulate(
 ) -> None:
     """Provision simulated devices from addresses around the world and run them against a running
     fleet (``geofleet up``): telemetry at QoS 1 and shadow updates, each device with its own key."""
-    from geofleet.device.connection import FailoverOptions
+    from geofleet.device import FailoverOptions
     from geofleet.drill import table
     from geofleet.simulation import Simulation, provision
 

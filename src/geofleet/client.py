@@ -23,6 +23,16 @@ _BY_STATUS: dict[int, type[errors.GeofleetError]] = {
 
 
 class RegionUnreachable(errors.GeofleetError):
+    """No region answered (or a region's stream did not open in time).
+
+    Example::
+
+        try:
+            await app.locate("sensor-1")
+        except RegionUnreachable as exc:
+            print(exc)  # names each region's error
+    """
+
     status = 503
     code = "RegionUnreachable"
 

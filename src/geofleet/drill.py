@@ -27,8 +27,8 @@ from typing import Any
 from geofleet.app.client import FleetApp
 from geofleet.cluster import LocalFleet
 from geofleet.config import DEFAULT_REGIONS
-from geofleet.device.connection import FailoverOptions
 from geofleet.domain.errors import ConfigError
+from geofleet.domain.failover import FailoverOptions
 from geofleet.simulation import SOURCE_ADDRESS, SimulatedDevice, Simulation, provision
 
 Progress = Callable[[str], None]
@@ -72,9 +72,10 @@ class Collector:
     def __init__(self) -> None:
         self.seen: dict[str, set[int]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._streams = contextlib.AsyncExitStack()
 
     async def start(self, app: FleetApp) -> None:
-        stream = await app.events(["dt/+/telemetry"])
+        stream = await self._streams.enter_async_context(app.events(["dt/+/telemetry"]))
 
         async def collect() -> None:
             async for event in stream:
@@ -91,6 +92,7 @@ class Collector:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        await self._streams.aclose()
 
 
 async def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -103,11 +105,11 @@ async def wait_until(condition: Callable[[], bool], timeout: float, what: str) -
 
 def _stragglers(devices: list[SimulatedDevice], done: Callable[[SimulatedDevice], float | None]) -> str:
     left = [d for d in devices if not done(d)]
-    examples = [f"{d.device_id} in {d.client.region if d.client else None}, "
-                f"moves {[(m.region, m.reason) for m in (d.client.moves if d.client else [])][-3:]}, "
-                f"last error {d.client.last_error if d.client else None}, "
-                f"fail-back checks {d.client.failback_checks if d.client else None}, "
-                f"doing: {d.client.doing if d.client else None}" for d in left[:3]]
+    examples = [f"{d.device_id} in {d.client.status.region if d.client else None}, "
+                f"moves {[(m.region, m.reason) for m in (d.client.status.moves if d.client else ())][-3:]}, "
+                f"last error {d.client.status.last_error if d.client else None}, "
+                f"fail-back checks {d.client.status.failback_checks if d.client else None}, "
+                f"doing: {d.client.status.doing if d.client else None}" for d in left[:3]]
     return f"{len(left)} of {len(devices)} devices not there, e.g. " + "; ".join(examples)
 
 
@@ -115,7 +117,7 @@ def _working(device: SimulatedDevice, since: float, where: Callable[[str], bool]
     """When the device first had a message acknowledged in a session begun since ``since`` in a
     region ``where`` accepts; None if it has not yet."""
     assert device.client is not None
-    for move in device.client.moves:
+    for move in device.client.status.moves:
         if move.at >= since and where(move.region) and move.first_ack_at is not None:
             return move.first_ack_at
     return None
@@ -128,7 +130,8 @@ During = Callable[[FleetApp, list[SimulatedDevice]], Awaitable[None]]
 async def drill(fleet: LocalFleet, sim: Simulation, app: FleetApp, collector: Collector, region: str, *,
                 mode: str = "kill", timeout: float = 60.0, progress: Progress = print,
                 during: During | None = None) -> DrillResult:
-    affected = [d for d in sim.devices if d.home == region and d.client is not None and d.client.region == region]
+    affected = [d for d in sim.devices
+                if d.home == region and d.client is not None and d.client.status.region == region]
     result = DrillResult(region, mode, len(sim.devices), len(affected), homes=dict(sim.homes()))
     progress(f"{'killing' if mode == 'kill' else 'black-holing'} {region}: {len(affected)} devices connected there")
     down_at = time.time()

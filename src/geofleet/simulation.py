@@ -26,10 +26,11 @@ import iptocc
 from geofleet.client import AdminClient
 from geofleet.config import DataDir, write_private
 from geofleet.device.bootstrap import Credentials, bootstrap
-from geofleet.device.connection import DeviceClient, FailoverOptions
+from geofleet.device.connection import DeviceClient
 from geofleet.device.shadow import DeviceShadow
 from geofleet.domain.enrollment import decode_key, device_key, encode_key
 from geofleet.domain.errors import NotFound
+from geofleet.domain.failover import FailoverOptions
 
 COUNTRIES = ("US", "BR", "GB", "DE", "FR", "IN", "JP", "AU", "SG", "ZA", "CA", "MX", "KR", "ES", "IT", "NL",
              "SE", "AR", "EG", "ID")
@@ -175,9 +176,9 @@ class Simulation:
         while self._running:
             await self._publish(device)
             if self.shadow_every and device.shadow is not None and device.sent % self.shadow_every == 0 \
-                    and device.client is not None and device.client.connected.is_set():
+                    and device.client is not None and device.client.status.connected:
                 with contextlib.suppress(Exception):  # one lost in a failover: the next one's job
-                    await device.shadow.update(reported={"seq": device.sent, "region": device.client.region})
+                    await device.shadow.update(reported={"seq": device.sent, "region": device.client.status.region})
             await asyncio.sleep(self.interval_s * random.uniform(0.8, 1.2))
 
     async def wait_connected(self, timeout: float) -> None:
@@ -187,7 +188,7 @@ class Simulation:
         return Counter(d.home for d in self.devices)
 
     def where(self) -> Counter[str]:
-        return Counter((d.client.region if d.client else None) or "offline" for d in self.devices)
+        return Counter((d.client.status.region if d.client else None) or "offline" for d in self.devices)
 
     async def stop_publishing(self, flush_timeout: float) -> None:
         self._running = False

@@ -1,7 +1,19 @@
 """The application SDK: locate a device, send to it wherever it is connected, read and write its
-shadow, and follow one merged stream of telemetry and lifecycle events from every region."""
+shadow, and follow one merged stream of telemetry and lifecycle events from every region.
 
-from geofleet.app.client import DeviceOffline, Event, FleetApp, Location, Region
+Example::
+
+    from geofleet.app import FleetApp, Region
+
+    async with FleetApp([Region("eu-west-1", "https://eu.example.com:8443")], token, root_ca) as app:
+        await app.send("sensor-1", "cmd/sensor-1/reboot", "{}")
+        async with app.events(["dt/+/telemetry"]) as stream:
+            async for event in stream:
+                print(event.region, event.json())
+"""
+
+from geofleet.app.client import DeviceOffline, FleetApp, Location
+from geofleet.app.stream import Event, EventStream, Region
 from geofleet.client import RegionUnreachable
 
-__all__ = ["DeviceOffline", "Event", "FleetApp", "Location", "Region", "RegionUnreachable"]
+__all__ = ["DeviceOffline", "Event", "EventStream", "FleetApp", "Location", "Region", "RegionUnreachable"]

@@ -9,48 +9,56 @@
   it tries every region at once, and retries until ``timeout`` while the device reconnects.
   Exactly one region holds a device's session, so at most one delivers;
 - ``get_shadow``/``update_shadow`` go to the nearest healthy region (shadows are replicated);
-- ``events`` merges every region's stream of telemetry and lifecycle events into one, with
-  reconnects, and drops duplicates (the same topic and payload within a window), since a QoS 1
-  message resent after a failover may have reached two regions.
+- ``events`` merges every region's stream of telemetry and lifecycle events into one
+  (``stream.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import random
 import ssl
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from geofleet.app.stream import EventStream, Region
 from geofleet.client import RegionUnreachable, answer
 from geofleet.config import DataDir
-from geofleet.domain.dedup import RecentMessages
 from geofleet.domain.errors import GeofleetError, InvalidRequest, NotFound
 
 Json = dict[str, Any]
-DEDUP_WINDOW = 10_000
 
 
 class DeviceOffline(GeofleetError):
+    """``send`` found no region holding the device's session before its timeout.
+
+    Example::
+
+        try:
+            await app.send(device, f"cmd/{device}/reboot", "{}", timeout=30)
+        except DeviceOffline as exc:
+            print(exc)  # says where the device was last seen
+    """
+
     status = 504
     code = "DeviceOffline"
 
 
 @dataclass(frozen=True, slots=True)
-class Region:
-    name: str
-    url: str
-
-
-@dataclass(frozen=True, slots=True)
 class Location:
+    """Where a device is connected (``connected`` False: offline, ``last_seen`` says where).
+
+    Example::
+
+        where = await app.locate("sensor-1")
+        print(where.region if where.connected else where.last_seen)
+    """
+
     device: str
     connected: bool
     region: str | None
@@ -64,18 +72,18 @@ class Location:
                    body.get("servedBy", ""), body.get("lastSeen"))
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    region: str
-    topic: str
-    payload: bytes
-    received_ms: int
-
-    def json(self) -> Any:
-        return json.loads(self.payload)
-
-
 class FleetApp:
+    """The application's handle on the whole fleet, through every region's admin API.
+
+    Example::
+
+        async with FleetApp(regions, token, Path("root-ca.pem")) as app:
+            print(await app.locate("sensor-1"))
+            await app.send("sensor-1", "cmd/sensor-1/reboot", "{}")
+            async with app.events(["dt/+/telemetry"]) as stream:
+                async for event in stream: ...
+    """
+
     def __init__(self, regions: Sequence[Region], token: str, root_ca: Path, timeout: float = 5.0) -> None:
         if not regions:
             raise InvalidRequest("no regions given: the application needs at least one region's URL")
@@ -190,61 +198,18 @@ class FleetApp:
 
     # -- the merged stream -----------------------------------------------------------------
 
-    async def events(self, filters: Sequence[str] = ("#", "$aws/events/#"), ready_timeout: float = 10.0
-                     ) -> AsyncIterator[Event]:
-        """Every region's telemetry and lifecycle events as one stream, until the iterator is
-        closed. Returns once every healthy region's stream is open, so nothing published
-        afterwards is missed: ``async for event in await app.events(): ...``."""
-        ready = {r.name: asyncio.Event() for r in self.regions}
-        healthy = {r.name for r in await self.rank()}
-        queue: asyncio.Queue[Event] = asyncio.Queue(100_000)
-        readers = [asyncio.create_task(self._follow(r, list(filters), queue, ready[r.name])) for r in self.regions]
-        try:
-            await asyncio.wait_for(asyncio.gather(*(ready[n].wait() for n in healthy)), ready_timeout)
-        except TimeoutError:
-            for reader in readers:
-                reader.cancel()
-            raise RegionUnreachable(f"the event streams of {', '.join(sorted(healthy))} did not open "
-                                    f"within {ready_timeout:g} s") from None
-        return self._merge(queue, readers)
+    def events(self, filters: Sequence[str] = ("#", "$aws/events/#"), ready_timeout: float = 10.0) -> EventStream:
+        """Every region's telemetry and lifecycle events as one stream. Entering it returns once
+        every healthy region's stream is open, so nothing published afterwards is missed
+        (``RegionUnreachable`` after ``ready_timeout``).
 
-    async def _merge(self, queue: asyncio.Queue[Event], readers: list[asyncio.Task[None]]) -> AsyncIterator[Event]:
-        recent = RecentMessages(DEDUP_WINDOW)
-        try:
-            while True:
-                event = await queue.get()
-                if not recent.first_time(event.topic, event.payload, time.monotonic()):
-                    self.duplicates_dropped += 1
-                    continue
-                yield event
-        finally:
-            for reader in readers:
-                reader.cancel()
-            await asyncio.gather(*readers, return_exceptions=True)
+        Example::
 
-    async def _follow(self, region: Region, filters: list[str], queue: asyncio.Queue[Event],
-                      opened: asyncio.Event | None = None) -> None:
-        delay = 0.2
-        while True:
-            try:
-                async with self._http.stream("GET", f"{region.url}/v1/stream", params={"filter": filters},
-                                             timeout=httpx.Timeout(5.0, read=15.0)) as response:
-                    if response.status_code != 200:
-                        await response.aread()
-                        answer(response)
-                    delay = 0.2
-                    async for line in response.aiter_lines():
-                        if not line.strip():
-                            continue
-                        item = json.loads(line)
-                        if "topic" not in item:
-                            if item.get("stream") == "open" and opened is not None:
-                                opened.set()
-                            continue
-                        payload = item["payload"].encode() if "payload" in item \
-                            else base64.b64decode(item["payloadBase64"])
-                        await queue.put(Event(item["region"], item["topic"], payload, int(item["receivedMs"])))
-            except (httpx.HTTPError, ValueError, GeofleetError):
-                pass
-            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-            delay = min(delay * 2, 5.0)
+            async with app.events(["dt/+/telemetry"]) as stream:
+                async for event in stream:
+                    print(event.region, event.json())
+        """
+        return EventStream(self._http, self.regions, self.rank, filters, ready_timeout, self._count_duplicate)
+
+    def _count_duplicate(self) -> None:
+        self.duplicates_dropped += 1

@@ -20,7 +20,15 @@ Json = dict[str, Any]
 
 
 class BlockingDevice:
-    """``with BlockingDevice(DeviceClient.from_credentials(...)) as device: device.publish(...)``"""
+    """``DeviceClient`` for programs without asyncio: every method blocks until done.
+
+    Example::
+
+        with BlockingDevice(bootstrap(device_id, key, group, urls, root_ca, out)) as device:
+            device.publish(f"dt/{device_id}/telemetry", '{"t": 21.5}')
+            shadow = device.shadow(on_delta=print)
+            shadow.update(reported={"on": True})
+    """
 
     def __init__(self, client: DeviceClient | Credentials, **kwargs: Any) -> None:
         self._loop = asyncio.new_event_loop()
@@ -47,7 +55,8 @@ class BlockingDevice:
 
     @property
     def region(self) -> str | None:
-        return self.client.region
+        """The region of the live session (None between sessions)."""
+        return self.client.status.region
 
     def start(self, timeout: float | None = None) -> str | None:
         """Start connecting; with ``timeout``, wait until connected and return the region."""
@@ -64,9 +73,8 @@ class BlockingDevice:
         self._run(self.client.subscribe(topic_filter, handler), 10.0)
 
     def shadow(self, name: str = "", on_delta: Callable[[Json], None] | None = None) -> BlockingShadow:
-        shadow = DeviceShadow(self.client, name)
-        if on_delta is not None:
-            shadow.on_delta(on_delta)
+        """The device's shadow (``name`` for a named one), its deltas handed to ``on_delta``."""
+        shadow = DeviceShadow(self.client, name, on_delta=on_delta)
         self._run(shadow.start(), 10.0)
         return BlockingShadow(self, shadow)
 
@@ -79,6 +87,8 @@ class BlockingDevice:
 
 
 class BlockingShadow:
+    """``DeviceShadow``, blocking (made by ``BlockingDevice.shadow``)."""
+
     def __init__(self, device: BlockingDevice, shadow: DeviceShadow) -> None:
         self._device = device
         self._shadow = shadow

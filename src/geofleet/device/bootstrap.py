@@ -6,6 +6,9 @@ and CSR here, signs the request, tries the URLs in order until one answers, and 
 certificate and endpoints atomically with mode 0600. When credentials exist it never
 provisions again; a lost answer is retried with the same CSR, which the fleet answers with the
 same certificate.
+
+``bootstrap`` blocks (for device programs without asyncio); ``bootstrap_async`` is the same
+exchange on the running event loop. Both share everything but the HTTP call.
 """
 
 from __future__ import annotations
@@ -20,24 +23,62 @@ from typing import Any
 import httpx
 
 from geofleet.config import write_private
+from geofleet.device._session import Endpoint
 from geofleet.domain.enrollment import csr_fingerprint, decode_key, sign
 from geofleet.domain.errors import GeofleetError
 from geofleet.pki.ca import key_pem, load_key, make_csr, new_key
 
 
 class ProvisioningFailed(GeofleetError):
+    """No bootstrap URL provisioned the device, or one refused it (the message says which).
+
+    Example::
+
+        try:
+            credentials = bootstrap(device_id, key, group, urls, root_ca, out)
+        except ProvisioningFailed as exc:
+            print(exc)
+    """
+
     status = 502
     code = "ProvisioningFailed"
 
 
 @dataclass(frozen=True, slots=True)
 class Credentials:
+    """What a provisioned device keeps: its files and its regions, home first.
+
+    Example::
+
+        credentials = bootstrap(device_id, key, group, urls, root_ca, Path("/var/lib/device"))
+        async with DeviceClient.from_credentials(credentials) as device: ...
+    """
+
     device_id: str
     key_file: Path
     cert_file: Path
     ca_file: Path
-    endpoints: list[dict[str, Any]]
+    endpoints: tuple[Endpoint, ...]
     home_region: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """One provisioning attempt's inputs, made once per ``bootstrap`` call."""
+
+    device_id: str
+    group: str | None
+    csr: str
+    device_key: bytes
+    key_file: Path
+    verify: ssl.SSLContext
+    headers: dict[str, str]
+
+    def body(self) -> dict[str, Any]:
+        """Signed now: the fleet rejects stale timestamps, so each URL gets a fresh signature."""
+        now = int(time.time())
+        return {"deviceId": self.device_id, "certificateSigningRequest": self.csr, "enrollmentGroup": self.group,
+                "timestamp": now, "signature": sign(self.device_key, self.device_id, csr_fingerprint(self.csr), now)}
 
 
 def bootstrap(device_id: str, enrollment_key: str, group: str | None, urls: list[str], root_ca: Path, out: Path,
@@ -47,42 +88,91 @@ def bootstrap(device_id: str, enrollment_key: str, group: str | None, urls: list
 
     ``forwarded_for`` and ``local_address`` stand for a proxy in front of the device (the
     fleet believes X-Forwarded-For only from its trusted proxies): simulations use them to
-    place devices around the world from one machine."""
+    place devices around the world from one machine.
+
+    Example::
+
+        credentials = bootstrap("sensor-1", key, "sensors", ["https://eu.example.com:8443"],
+                                Path("root-ca.pem"), Path("/var/lib/device"))
+    """
     existing = _load(out, device_id)
     if existing is not None:
         return existing
+    request = _prepare(device_id, enrollment_key, group, urls, root_ca, out, forwarded_for)
+    errors: list[str] = []
+    for url in urls:
+        try:
+            transport = httpx.HTTPTransport(verify=request.verify, local_address=local_address)
+            with httpx.Client(transport=transport, timeout=timeout) as http:
+                response = http.post(f"{url.rstrip('/')}/v1/provision", json=request.body(), headers=request.headers)
+        except httpx.HTTPError as exc:
+            errors.append(f"{url}: {type(exc).__name__}")
+            continue
+        credentials = _outcome(url, response, out, request, errors)
+        if credentials is not None:
+            return credentials
+    raise ProvisioningFailed("no bootstrap URL provisioned the device: " + "; ".join(errors))
+
+
+async def bootstrap_async(device_id: str, enrollment_key: str, group: str | None, urls: list[str], root_ca: Path,
+                          out: Path, timeout: float = 10.0, *, forwarded_for: str | None = None,
+                          local_address: str | None = None) -> Credentials:
+    """``bootstrap`` for asyncio programs: the same exchange, without blocking the event loop
+    on the network (the key and files are small: made and written in place).
+
+    Example::
+
+        credentials = await bootstrap_async("sensor-1", key, "sensors", urls, root_ca, out)
+    """
+    existing = _load(out, device_id)
+    if existing is not None:
+        return existing
+    request = _prepare(device_id, enrollment_key, group, urls, root_ca, out, forwarded_for)
+    errors: list[str] = []
+    for url in urls:
+        try:
+            transport = httpx.AsyncHTTPTransport(verify=request.verify, local_address=local_address)
+            async with httpx.AsyncClient(transport=transport, timeout=timeout) as http:
+                response = await http.post(f"{url.rstrip('/')}/v1/provision", json=request.body(),
+                                           headers=request.headers)
+        except httpx.HTTPError as exc:
+            errors.append(f"{url}: {type(exc).__name__}")
+            continue
+        credentials = _outcome(url, response, out, request, errors)
+        if credentials is not None:
+            return credentials
+    raise ProvisioningFailed("no bootstrap URL provisioned the device: " + "; ".join(errors))
+
+
+def _prepare(device_id: str, enrollment_key: str, group: str | None, urls: list[str], root_ca: Path, out: Path,
+             forwarded_for: str | None) -> _Request:
     if not urls:
         raise ProvisioningFailed("no bootstrap URL given")
     key_file, csr_file = out / f"{device_id}.key.pem", out / f"{device_id}.csr.pem"
     if key_file.exists() and csr_file.exists():  # a previous attempt lost its answer: same key, same CSR
-        key, csr = load_key(key_file.read_bytes()), csr_file.read_text()
+        csr = csr_file.read_text()
+        load_key(key_file.read_bytes())  # a damaged key fails here, before the fleet signs its CSR
     else:
         key = new_key()
         csr = make_csr(key, device_id).decode()
         write_private(key_file, key_pem(key))
         write_private(csr_file, csr.encode())
-    device_key = decode_key(enrollment_key)
-    verify = ssl.create_default_context(cafile=str(root_ca))
-    headers = {"X-Forwarded-For": forwarded_for} if forwarded_for else {}
-    errors = []
-    for url in urls:
-        now = int(time.time())
-        body = {"deviceId": device_id, "certificateSigningRequest": csr, "enrollmentGroup": group,
-                "timestamp": now, "signature": sign(device_key, device_id, csr_fingerprint(csr), now)}
-        try:
-            transport = httpx.HTTPTransport(verify=verify, local_address=local_address)
-            with httpx.Client(transport=transport, timeout=timeout) as http:
-                response = http.post(f"{url.rstrip('/')}/v1/provision", json=body, headers=headers)
-        except httpx.HTTPError as exc:
-            errors.append(f"{url}: {type(exc).__name__}")
-            continue
-        if response.status_code in (200, 201):
-            return _store(out, device_id, response.json(), key_file)
-        message = _message(response)
-        if response.status_code < 500:
-            raise ProvisioningFailed(f"{url} refused the device ({response.status_code}): {message}")
-        errors.append(f"{url}: {response.status_code} {message}")
-    raise ProvisioningFailed("no bootstrap URL provisioned the device: " + "; ".join(errors))
+    return _Request(device_id, group, csr, decode_key(enrollment_key), key_file,
+                    ssl.create_default_context(cafile=str(root_ca)),
+                    {"X-Forwarded-For": forwarded_for} if forwarded_for else {})
+
+
+def _outcome(url: str, response: httpx.Response, out: Path, request: _Request, errors: list[str]
+             ) -> Credentials | None:
+    """The credentials of a successful answer; ProvisioningFailed for a refusal (4xx: another
+    region would refuse too); None (and the error noted) for a region that failed (5xx)."""
+    if response.status_code in (200, 201):
+        return _store(out, request.device_id, response.json(), request.key_file)
+    message = _message(response)
+    if response.status_code < 500:
+        raise ProvisioningFailed(f"{url} refused the device ({response.status_code}): {message}")
+    errors.append(f"{url}: {response.status_code} {message}")
+    return None
 
 
 def _message(response: httpx.Response) -> str:
@@ -99,7 +189,8 @@ def _store(out: Path, device_id: str, answer: dict[str, Any], key_file: Path) ->
     state = {"deviceId": device_id, "homeRegion": answer["homeRegion"], "endpoints": answer["endpoints"]}
     write_private(out / f"{device_id}.json", json.dumps(state, indent=2).encode())  # last: marks completion
     (out / f"{device_id}.csr.pem").unlink(missing_ok=True)
-    return Credentials(device_id, key_file, cert_file, ca_file, answer["endpoints"], answer["homeRegion"])
+    return Credentials(device_id, key_file, cert_file, ca_file, _endpoints(answer["endpoints"]),
+                       answer["homeRegion"])
 
 
 def _load(out: Path, device_id: str) -> Credentials | None:
@@ -108,4 +199,8 @@ def _load(out: Path, device_id: str) -> Credentials | None:
         return None
     state = json.loads(state_file.read_text())
     return Credentials(device_id, out / f"{device_id}.key.pem", out / f"{device_id}.cert.pem", out / "root-ca.pem",
-                       state["endpoints"], state["homeRegion"])
+                       _endpoints(state["endpoints"]), state["homeRegion"])
+
+
+def _endpoints(raw: list[dict[str, Any]]) -> tuple[Endpoint, ...]:
+    return tuple(Endpoint.from_json(item) for item in raw)

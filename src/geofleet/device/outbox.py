@@ -23,6 +23,16 @@ DEFAULT_LIMIT = 10_000
 
 
 class OutboxFull(GeofleetError):
+    """``publish`` at QoS 1 found the outbox at its limit: the program decides what to give up.
+
+    Example::
+
+        try:
+            await device.publish(topic, reading)
+        except OutboxFull:
+            log.warning("offline too long: reading dropped")
+    """
+
     status = 507
     code = "OutboxFull"
 
@@ -47,6 +57,8 @@ class Outbox(Protocol):
 
 
 class MemoryOutbox:
+    """The default outbox: in memory, bounded, lost with the process."""
+
     def __init__(self, limit: int = DEFAULT_LIMIT) -> None:
         self._limit = limit
         self._items: OrderedDict[int, Pending] = OrderedDict()
@@ -74,6 +86,13 @@ class MemoryOutbox:
 
 
 class DiskOutbox:
+    """An outbox in a SQLite file: unacknowledged QoS 1 messages survive a restart of the program.
+
+    Example::
+
+        async with DeviceClient.from_credentials(credentials, outbox=DiskOutbox("outbox.db")) as device: ...
+    """
+
     def __init__(self, path: Path | str, limit: int = DEFAULT_LIMIT) -> None:
         self._limit = limit
         self._lock = threading.Lock()

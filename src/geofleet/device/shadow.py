@@ -23,7 +23,15 @@ DeltaCallback = Callable[[Json], Awaitable[None] | None]
 
 
 class ShadowRejected(GeofleetError):
-    """The shadow service answered on ``/rejected``: ``status`` and message are AWS's."""
+    """The shadow service answered on ``/rejected``: ``status`` and message are AWS's.
+
+    Example::
+
+        try:
+            await shadow.get()
+        except ShadowRejected as exc:
+            if exc.status != 404: raise
+    """
 
     code = "ShadowRejected"
 
@@ -34,32 +42,65 @@ class ShadowRejected(GeofleetError):
 
 
 class DeviceShadow:
-    def __init__(self, device: DeviceClient, name: str = "", timeout: float = 10.0) -> None:
+    """A device's own shadow (classic, or named with ``name``), kept in step across failovers.
+
+    Example::
+
+        async with DeviceShadow(device, on_delta=apply_settings) as shadow:
+            await shadow.update(reported={"firmware": "1.2.0"})
+            document = await shadow.get()
+    """
+
+    def __init__(self, device: DeviceClient, name: str = "", timeout: float = 10.0, *,
+                 on_delta: DeltaCallback | None = None) -> None:
         self._device = device
         self._prefix = shadow_prefix(device.device_id, name)
         self._timeout = timeout
         self._waiting: dict[str, asyncio.Future[tuple[bool, Json]]] = {}
-        self._on_delta: list[DeltaCallback] = []
+        self._on_delta: list[DeltaCallback] = [on_delta] if on_delta is not None else []
         self._delta_version = -1
         """The shadow version of the last delta handed to the callbacks (from a delta or a resync)."""
 
+    async def __aenter__(self) -> DeviceShadow:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.stop()
+
     async def start(self) -> None:
-        """Subscribe to the shadow's topics (kept across sessions) and resync after each."""
-        for operation in ("get", "update"):
-            for outcome in ("accepted", "rejected"):
-                await self._device.subscribe(f"{self._prefix}/{operation}/{outcome}", self._answer)
-        await self._device.subscribe(f"{self._prefix}/update/delta", self._delta)
+        """Subscribe to the shadow's topics (kept across sessions) and resync after each
+        (``async with`` does it)."""
+        for topic, handler in self._topics().items():
+            await self._device.subscribe(topic, handler)
         self._device.on_session(self._resync)
-        if self._device.connected.is_set():  # this session began before the hook existed
+        if self._device.status.connected:  # this session began before the hook existed
             await self._resync()
 
+    async def stop(self) -> None:
+        """Unsubscribe and stop resyncing (``async with`` does it)."""
+        self._device.remove_on_session(self._resync)
+        for topic in self._topics():
+            await self._device.unsubscribe(topic)
+
+    def _topics(self) -> dict[str, Callable[[str, bytes], Awaitable[None] | None]]:
+        topics: dict[str, Callable[[str, bytes], Awaitable[None] | None]] = {
+            f"{self._prefix}/{operation}/{outcome}": self._answer
+            for operation in ("get", "update") for outcome in ("accepted", "rejected")}
+        topics[f"{self._prefix}/update/delta"] = self._delta
+        return topics
+
     def on_delta(self, callback: DeltaCallback) -> None:
+        """Call ``callback(delta_state)`` for every change of ``desired`` the device has not
+        reported, including those made while it was away (caught up after each new session)."""
         self._on_delta.append(callback)
 
     async def get(self) -> Json:
+        """The shadow document; ``ShadowRejected`` (status 404) when there is none yet."""
         return await self._request("get", {})
 
     async def update(self, reported: Json | None = None, desired: Json | None = None) -> Json:
+        """Merge ``reported``/``desired`` into the shadow; the accepted answer (with its version)."""
         state: Json = {}
         if reported is not None:
             state["reported"] = reported
