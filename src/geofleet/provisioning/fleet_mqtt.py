@@ -35,13 +35,13 @@ from geofleet.broker.base import Broker, Connection
 from geofleet.domain import ownership
 from geofleet.domain.errors import Conflict, GeofleetError, InvalidRequest, NotFound, Unauthorized
 from geofleet.domain.geo import Location
+from geofleet.domain.guard import DEFAULT_STALE_MS
 from geofleet.domain.names import check_thing_name
 from geofleet.domain.policy import CREATE_FROM_CSR_TOPIC
 from geofleet.domain.records import CertificateStatus
 from geofleet.domain.throttle import RateLimiter, Throttled
 from geofleet.pki.ca import Authority, cert_pem, certificate_id, csr_common_name, load_csr, sign_csr
 from geofleet.provisioning.service import Provisioner, Unavailable
-from geofleet.services.guard import DEFAULT_STALE_MS
 from geofleet.services.registry import Registry
 from geofleet.store.base import Store
 

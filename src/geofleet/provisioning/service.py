@@ -23,12 +23,13 @@ from geofleet.domain import enrollment
 from geofleet.domain.endpoints import HOME_ATTRIBUTE, REGIONS_ATTRIBUTE, failover_order
 from geofleet.domain.errors import Conflict, GeofleetError, InvalidRequest, Unauthorized
 from geofleet.domain.geo import Location, NoRegionAllowed, Place, choose_home
+from geofleet.domain.guard import DEFAULT_STALE_MS
 from geofleet.domain.names import check_thing_name
 from geofleet.domain.network import client_address, parse_networks
 from geofleet.domain.placement import owner
 from geofleet.domain.records import CertificateStatus
 from geofleet.pki.ca import Authority, cert_pem, csr_common_name, load_csr, sign_csr
-from geofleet.services.guard import DEFAULT_STALE_MS, guard_action
+from geofleet.services.guard import guard_action
 from geofleet.services.registry import Registry
 from geofleet.store.base import Store
 
