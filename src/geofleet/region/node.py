@@ -84,7 +84,8 @@ class RegionNode:
             locator.locate, self._guard, self.replication.unreachable_peers,
         )
         self.fleet_provisioning = FleetProvisioning(
-            self.provisioner, self.registry, self.store, authority, self.broker, locator.locate,
+            self.provisioner, self.registry.certificates, self.registry.principals, self.store, authority, self.broker,
+            locator.locate,
             token_ttl_s=fleet.claim_token_ttl_s, limiter=RateLimiter(fleet.claim_requests_per_minute),
             max_pending=fleet.claim_max_pending)
         self.gate = RegionGate(self.registry, self.shadows, self.presence, self.broker, [self.fleet_provisioning],
