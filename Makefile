@@ -16,14 +16,14 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py --data-dir $(DEMO_DIR)
 
-test: $(STAMP)
-	$(BIN)/ruff check src tests bench examples
-	$(BIN)/mypy
+test: lint
 	$(BIN)/pytest
 
+# lint-imports checks the layers contract in pyproject's [tool.importlinter].
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: $(STAMP)
 	$(BIN)/python bench/shadow_updates.py

@@ -18,7 +18,7 @@ Cases, all in one process so that they compare with each other:
 - ``tombstones``: a shadow that has set and deleted fields until it holds about
   ``--tombstones`` tombstones (within the retention period, before any is collected).
 
-How: the region's real shadow service (``geofleet.region.shadows.ShadowService``) on a real
+How: the region's real shadow service (``geofleet.services.shadows.ShadowService``) on a real
 SQLite file in a temporary directory, called directly (no MQTT, no TLS: those costs are the
 same for every case and are measured by ``shadow_updates.py``); its MQTT publishes go to a
 function that counts them. Prints one JSON object on stdout; progress goes to stderr.
@@ -40,7 +40,7 @@ import common
 
 from geofleet.domain.hlc import Clock
 from geofleet.domain.horizon import DEFAULT_GRACE_S, TombstoneHorizon
-from geofleet.region.shadows import ShadowService
+from geofleet.services.shadows import ShadowService
 from geofleet.store.sqlite import SqliteStore
 
 log = common.logger("shadow_tombstones")

@@ -25,8 +25,10 @@ from geofleet.domain.lru import BoundedCache
 from geofleet.domain.policy import Action
 from geofleet.pki.ca import cert_pem, create_root, issue_leaf, key_pem, new_key
 from geofleet.region.gate import RegionGate
-from geofleet.region.registry import Registry
-from geofleet.region.shadows import ShadowService
+from geofleet.region.health import ProbeIdentity
+from geofleet.services.presence import PresenceDirectory
+from geofleet.services.registry import Registry
+from geofleet.services.shadows import ShadowService
 from geofleet.store.sqlite import SqliteStore
 from tests.helpers import Device, wait_for
 from tests.mqtt_wire import RawClient, connect_packet
@@ -145,7 +147,12 @@ def test_the_policy_decision_cache_is_bounded(tmp_path: Path) -> None:
         return None
 
     shadows = ShadowService(store, clock, "r1", publish, TombstoneHorizon(DEFAULT_GRACE_S))
-    gate = RegionGate(registry, shadows, "r1", "000000000000", decision_cache_entries=1000)
+    files = _write_pki(tmp_path)
+    broker = EmbeddedBroker("127.0.0.1", _free_port(), files["server"], files["server_key"], files["ca"])
+    presence = PresenceDirectory(store, registry.ledger, clock, "r1", broker)
+    probe = ProbeIdentity("probe-cert", "probe", "$geofleet/probe/r1")
+    gate = RegionGate(registry, shadows, presence, broker, [], probe, "r1", "000000000000",
+                      decision_cache_entries=1000)
     connection = Connection("device", "s", "cert", "device", "127.0.0.1", 0)
     for n in range(5000):  # a device publishing to a new topic each time
         gate.authorize(connection, Action.PUBLISH, f"dt/device/{n}")

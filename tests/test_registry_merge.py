@@ -14,7 +14,7 @@ from geofleet.domain.hlc import Clock
 from geofleet.domain.policy import default_device_policy
 from geofleet.domain.records import CertificateStatus, Kind, Record
 from geofleet.pki.ca import create_intermediate, create_root, make_csr, new_key
-from geofleet.region.registry import Registry
+from geofleet.services.registry import Registry
 from geofleet.store.sqlite import SqliteStore
 
 AUTHORITY = create_intermediate(create_root("t"), "r1")
@@ -29,19 +29,19 @@ def history() -> list[Record]:
     """A source region's change log: things with a type, certificates, policies, attachments,
     updates, a revocation and deletes."""
     source, store = registry("r1")
-    source.create_thing_type("sensor")
-    source.create_policy("p", json.dumps(default_device_policy()))
+    source.thing_types.create("sensor")
+    source.policies.create("p", json.dumps(default_device_policy()))
     for i in range(3):
-        source.create_thing(f"t{i}", "sensor" if i else None, {"n": str(i)})
-        cert = source.create_certificate_from_csr(make_csr(new_key(), f"t{i}").decode(), True)["certificateId"]
-        source.attach_policy("p", cert)
-        source.attach_thing_principal(f"t{i}", cert)
-    source.update_thing("t1", attributes={"n": "one"})
-    certs = [c["certificateId"] for c in source.list_certificates()]
-    source.update_certificate(certs[0], CertificateStatus.REVOKED)
-    thing_of_last = source.things_of(certs[2])[0]
-    source.detach_thing_principal(thing_of_last, certs[2])
-    source.delete_thing(thing_of_last)
+        source.things.create(f"t{i}", "sensor" if i else None, {"n": str(i)})
+        cert = source.certificates.create_from_csr(make_csr(new_key(), f"t{i}").decode(), True)["certificateId"]
+        source.policies.attach("p", cert)
+        source.principals.attach(f"t{i}", cert)
+    source.things.update("t1", attributes={"n": "one"})
+    certs = [c["certificateId"] for c in source.certificates.all()]
+    source.certificates.update(certs[0], CertificateStatus.REVOKED)
+    thing_of_last = source.principals.things_of(certs[2])[0]
+    source.principals.detach(thing_of_last, certs[2])
+    source.things.delete(thing_of_last)
     return [Record(Kind(c.kind), c.key, c.body, c.hlc, c.origin, c.ref) for c in store.changes(0, 10_000)]
 
 
@@ -59,7 +59,7 @@ def snapshot(store: SqliteStore) -> list[tuple[str, str, str, str, bool]]:
 def replay(order: list[Record]) -> SqliteStore:
     replica, store = registry()
     for record in order:
-        replica.merge(record)
+        replica.ledger.merge(record)
     return store
 
 
@@ -79,10 +79,10 @@ def test_any_order_with_duplicates_converges(rnd: random.Random, duplicates: int
 def test_an_attachment_before_its_thing_and_certificate_is_parked_then_applied() -> None:
     attachment = next(r for r in HISTORY if r.kind is Kind.THING_PRINCIPAL)
     replica, store = registry()
-    assert replica.merge(attachment) is False
+    assert replica.ledger.merge(attachment) is False
     assert store.parked() == 1 and store.get(Kind.THING_PRINCIPAL, attachment.key) is None
     for record in HISTORY:
-        replica.merge(record)
+        replica.ledger.merge(record)
     assert store.parked() == 0
     assert snapshot(store) == EXPECTED
 
@@ -90,10 +90,10 @@ def test_an_attachment_before_its_thing_and_certificate_is_parked_then_applied()
 def test_revoked_is_never_undone_by_a_later_write() -> None:
     replica, store = registry()
     for record in HISTORY:
-        replica.merge(record)
+        replica.ledger.merge(record)
     revoked = next(r for r in all_records(store)
                    if r.kind is Kind.CERTIFICATE and (r.body or {})["status"] == "REVOKED")
     later = Clock(start=revoked.hlc).now()
     reactivated = Record(Kind.CERTIFICATE, revoked.key, {**(revoked.body or {}), "status": "ACTIVE"}, later, "r9")
-    assert replica.merge(reactivated) is False
-    assert replica.certificate_status(revoked.key) is CertificateStatus.REVOKED
+    assert replica.ledger.merge(reactivated) is False
+    assert replica.certificates.status(revoked.key) is CertificateStatus.REVOKED

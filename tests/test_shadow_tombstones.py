@@ -28,8 +28,8 @@ from geofleet.domain.shadow import (
     merge_remote,
     parse_update,
 )
-from geofleet.region.shadows import ShadowService
 from geofleet.replication.wire import change_to_json, parse_batch
+from geofleet.services.shadows import ShadowService
 from geofleet.store.sqlite import SqliteStore
 from tests.test_leaves import fold, op_sets
 

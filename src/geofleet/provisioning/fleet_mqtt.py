@@ -35,15 +35,16 @@ from geofleet.broker.base import Broker, Connection
 from geofleet.domain import ownership
 from geofleet.domain.errors import Conflict, GeofleetError, InvalidRequest, NotFound, Unauthorized
 from geofleet.domain.geo import Location
+from geofleet.domain.guard import DEFAULT_STALE_MS
 from geofleet.domain.names import check_thing_name
 from geofleet.domain.policy import CREATE_FROM_CSR_TOPIC
 from geofleet.domain.records import CertificateStatus
 from geofleet.domain.throttle import RateLimiter, Throttled
 from geofleet.pki.ca import Authority, cert_pem, certificate_id, csr_common_name, load_csr, sign_csr
 from geofleet.provisioning.service import Provisioner, Unavailable
-from geofleet.region.registry import Registry
+from geofleet.services.certificates import Certificates
+from geofleet.services.principals import ThingPrincipals
 from geofleet.store.base import Store
-from geofleet.store.guard import DEFAULT_STALE_MS
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +64,12 @@ _ERROR_CODES: dict[type[GeofleetError], str] = {
 
 
 class FleetProvisioning:
-    def __init__(self, provisioner: Provisioner, registry: Registry, store: Store, authority: Authority,
+    def __init__(self, provisioner: Provisioner, certificates: Certificates, principals: ThingPrincipals,
+                 store: Store, authority: Authority,
                  broker: Broker, locate: Callable[[str], Location], *, token_ttl_s: int = ownership.TOKEN_TTL_S,
                  limiter: RateLimiter | None = None, max_pending: int = MAX_PENDING) -> None:
-        self._provisioner, self._registry, self._store = provisioner, registry, store
+        self._provisioner, self._store = provisioner, store
+        self._certificates, self._principals = certificates, principals
         self._authority, self._broker, self._locate = authority, broker, locate
         self._token_ttl_s, self._max_pending = token_ttl_s, max_pending
         self._limiter = limiter if limiter is not None else RateLimiter(20)
@@ -97,7 +100,7 @@ class FleetProvisioning:
         """The enrollment group of the connection's claim certificate, if that group may still
         provision (a revoked group's claim certificates are revoked too, but a claim certificate
         made concurrently in another region may not be yet: this check covers it)."""
-        group = self._registry.describe_certificate(connection.certificate_id).get("claimGroup")
+        group = self._certificates.describe(connection.certificate_id).get("claimGroup")
         if not group:
             raise Unauthorized("only a claim certificate may use fleet provisioning")
         self._provisioner.group(str(group))
@@ -119,7 +122,7 @@ class FleetProvisioning:
         issued = ownership.issue(certificate_id(signed), group, connection.certificate_id, common_name, now,
                                  self._token_ttl_s)
         with self._store.atomic():
-            cert = self._registry.register_certificate(cert_pem(signed).decode(), CertificateStatus.PENDING_ACTIVATION,
+            cert = self._certificates.register(cert_pem(signed).decode(), CertificateStatus.PENDING_ACTIVATION,
                                                        {"ownershipToken": issued.record})
             self._store.claim_pending_add(cert["certificateId"], connection.certificate_id,
                                           int((now + self._token_ttl_s) * 1000))
@@ -141,7 +144,7 @@ class FleetProvisioning:
         record = await self._token_record(cert_id)
         ownership.verify(token, record, group, time.time())
         ownership.check_thing_matches(record or {}, thing)
-        if set(self._registry.things_of(cert_id)) - {thing}:
+        if set(self._principals.things_of(cert_id)) - {thing}:
             # the guard decides, but a use it lost track of (a crash before "complete", then a
             # stale takeover) must not attach the certificate to a second thing either
             raise Unauthorized(_ALREADY_USED)
@@ -149,7 +152,7 @@ class FleetProvisioning:
 
         def activate(order: tuple[str, ...], reasons: list[str], previous: str | None) -> Json:
             with self._store.atomic():
-                self._registry.update_certificate(cert_id, CertificateStatus.ACTIVE)
+                self._certificates.update(cert_id, CertificateStatus.ACTIVE)
                 self._provisioner.write_device(thing, settings, cert_id, order, previous)
             return {"thingName": thing, "deviceConfiguration": {
                 "homeRegion": order[0], "endpoints": json.dumps(self._provisioner.endpoints(order))}}
@@ -172,7 +175,7 @@ class FleetProvisioning:
         except Unavailable:
             raise Unauthorized("certificateOwnershipToken is unknown or expired (if its certificate was created in "
                                "another region a moment ago, retry in a few seconds)") from None
-        body = self._registry.describe_certificate(cert_id)
+        body = self._certificates.describe(cert_id)
         status = body.get("status")
         if status not in (CertificateStatus.PENDING_ACTIVATION, CertificateStatus.ACTIVE):
             raise Unauthorized(f"the certificate of this certificateOwnershipToken is {status}")
@@ -245,9 +248,9 @@ class FleetProvisioning:
             if state == "claimed":
                 await self._token_guard(cert_id, "complete", ownership.EXPIRED, {"expired": True})
             if state in ("claimed", "done") and \
-                    self._registry.certificate_status(cert_id) is CertificateStatus.PENDING_ACTIVATION:
+                    self._certificates.status(cert_id) is CertificateStatus.PENDING_ACTIVATION:
                 try:
-                    self._registry.delete_certificate(cert_id)
+                    self._certificates.delete(cert_id)
                     collected += 1
                 except GeofleetError as error:  # e.g. an operator attached a policy to it meanwhile
                     log.warning("kept expired PENDING_ACTIVATION certificate %s: %s", cert_id, error.message)

@@ -23,14 +23,15 @@ from geofleet.domain import enrollment
 from geofleet.domain.endpoints import HOME_ATTRIBUTE, REGIONS_ATTRIBUTE, failover_order
 from geofleet.domain.errors import Conflict, GeofleetError, InvalidRequest, Unauthorized
 from geofleet.domain.geo import Location, NoRegionAllowed, Place, choose_home
+from geofleet.domain.guard import DEFAULT_STALE_MS
 from geofleet.domain.names import check_thing_name
 from geofleet.domain.network import client_address, parse_networks
 from geofleet.domain.placement import owner
 from geofleet.domain.records import CertificateStatus
 from geofleet.pki.ca import Authority, cert_pem, csr_common_name, load_csr, sign_csr
-from geofleet.region.registry import Registry
+from geofleet.services.guard import guard_action
+from geofleet.services.registry import Registry
 from geofleet.store.base import Store
-from geofleet.store.guard import DEFAULT_STALE_MS, guard_action
 
 Json = dict[str, Any]
 GuardCall = Callable[[str, str, Json], Awaitable[Json]]
@@ -157,7 +158,7 @@ class Provisioner:
         self._fleet.region(region)  # ConfigError for an unknown region
         places = [Place(r.name, r.latitude, r.longitude) for r in self._fleet.regions]
         order = tuple(failover_order(region, [p.name for p in places], places))
-        self._registry.update_thing(thing, attributes={HOME_ATTRIBUTE: region, REGIONS_ATTRIBUTE: ",".join(order)})
+        self._registry.things.update(thing, attributes={HOME_ATTRIBUTE: region, REGIONS_ATTRIBUTE: ",".join(order)})
         return {"thingName": thing, "homeRegion": region, "endpoints": self.endpoints(order)}
 
     def write_device(self, thing: str, group: Json, cert_id: str, order: tuple[str, ...], previous: str | None
@@ -165,26 +166,26 @@ class Provisioner:
         """The registry side of provisioning (inside the caller's transaction): the thing with
         its group's type and attributes, its home and the regions it may fail over to, the
         group's policy on the certificate, and the certificate as the thing's only principal."""
-        self._registry.create_thing(thing, group.get("thingTypeName"),
+        self._registry.things.create(thing, group.get("thingTypeName"),
                                     {**(group.get("attributes") or {}), HOME_ATTRIBUTE: order[0],
                                      REGIONS_ATTRIBUTE: ",".join(order)})
-        self._registry.attach_policy(group["policyName"], cert_id)
+        self._registry.policies.attach(group["policyName"], cert_id)
         self._replace_principal(thing, cert_id, previous)
 
     def _replace_principal(self, thing: str, cert_id: str, previous: str | None) -> None:
         """A provisioned device has one certificate: a re-provisioned device's earlier ones are
         deactivated (their sessions cut) and detached, since the old key may be in other hands."""
-        for old in {*self._registry.principals_of(thing), *([previous] if previous else [])} - {cert_id}:
-            if self._registry.certificate_status(old) is CertificateStatus.ACTIVE:
-                self._registry.update_certificate(old, CertificateStatus.INACTIVE)
-            self._registry.detach_thing_principal(thing, old, even_if_absent=True)
-        self._registry.attach_thing_principal(thing, cert_id)
+        for old in {*self._registry.principals.of_thing(thing), *([previous] if previous else [])} - {cert_id}:
+            if self._registry.certificates.status(old) is CertificateStatus.ACTIVE:
+                self._registry.certificates.update(old, CertificateStatus.INACTIVE)
+            self._registry.principals.detach(thing, old, even_if_absent=True)
+        self._registry.principals.attach(thing, cert_id)
 
     async def await_certificate(self, cert_id: str, timeout: float = 5.0) -> None:
         """The device's previous certificate may have been issued in another region and not be
         here yet: wait (bounded) for replication to bring it, so that it can be retired."""
         deadline = time.monotonic() + timeout
-        while self._registry.certificate_status(cert_id) is None:
+        while self._registry.certificates.status(cert_id) is None:
             if time.monotonic() > deadline:
                 raise Unavailable("the device's previous certificate has not reached this region yet: retry", 1)
             await asyncio.sleep(0.02)
@@ -197,7 +198,7 @@ class Provisioner:
         """An enrollment (group, or individual) that may provision now; Unauthorized otherwise."""
         what = "individual enrollment for device" if individual else "enrollment group"
         try:
-            group = self._registry.enrollment_group(name, individual)
+            group = self._registry.enrollments.get(name, individual)
         except GeofleetError:
             raise Unauthorized(f"unknown {what} {name!r}") from None
         if group.get("revoked"):
@@ -248,7 +249,7 @@ class Provisioner:
         with timings.step("sign"):
             signed = sign_csr(self._authority, request.csr)
         with timings.step("registry"), self._store.atomic():
-            cert = self._registry.register_certificate(cert_pem(signed).decode(), CertificateStatus.ACTIVE)
+            cert = self._registry.certificates.register(cert_pem(signed).decode(), CertificateStatus.ACTIVE)
             self.write_device(thing, group, cert["certificateId"], order, previous)
         endpoints = self.endpoints(order)
         return {"thingName": thing, "certificateId": cert["certificateId"], "certificatePem": cert["certificatePem"],

@@ -1,1 +1,2 @@
-"""The region node: broker, store, registry, shadows, events and the HTTP API, wired together."""
+"""The region node's shell: the broker gate, the HTTP routes, health, the concierge and the wiring
+of one region (its use cases live in ``geofleet.services``)."""

@@ -26,9 +26,9 @@ from geofleet.domain.policy import DEFAULT_POLICY_NAME
 from geofleet.domain.records import CertificateStatus
 from geofleet.http_errors import install_error_shape
 from geofleet.provisioning.service import Provisioner, ProvisionRequest, Timings
-from geofleet.region.registry import Registry
-from geofleet.region.shadows import ShadowService
 from geofleet.replication.service import Replication
+from geofleet.services.registry import Registry
+from geofleet.services.shadows import ShadowService
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_THINGS_PAGE = 250
@@ -137,63 +137,63 @@ def create_app(registry: Registry, shadows: ShadowService, token: str, region: s
         """AWS ListThings paging: at most ``maxResults`` things in name order, and ``nextToken``
         while more follow (without ``maxResults``: pages of ``UNSIZED_PAGE``)."""
         size = maxResults or UNSIZED_PAGE
-        rows = registry.list_things(tokens.decode("things", nextToken), size + 1)
+        rows = registry.things.all(tokens.decode("things", nextToken), size + 1)
         page = page_of(rows, size, lambda t: str(t["thingName"]), "things", tokens)
         return {"things": page.items, **_next("nextToken", page.next_token)}
 
     @app.post("/things/{name}", tags=["things"], status_code=201, dependencies=guarded)
     async def create_thing(name: str, body: ThingIn | None = None) -> Json:
         body = body or ThingIn()
-        return registry.create_thing(name, body.thingTypeName, body.attributes)
+        return registry.things.create(name, body.thingTypeName, body.attributes)
 
     @app.get("/things/{name}", tags=["things"], dependencies=guarded)
     async def describe_thing(name: str) -> Json:
-        return registry.describe_thing(name)
+        return registry.things.describe(name)
 
     @app.patch("/things/{name}", tags=["things"], dependencies=guarded)
     async def update_thing(name: str, body: ThingUpdate) -> Json:
-        return registry.update_thing(name, attributes=body.attributes, merge=body.merge,
+        return registry.things.update(name, attributes=body.attributes, merge=body.merge,
                                      type_name=body.thingTypeName, remove_type=body.removeThingType,
                                      expected_version=body.expectedVersion)
 
     @app.delete("/things/{name}", tags=["things"], status_code=204, dependencies=guarded)
     async def delete_thing(name: str, expectedVersion: int | None = None) -> None:
-        registry.delete_thing(name, expectedVersion)
+        registry.things.delete(name, expectedVersion)
 
     @app.get("/things/{name}/principals", tags=["things"], dependencies=guarded)
     async def list_principals(name: str) -> Json:
-        registry.describe_thing(name)
-        return {"principals": registry.principals_of(name)}
+        registry.things.describe(name)
+        return {"principals": registry.principals.of_thing(name)}
 
     @app.put("/things/{name}/principals/{cert_id}", tags=["things"], status_code=204, dependencies=guarded)
     async def attach_principal(name: str, cert_id: str) -> None:
-        registry.attach_thing_principal(name, cert_id)
+        registry.principals.attach(name, cert_id)
 
     @app.delete("/things/{name}/principals/{cert_id}", tags=["things"], status_code=204, dependencies=guarded)
     async def detach_principal(name: str, cert_id: str) -> None:
-        registry.detach_thing_principal(name, cert_id)
+        registry.principals.detach(name, cert_id)
 
     # -- thing types ---------------------------------------------------------------------
     @app.get("/thing-types", tags=["thing types"], dependencies=guarded)
     async def list_types() -> Json:
-        return {"thingTypes": registry.list_thing_types()}
+        return {"thingTypes": registry.thing_types.all()}
 
     @app.post("/thing-types/{name}", tags=["thing types"], status_code=201, dependencies=guarded)
     async def create_type(name: str, body: ThingTypeIn | None = None) -> Json:
         body = body or ThingTypeIn()
-        return registry.create_thing_type(name, body.description, body.searchableAttributes)
+        return registry.thing_types.create(name, body.description, body.searchableAttributes)
 
     @app.get("/thing-types/{name}", tags=["thing types"], dependencies=guarded)
     async def describe_type(name: str) -> Json:
-        return registry.describe_thing_type(name)
+        return registry.thing_types.describe(name)
 
     @app.post("/thing-types/{name}/deprecate", tags=["thing types"], dependencies=guarded)
     async def deprecate_type(name: str, undo: bool = False) -> Json:
-        return registry.deprecate_thing_type(name, undo)
+        return registry.thing_types.deprecate(name, undo)
 
     @app.delete("/thing-types/{name}", tags=["thing types"], status_code=204, dependencies=guarded)
     async def delete_type(name: str) -> None:
-        registry.delete_thing_type(name)
+        registry.thing_types.delete(name)
 
     # -- certificates --------------------------------------------------------------------
     @app.get("/certificates", tags=["certificates"], dependencies=guarded)
@@ -202,77 +202,77 @@ def create_app(registry: Registry, shadows: ShadowService, token: str, region: s
         """AWS ListCertificates paging: at most ``pageSize`` certificates in id order, and
         ``nextMarker`` while more follow (without ``pageSize``: pages of ``UNSIZED_PAGE``)."""
         size = pageSize or UNSIZED_PAGE
-        rows = registry.list_certificates(tokens.decode("certificates", marker), size + 1)
+        rows = registry.certificates.all(tokens.decode("certificates", marker), size + 1)
         page = page_of(rows, size, lambda c: str(c["certificateId"]), "certificates", tokens)
         return {"certificates": page.items, **_next("nextMarker", page.next_token)}
 
     @app.post("/certificates/from-csr", tags=["certificates"], status_code=201, dependencies=guarded)
     async def create_from_csr(body: CsrIn) -> Json:
-        return registry.create_certificate_from_csr(body.certificateSigningRequest, body.setAsActive)
+        return registry.certificates.create_from_csr(body.certificateSigningRequest, body.setAsActive)
 
     @app.post("/certificates", tags=["certificates"], status_code=201, dependencies=guarded)
     async def register_certificate(body: CertificateIn) -> Json:
-        return registry.register_certificate(body.certificatePem, body.status)
+        return registry.certificates.register(body.certificatePem, body.status)
 
     @app.get("/certificates/{cert_id}", tags=["certificates"], dependencies=guarded)
     async def describe_certificate(cert_id: str) -> Json:
-        return registry.describe_certificate(cert_id)
+        return registry.certificates.describe(cert_id)
 
     @app.put("/certificates/{cert_id}/status", tags=["certificates"], dependencies=guarded)
     async def update_certificate(cert_id: str, body: StatusIn) -> Json:
-        return registry.update_certificate(cert_id, body.newStatus)
+        return registry.certificates.update(cert_id, body.newStatus)
 
     @app.post("/certificates/{cert_id}/revoke", tags=["certificates"], dependencies=guarded)
     async def revoke_certificate(cert_id: str) -> Json:
-        return registry.update_certificate(cert_id, CertificateStatus.REVOKED)
+        return registry.certificates.update(cert_id, CertificateStatus.REVOKED)
 
     @app.delete("/certificates/{cert_id}", tags=["certificates"], status_code=204, dependencies=guarded)
     async def delete_certificate(cert_id: str) -> None:
-        registry.delete_certificate(cert_id)
+        registry.certificates.delete(cert_id)
 
     @app.get("/certificates/{cert_id}/policies", tags=["certificates"], dependencies=guarded)
     async def certificate_policies(cert_id: str) -> Json:
-        registry.describe_certificate(cert_id)
-        return {"policies": registry.policies_of(cert_id)}
+        registry.certificates.describe(cert_id)
+        return {"policies": registry.policies.of(cert_id)}
 
     @app.get("/certificates/{cert_id}/things", tags=["certificates"], dependencies=guarded)
     async def certificate_things(cert_id: str) -> Json:
-        registry.describe_certificate(cert_id)
-        return {"things": registry.things_of(cert_id)}
+        registry.certificates.describe(cert_id)
+        return {"things": registry.principals.things_of(cert_id)}
 
     # -- policies ------------------------------------------------------------------------
     @app.get("/policies", tags=["policies"], dependencies=guarded)
     async def list_policies() -> Json:
-        return {"policies": registry.list_policies()}
+        return {"policies": registry.policies.all()}
 
     @app.post("/policies/{name}", tags=["policies"], status_code=201, dependencies=guarded)
     async def create_policy(name: str, body: PolicyIn) -> Json:
-        return registry.create_policy(name, body.policyDocument)
+        return registry.policies.create(name, body.policyDocument)
 
     @app.put("/policies/{name}", tags=["policies"], dependencies=guarded)
     async def replace_policy(name: str, body: PolicyIn) -> Json:
-        return registry.replace_policy(name, body.policyDocument)
+        return registry.policies.replace(name, body.policyDocument)
 
     @app.get("/policies/{name}", tags=["policies"], dependencies=guarded)
     async def get_policy(name: str) -> Json:
-        return registry.get_policy(name)
+        return registry.policies.get(name)
 
     @app.delete("/policies/{name}", tags=["policies"], status_code=204, dependencies=guarded)
     async def delete_policy(name: str) -> None:
-        registry.delete_policy(name)
+        registry.policies.delete(name)
 
     @app.get("/policies/{name}/targets", tags=["policies"], dependencies=guarded)
     async def policy_targets(name: str) -> Json:
-        registry.get_policy(name)
-        return {"targets": registry.policy_targets(name)}
+        registry.policies.get(name)
+        return {"targets": registry.policies.targets(name)}
 
     @app.put("/policies/{name}/targets/{cert_id}", tags=["policies"], status_code=204, dependencies=guarded)
     async def attach_policy(name: str, cert_id: str) -> None:
-        registry.attach_policy(name, cert_id)
+        registry.policies.attach(name, cert_id)
 
     @app.delete("/policies/{name}/targets/{cert_id}", tags=["policies"], status_code=204, dependencies=guarded)
     async def detach_policy(name: str, cert_id: str) -> None:
-        registry.detach_policy(name, cert_id)
+        registry.policies.detach(name, cert_id)
 
     # -- shadows (AWS's data-plane paths) ------------------------------------------------
     @app.get("/things/{thing}/shadow", tags=["shadows"], dependencies=guarded)
@@ -318,13 +318,13 @@ def create_app(registry: Registry, shadows: ShadowService, token: str, region: s
 
     @app.get("/enrollment-groups", tags=["provisioning"], dependencies=guarded)
     async def list_groups() -> Json:
-        return {"enrollmentGroups": registry.list_enrollment_groups()}
+        return {"enrollmentGroups": registry.enrollments.all()}
 
     @app.post("/enrollment-groups/{name}", tags=["provisioning"], status_code=201, dependencies=guarded)
     async def create_group(name: str, body: EnrollmentGroupIn | None = None) -> Json:
         """Create a group; the answer holds its secret key, shown this once."""
         body = body or EnrollmentGroupIn()
-        return registry.create_enrollment_group(name, policy=body.policyName, thing_type=body.thingTypeName,
+        return registry.enrollments.create(name, policy=body.policyName, thing_type=body.thingTypeName,
                                                 attributes=body.attributes, allowed_regions=body.allowedRegions,
                                                 reprovision=body.reprovision)
 
@@ -335,29 +335,29 @@ def create_app(registry: Registry, shadows: ShadowService, token: str, region: s
 
     @app.get("/enrollments", tags=["provisioning"], dependencies=guarded)
     async def list_enrollments() -> Json:
-        return {"enrollments": registry.list_enrollment_groups(individual=True)}
+        return {"enrollments": registry.enrollments.all(individual=True)}
 
     @app.post("/enrollments/{device_id}", tags=["provisioning"], status_code=201, dependencies=guarded)
     async def create_enrollment(device_id: str, body: EnrollmentGroupIn | None = None) -> Json:
         """Allow one device id to provision, with its own key (shown this once)."""
         body = body or EnrollmentGroupIn()
-        return registry.create_enrollment_group(device_id, policy=body.policyName, thing_type=body.thingTypeName,
+        return registry.enrollments.create(device_id, policy=body.policyName, thing_type=body.thingTypeName,
                                                 attributes=body.attributes, allowed_regions=body.allowedRegions,
                                                 reprovision=body.reprovision, individual=True)
 
     @app.post("/enrollments/{device_id}/revoke", tags=["provisioning"], dependencies=guarded)
     async def revoke_enrollment(device_id: str) -> Json:
-        return registry.revoke_enrollment_group(device_id, individual=True)
+        return registry.enrollments.revoke(device_id, individual=True)
 
     @app.post("/enrollment-groups/{name}/claim-certificate", tags=["provisioning"], status_code=201,
               dependencies=guarded)
     async def claim_certificate(name: str, body: CsrIn) -> Json:
         """A claim certificate for AWS-style fleet provisioning over MQTT, from a CSR."""
-        return registry.create_claim_certificate(name, body.certificateSigningRequest)
+        return registry.enrollments.create_claim_certificate(name, body.certificateSigningRequest)
 
     @app.post("/enrollment-groups/{name}/revoke", tags=["provisioning"], dependencies=guarded)
     async def revoke_group(name: str) -> Json:
-        return registry.revoke_enrollment_group(name)
+        return registry.enrollments.revoke(name)
 
     # -- replication ---------------------------------------------------------------------
     @app.get("/replication/status", tags=["replication"], dependencies=guarded)

@@ -20,20 +20,20 @@ from geofleet.domain.endpoints import (
 )
 from geofleet.domain.geo import Place
 from geofleet.region.health import Health
-from geofleet.region.registry import Registry
+from geofleet.services.things import Things
 
 
 class Concierge:
-    def __init__(self, fleet: FleetConfig, region: str, registry: Registry, health: Health) -> None:
+    def __init__(self, fleet: FleetConfig, region: str, things: Things, health: Health) -> None:
         self._region = region
         self._fleet = fleet
-        self._registry = registry
+        self._things = things
         self._health = health
         self._places = [Place(r.name, r.latitude, r.longitude) for r in fleet.regions]
         self._addresses = {r.name: (r.address, r.mqtt_port) for r in fleet.regions}
 
     def endpoints(self, device: str) -> dict[str, Any]:
-        attributes = self._registry.describe_thing(device).get("attributes") or {}  # NotFound -> 404
+        attributes = self._things.describe(device).get("attributes") or {}  # NotFound -> 404
         known = [r.name for r in self._fleet.regions]
         home = attributes.get(HOME_ATTRIBUTE) or self._fleet.home_default
         if home not in known:

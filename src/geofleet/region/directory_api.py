@@ -26,7 +26,7 @@ from geofleet.domain.names import check_thing_name
 from geofleet.domain.topics import TopicFilterIndex
 from geofleet.region.concierge import Concierge
 from geofleet.region.health import Health
-from geofleet.region.presence import PresenceDirectory
+from geofleet.services.presence import PresenceDirectory
 
 STREAM_QUEUE = 10_000
 """Messages a slow stream reader may fall behind by before it is cut off (and reconnects)."""

@@ -15,7 +15,8 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
+from typing import Protocol
 
 from geofleet.broker.base import Broker, Connection, DisconnectReason
 from geofleet.domain.events import presence_payload, thing_payload
@@ -23,10 +24,10 @@ from geofleet.domain.lru import BoundedCache
 from geofleet.domain.names import parse_shadow_request, presence_topic, thing_event_topic
 from geofleet.domain.policy import Action, Principal, is_allowed, is_claim_client_id
 from geofleet.domain.records import CertificateStatus, Kind, Record
-from geofleet.provisioning.fleet_mqtt import FleetProvisioning
-from geofleet.region.presence import PresenceDirectory
-from geofleet.region.registry import Registry
-from geofleet.region.shadows import ShadowService
+from geofleet.region.health import ProbeIdentity
+from geofleet.services.presence import PresenceDirectory
+from geofleet.services.registry import Registry
+from geofleet.services.shadows import ShadowService
 
 log = logging.getLogger(__name__)
 
@@ -39,23 +40,34 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+class TopicHandler(Protocol):
+    """Serves device requests on topics of its own (fleet provisioning's ``$aws/certificates/...``)."""
+
+    def handles(self, topic: str) -> bool: ...
+
+    async def handle(self, connection: Connection, topic: str, payload: bytes) -> None: ...
+
+
 class RegionGate:
-    def __init__(self, registry: Registry, shadows: ShadowService, region: str, account: str,
+    """Built last of the node's parts, with all of them: the broker calls it only once started
+    (``Broker.start(gate)``), so the gate can take the broker itself in its constructor."""
+
+    def __init__(self, registry: Registry, shadows: ShadowService, presence: PresenceDirectory, broker: Broker,
+                 handlers: Sequence[TopicHandler], probe: ProbeIdentity, region: str, account: str,
                  decision_cache_entries: int = DECISION_CACHE_ENTRIES) -> None:
         self._registry = registry
         self._shadows = shadows
+        self._directory = presence
+        self._broker = broker
+        self._handlers = tuple(handlers)
+        self._probe = probe
         self._region = region
         self._account = account
         self._decisions: BoundedCache[tuple[str, str, str | None, Action, str], bool] = \
             BoundedCache(decision_cache_entries)
         self._version = _now_ms()
         self._tasks: set[asyncio.Task[None]] = set()
-        self.broker: Broker | None = None
-        self.fleet_provisioning: FleetProvisioning | None = None
-        self.presence: PresenceDirectory | None = None
-        self.probe: tuple[str, str, str] | None = None
-        """(certificate id, client id, topic) of the region's health probe."""
-        registry.observe(self._registry_changed)
+        registry.ledger.observe(self._registry_changed)
 
     @property
     def cached_decisions(self) -> int:
@@ -68,14 +80,14 @@ class RegionGate:
         if certificate_der is None or not client_id:
             return None
         cert_id = hashlib.sha256(certificate_der).hexdigest()
-        if self.probe is not None and (cert_id, client_id) == self.probe[:2]:
+        if (cert_id, client_id) == (self._probe.certificate_id, self._probe.client_id):
             return Connection(client_id, str(uuid.uuid4()), cert_id, None, ip, _now_ms(), internal=True)
-        status = self._registry.certificate_status(cert_id)
+        status = self._registry.certificates.status(cert_id)
         if status is not CertificateStatus.ACTIVE:
             log.info("refused %s from %s: certificate %s is %s", client_id, ip, cert_id,
                      status or "not registered")
             return None
-        thing = client_id if self._registry.is_attached(client_id, cert_id) else None
+        thing = client_id if self._registry.principals.is_attached(client_id, cert_id) else None
         connection = Connection(client_id, str(uuid.uuid4()), cert_id, thing, ip, _now_ms())
         if not self.authorize(connection, Action.CONNECT, client_id):
             log.info("refused %s from %s: no policy of certificate %s allows iot:Connect", client_id, ip, cert_id)
@@ -84,13 +96,13 @@ class RegionGate:
 
     def authorize(self, connection: Connection, action: Action, topic: str) -> bool:
         if connection.internal:
-            return self.probe is not None and topic == self.probe[2] and action is not Action.CONNECT
+            return topic == self._probe.topic and action is not Action.CONNECT
         key = (connection.certificate_id, connection.client_id, connection.thing_name, action, topic)
         decision = self._decisions.get(key)
         if decision is None:
             principal = Principal(connection.client_id, connection.thing_name, self._region, self._account,
                                   connection.certificate_id)
-            policies = self._registry.effective_policies(connection.certificate_id)
+            policies = self._registry.policies.effective(connection.certificate_id)
             decision = is_allowed(policies, principal, action, topic)
             self._decisions.put(key, decision)
         return decision
@@ -98,15 +110,15 @@ class RegionGate:
     async def connected(self, connection: Connection) -> None:
         if connection.internal:
             return
-        if self.presence is not None and not is_claim_client_id(connection.client_id):
-            self.presence.connected(connection)
+        if not is_claim_client_id(connection.client_id):
+            self._directory.connected(connection)
         await self._presence("connected", connection)
 
     async def disconnected(self, connection: Connection) -> None:
         if connection.internal:
             return
-        if self.presence is not None and not is_claim_client_id(connection.client_id):
-            self.presence.disconnected(connection)
+        if not is_claim_client_id(connection.client_id):
+            self._directory.disconnected(connection)
         await self._presence("disconnected", connection)
 
     async def message(self, connection: Connection, topic: str, payload: bytes) -> None:
@@ -114,9 +126,11 @@ class RegionGate:
             request = parse_shadow_request(topic)
             if request is not None:
                 await self._shadows.handle(request, payload)
-        elif topic.startswith(("$aws/certificates/", "$aws/provisioning-templates/")) \
-                and self.fleet_provisioning is not None and self.fleet_provisioning.handles(topic):
-            await self.fleet_provisioning.handle(connection, topic, payload)
+        else:
+            for handler in self._handlers:
+                if handler.handles(topic):
+                    await handler.handle(connection, topic, payload)
+                    return
 
     # -- events ----------------------------------------------------------------------------
 
@@ -139,8 +153,7 @@ class RegionGate:
         return self._version
 
     async def _publish(self, topic: str, payload: dict[str, object]) -> None:
-        if self.broker is not None:
-            await self.broker.publish(topic, json.dumps(payload, separators=(",", ":")).encode())
+        await self._broker.publish(topic, json.dumps(payload, separators=(",", ":")).encode())
 
     def _registry_changed(self, previous: Record | None, record: Record) -> None:
         if record.kind in _SECURITY_KINDS:
@@ -151,10 +164,9 @@ class RegionGate:
             self._spawn(self._thing_event(previous, record))
 
     async def _cut_certificate(self, cert_id: str) -> None:
-        if self.broker is not None:
-            closed = await self.broker.disconnect(lambda c: c.certificate_id == cert_id, DisconnectReason.AUTH_ERROR)
-            if closed:
-                log.info("closed %d session(s) of certificate %s: it is no longer ACTIVE", closed, cert_id)
+        closed = await self._broker.disconnect(lambda c: c.certificate_id == cert_id, DisconnectReason.AUTH_ERROR)
+        if closed:
+            log.info("closed %d session(s) of certificate %s: it is no longer ACTIVE", closed, cert_id)
 
     async def _thing_event(self, previous: Record | None, record: Record) -> None:
         alive_before = previous is not None and not previous.deleted

@@ -25,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiomqtt
 
@@ -43,6 +43,15 @@ PEER_INTERVAL_S = 1.0
 PEER_TIMEOUT_S = 1.0
 PEER_STALE_S = 3.0
 """A peer not heard healthy for this long counts as unhealthy."""
+
+
+class ProbeIdentity(NamedTuple):
+    """Who the health probe is on the broker: the gate admits this one internal client and lets
+    it use only its own topic."""
+
+    certificate_id: str
+    client_id: str
+    topic: str
 
 
 class BrokerProbe:
@@ -63,6 +72,10 @@ class BrokerProbe:
         self._client: aiomqtt.Client | None = None
         self._reader: asyncio.Task[None] | None = None
         self._waiting: dict[bytes, asyncio.Future[None]] = {}
+
+    @property
+    def identity(self) -> ProbeIdentity:
+        return ProbeIdentity(self.certificate_id, self.client_id, self.topic)
 
     async def check(self) -> None:
         """Publish a nonce and wait for it to come back; raises on any failure."""

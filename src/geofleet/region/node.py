@@ -29,10 +29,10 @@ from geofleet.region.directory_api import directory_routes
 from geofleet.region.gate import RegionGate
 from geofleet.region.health import BrokerProbe, Health
 from geofleet.region.instance_lock import InstanceLock
-from geofleet.region.presence import PresenceDirectory
-from geofleet.region.registry import Registry
-from geofleet.region.shadows import ShadowService
 from geofleet.replication.service import Replication
+from geofleet.services.presence import PresenceDirectory
+from geofleet.services.registry import Registry
+from geofleet.services.shadows import ShadowService
 from geofleet.store.sealing import Sealer
 from geofleet.store.sqlite import SqliteStore
 from geofleet.web import EmbeddedServer
@@ -66,32 +66,30 @@ class RegionNode:
         )
         horizon = TombstoneHorizon(tombstone_grace_s())
         self.shadows = ShadowService(self.store, self.clock, name, self.broker.publish, horizon)
-        self.gate = RegionGate(self.registry, self.shadows, name, fleet.account)
-        self.gate.broker = self.broker
-        self.presence = PresenceDirectory(self.store, self.registry, self.clock, name)
-        self.presence.broker = self.broker
-        self.gate.presence = self.presence
+        self.presence = PresenceDirectory(self.store, self.registry.ledger, self.clock, name, self.broker)
         self._ensure_builtin_policies()
         ended = self.presence.forget_own_sessions()
         if ended:
             log.info("region %s: %d device session(s) ended with the previous process", name, ended)
         probe = BrokerProbe(authority, self.config, data.trust_bundle, paths.root)
-        self.gate.probe = (probe.certificate_id, probe.client_id, probe.topic)
-        self.replication = Replication(data, fleet, name, self.store, self.registry, self.shadows,
+        self.replication = Replication(data, fleet, name, self.store, self.registry.ledger, self.shadows,
                                        lambda: self.health.local(), horizon)
         self.health = Health(name, self.store, self.broker, probe, list(self.replication.peers),
                              self.replication.get_peer, self.replication.failing_links)
-        self.concierge = Concierge(fleet, name, self.registry, self.health)
+        self.concierge = Concierge(fleet, name, self.registry.things, self.health)
         geoip = (data.root / fleet.geoip_database) if fleet.geoip_database else None
         locator = Geolocator(geoip)
         self.provisioner = Provisioner(
             fleet, name, self.registry, self.store, authority, data.root_ca.read_text(),
             locator.locate, self._guard, self.replication.unreachable_peers,
         )
-        self.fleet_provisioning = self.gate.fleet_provisioning = FleetProvisioning(
-            self.provisioner, self.registry, self.store, authority, self.broker, locator.locate,
+        self.fleet_provisioning = FleetProvisioning(
+            self.provisioner, self.registry.certificates, self.registry.principals, self.store, authority, self.broker,
+            locator.locate,
             token_ttl_s=fleet.claim_token_ttl_s, limiter=RateLimiter(fleet.claim_requests_per_minute),
             max_pending=fleet.claim_max_pending)
+        self.gate = RegionGate(self.registry, self.shadows, self.presence, self.broker, [self.fleet_provisioning],
+                               probe.identity, name, fleet.account)
         app = create_app(self.registry, self.shadows, data.token(), name, self.replication, self.provisioner,
                          lambda guarded: directory_routes(name, guarded, self.health, self.concierge, self.presence,
                                                           self.broker))
@@ -108,14 +106,14 @@ class RegionNode:
     def _ensure_builtin_policies(self) -> None:
         for name, document in builtin_policies().items():
             try:
-                current = self.registry.get_policy(name)
+                current = self.registry.policies.get(name)
             except NotFound:
-                self.registry.create_policy(name, json.dumps(document))
+                self.registry.policies.create(name, json.dumps(document))
                 continue
             upgrade = builtin_upgrade(name, json.loads(current["policyDocument"]))
             if upgrade is not None:
                 log.info("region %s: policy %s replaced by this version's", self.config.name, name)
-                self.registry.replace_policy(name, json.dumps(upgrade))
+                self.registry.policies.replace(name, json.dumps(upgrade))
 
     async def run(self) -> None:
         """Serve until SIGINT/SIGTERM or ``stop()``; then close everything cleanly."""

@@ -7,16 +7,16 @@ from collections.abc import Awaitable, Callable
 from geofleet.domain.hlc import HLC
 from geofleet.domain.leaves import Leaves
 from geofleet.domain.records import Kind, Record
-from geofleet.region.registry import Registry
-from geofleet.region.shadows import ShadowService
+from geofleet.services.ledger import RecordMerger
+from geofleet.services.shadows import ShadowService
 from geofleet.store.base import SHADOW_KIND, Change
 
 Publish = Callable[[], Awaitable[None]]
 
 
 class Applier:
-    def __init__(self, registry: Registry, shadows: ShadowService) -> None:
-        self._registry = registry
+    def __init__(self, records: RecordMerger, shadows: ShadowService) -> None:
+        self._records = records
         self._shadows = shadows
 
     def change(self, change: Change) -> Publish | None:
@@ -28,7 +28,7 @@ class Applier:
         return None
 
     def record(self, record: Record) -> None:
-        self._registry.merge(record)
+        self._records.merge(record)
 
     def shadow(self, key: str, ops: Leaves, hlc: HLC, origin: str) -> Publish:
         return self._shadows.merge_remote(key, ops, hlc, origin)

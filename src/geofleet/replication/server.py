@@ -19,8 +19,8 @@ from geofleet.http_errors import install_error_shape
 from geofleet.replication.antientropy import bucket_contents
 from geofleet.replication.peer_identity import PEER_COMMON_NAME
 from geofleet.replication.wire import change_to_json
+from geofleet.services.guard import guard_action
 from geofleet.store.base import Store
-from geofleet.store.guard import guard_action
 
 MAX_BATCH = 1000
 MAX_WAIT_S = 30.0

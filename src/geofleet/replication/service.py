@@ -21,14 +21,14 @@ from geofleet.domain.changelog import truncation_point
 from geofleet.domain.errors import NotFound
 from geofleet.domain.hlc import HLC
 from geofleet.domain.horizon import TombstoneHorizon
-from geofleet.region.registry import Registry
-from geofleet.region.shadows import ShadowService
 from geofleet.replication.antientropy import differing
 from geofleet.replication.apply import Applier
 from geofleet.replication.link import Link, LinkStatus
 from geofleet.replication.peer_identity import PeerIdentityProtocol, check_served_by
 from geofleet.replication.server import ChangeFeed, create_peer_app
 from geofleet.replication.wire import BatchError, check_leaves, parse_hlc, parse_record
+from geofleet.services.ledger import RecordMerger
+from geofleet.services.shadows import ShadowService
 from geofleet.store.base import Store
 from geofleet.web import EmbeddedServer
 
@@ -40,14 +40,14 @@ TRUNCATE_INTERVAL_S = 2.0
 
 
 class Replication:
-    def __init__(self, data: DataDir, fleet: FleetConfig, region: str, store: Store, registry: Registry,
+    def __init__(self, data: DataDir, fleet: FleetConfig, region: str, store: Store, records: RecordMerger,
                  shadows: ShadowService, health: Callable[[], Awaitable[dict[str, Any]]],
                  horizon: TombstoneHorizon) -> None:
         self.region = region
         self._store = store
         self._retention_s = fleet.changelog_retention_s
         self._tombstones = horizon
-        self._applier = Applier(registry, shadows)
+        self._applier = Applier(records, shadows)
         self.feed = ChangeFeed()
         store.on_change = self.feed.notify
         self.peers = {r.name: r for r in fleet.regions if r.name != region}

@@ -12,6 +12,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from geofleet.domain.guard import GuardEntry
 from geofleet.domain.hlc import HLC
 from geofleet.domain.leaves import Leaves
 from geofleet.domain.records import Kind, Record
@@ -90,7 +91,9 @@ class Store(Protocol):
 
     def mark_tombstones_seen(self, since: HLC, until: HLC) -> None: ...
 
-    def guard_claim(self, device_id: str, fingerprint: str, now_ms: int, stale_ms: int) -> tuple[str, Any]: ...
+    def guard_get(self, device_id: str) -> GuardEntry | None: ...
+
+    def guard_put(self, device_id: str, fingerprint: str, claimed_ms: int) -> None: ...
 
     def guard_complete(self, device_id: str, fingerprint: str, answer: dict[str, Any]) -> None: ...
 

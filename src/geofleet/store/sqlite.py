@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from geofleet.domain.digest import BucketDigests, bucket_of, record_item, shadow_item
+from geofleet.domain.guard import GuardEntry
 from geofleet.domain.hlc import HLC, ZERO
 from geofleet.domain.leaves import Leaves
 from geofleet.domain.records import Kind, Record
@@ -344,22 +345,16 @@ class SqliteStore:
 
     # -- provision-once guard (only in a device id's owner region) ------------------------------
 
-    def guard_claim(self, device_id: str, fingerprint: str, now_ms: int, stale_ms: int) -> tuple[str, Any]:
-        """Atomically claim a device id for a CSR. Returns ("claimed", None) for the first claim
-        (or one that took over a claim abandoned for ``stale_ms``), ("done", answer) when this
-        CSR was provisioned already, ("busy", None) while another claim with this CSR is in
-        progress, and ("taken", {fingerprint, certificateId}) when the id belongs to another CSR."""
+    def guard_get(self, device_id: str) -> GuardEntry | None:
+        row = self._db.execute("SELECT fingerprint, answer, claimed_ms FROM guards WHERE device_id = ?",
+                               (device_id,)).fetchone()
+        return None if row is None else GuardEntry(row[0], _load(row[1]), row[2])
+
+    def guard_put(self, device_id: str, fingerprint: str, claimed_ms: int) -> None:
+        """Persist a new claim (the rule that allows it is ``domain.guard.claim``)."""
         with self.atomic():
-            row = self._db.execute("SELECT fingerprint, answer, claimed_ms FROM guards WHERE device_id = ?",
-                                   (device_id,)).fetchone()
-            if row is None or (row[1] is None and now_ms - row[2] > stale_ms):
-                self._db.execute("INSERT OR REPLACE INTO guards (device_id, fingerprint, answer, claimed_ms) "
-                                 "VALUES (?, ?, NULL, ?)", (device_id, fingerprint, now_ms))
-                return "claimed", None
-            if row[0] != fingerprint:
-                previous = json.loads(row[1]).get("certificateId") if row[1] is not None else None
-                return "taken", {"fingerprint": row[0], "certificateId": previous}
-            return ("done", json.loads(row[1])) if row[1] is not None else ("busy", None)
+            self._db.execute("INSERT OR REPLACE INTO guards (device_id, fingerprint, answer, claimed_ms) "
+                             "VALUES (?, ?, NULL, ?)", (device_id, fingerprint, claimed_ms))
 
     def guard_complete(self, device_id: str, fingerprint: str, answer: dict[str, Any]) -> None:
         with self.atomic():

@@ -24,23 +24,23 @@ from geofleet.domain.presence import (
     on_disconnect,
 )
 from geofleet.domain.records import Kind, Record
-from geofleet.region.registry import Registry
+from geofleet.services.ledger import Ledger
 from geofleet.store.base import Store
 
 log = logging.getLogger(__name__)
 
 
 class PresenceDirectory:
-    def __init__(self, store: Store, registry: Registry, clock: Clock, region: str, *,
+    def __init__(self, store: Store, ledger: Ledger, clock: Clock, region: str, broker: Broker, *,
                  close_duplicates: bool = True) -> None:
         self._store = store
-        self._registry = registry
+        self._ledger = ledger
+        self._broker = broker
         self._clock = clock
         self._region = region
         self._close_duplicates = close_duplicates
         self._tasks: set[asyncio.Task[None]] = set()
-        self.broker: Broker | None = None
-        registry.observe(self._changed)
+        ledger.observe(self._changed)
 
     def sessions(self, device: str) -> list[Session]:
         return [Session.from_json(r.body) for r in self._store.records(Kind.PRESENCE, ref=device) if r.body]
@@ -91,7 +91,7 @@ class PresenceDirectory:
     def _write(self, session: Session | None) -> bool:
         if session is None:
             return False
-        self._registry.put_local(Kind.PRESENCE, entry_key(session.device, self._region), session.to_json(),
+        self._ledger.put(Kind.PRESENCE, entry_key(session.device, self._region), session.to_json(),
                                  ref=session.device)
         return True
 
@@ -104,9 +104,9 @@ class PresenceDirectory:
             self._close(mine)
 
     def _close(self, session: Session) -> None:
-        if not self._close_duplicates or self.broker is None:
+        if not self._close_duplicates:
             return
-        broker = self.broker
+        broker = self._broker
         log.info("device %s connected in another region since session %s here: closing it", session.device,
                  session.session_id)
 
