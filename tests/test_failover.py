@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from geofleet.app import DeviceOffline, EventStream, FleetApp
+from geofleet.client import fleet_app
 from geofleet.device import BlockingDevice, DeviceClient, DeviceShadow, DiskOutbox, FailoverOptions, bootstrap_async
 from geofleet.domain.errors import InvalidRequest, NotFound
 from geofleet.drill import wait_until
@@ -121,7 +122,7 @@ def test_device_survives_a_killed_region_loses_nothing_and_comes_home(ffleet: Fl
     commands: list[bytes] = []
 
     async def scenario() -> None:
-        async with FleetApp.from_data_dir(ffleet.data.root) as app, app.events([f"dt/{name}/#"]) as stream:
+        async with fleet_app(ffleet.data.root) as app, app.events([f"dt/{name}/#"]) as stream:
             await failover_scenario(app, stream)
 
     async def failover_scenario(app: FleetApp, stream: EventStream) -> None:
@@ -292,7 +293,7 @@ def test_locate_and_send_refuse_unknown_and_offline_devices(ffleet: Fleet) -> No
     offline = ffleet.create_device(region=A)
 
     async def scenario() -> None:
-        async with FleetApp.from_data_dir(ffleet.data.root) as app:
+        async with fleet_app(ffleet.data.root) as app:
             with pytest.raises(NotFound, match="never connected"):
                 await app.locate("no-such-device")
             with pytest.raises(NotFound):
@@ -348,7 +349,7 @@ def test_app_shadow_and_lifecycle_events_from_every_region(ffleet: Fleet) -> Non
     name = create_everywhere(ffleet, B)
 
     async def scenario() -> None:
-        async with FleetApp.from_data_dir(ffleet.data.root) as app:
+        async with fleet_app(ffleet.data.root) as app:
             async with app.events([f"$aws/events/presence/+/{name}"]) as stream:
                 updated = await app.update_shadow(name, {"state": {"desired": {"mode": "eco"}}})
                 assert updated["state"]["desired"] == {"mode": "eco"}
@@ -385,7 +386,7 @@ def test_disk_outbox_keeps_messages_across_a_device_restart(ffleet: Fleet, tmp_p
 
     async def online() -> list[int]:
         got: list[int] = []
-        async with FleetApp.from_data_dir(ffleet.data.root) as app, app.events([f"dt/{name}/#"]) as stream:
+        async with fleet_app(ffleet.data.root) as app, app.events([f"dt/{name}/#"]) as stream:
             outbox = DiskOutbox(tmp_path / "outbox.db")
             assert len(outbox) == 3
             async with device_client(ffleet, name, B, options=FAST, outbox=outbox) as device:
@@ -416,7 +417,7 @@ def test_sdk_forms_bootstrap_async_messages_and_shadow_context(ffleet: Fleet, tm
         assert credentials.endpoints[0].region == credentials.home_region
         assert await bootstrap_async(name, key, "sdk-forms", [url], ffleet.data.root_ca, tmp_path) == credentials
         deltas: list[dict[str, Any]] = []
-        async with FleetApp.from_data_dir(ffleet.data.root) as app, \
+        async with fleet_app(ffleet.data.root) as app, \
                 DeviceClient.from_credentials(credentials, options=FAST) as device:
             home = await device.wait_connected(10)
             assert device.status.connected and device.status.region == home

@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
-from geofleet.client import CERTIFICATES, THINGS, AdminClient, answer, named_shadows
+from geofleet.client import CERTIFICATES, THINGS, AdminClient, named_shadows
 from geofleet.domain.enrollment import csr_fingerprint, decode_key, device_key, sign
-from geofleet.domain.errors import GeofleetError
+from geofleet.domain.errors import GeofleetError, answer
 from geofleet.pki.ca import make_csr, new_key
 from tests.conftest import Fleet
 from tests.helpers import geofleet

@@ -16,13 +16,14 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from geofleet.client import CERTIFICATES, THINGS, AdminClient, Listing, named_shadows
-from geofleet.config import DataDir, FleetConfig, default_config, write_private, write_public
+from geofleet.client import CERTIFICATES, THINGS, AdminClient, Listing, fleet_app, named_shadows
+from geofleet.config import DataDir, FleetConfig, default_config
 from geofleet.domain.endpoints import HOME_ATTRIBUTE
 from geofleet.domain.errors import ConfigError, GeofleetError
 from geofleet.domain.names import check_thing_name
 from geofleet.domain.policy import DEFAULT_POLICY_NAME
 from geofleet.pki.ca import key_pem, make_csr, new_key
+from geofleet.pki.files import write_private, write_public
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -372,13 +373,12 @@ def device_bootstrap(
 @app.command()
 def locate(device: str, data_dir: DataDirOpt, as_json: JsonOpt = False) -> None:
     """Where a device is connected now, from the replicated presence directory."""
-    from geofleet.app import FleetApp
 
     check_thing_name(device)
 
     async def ask() -> Any:
-        async with FleetApp.from_data_dir(data_dir) as fleet_app:
-            return await fleet_app.locate(device)
+        async with fleet_app(data_dir) as fleet:
+            return await fleet.locate(device)
 
     where = asyncio.run(ask())
     seen = (where.last_seen or {}).get("region")
@@ -398,13 +398,12 @@ def send(
     as_json: JsonOpt = False,
 ) -> None:
     """Send a message to a device through the region where it is connected (QoS 1)."""
-    from geofleet.app import FleetApp
 
     check_thing_name(device)
 
     async def deliver() -> str:
-        async with FleetApp.from_data_dir(data_dir) as fleet_app:
-            return await fleet_app.send(device, topic, payload, timeout=timeout)
+        async with fleet_app(data_dir) as fleet:
+            return await fleet.send(device, topic, payload, timeout=timeout)
 
     region = asyncio.run(deliver())
     _print({"device": device, "topic": topic, "deliveredBy": region}, as_json, f"delivered to {device} via {region}")

@@ -9,32 +9,15 @@ from __future__ import annotations
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 
+from geofleet.app import FleetApp, Region
 from geofleet.config import DataDir
 from geofleet.domain import errors
-
-_BY_STATUS: dict[int, type[errors.GeofleetError]] = {
-    400: errors.InvalidRequest, 401: errors.Unauthorized, 404: errors.NotFound, 409: errors.Conflict,
-    413: errors.PayloadTooLarge,
-}
-
-
-class RegionUnreachable(errors.GeofleetError):
-    """No region answered (or a region's stream did not open in time).
-
-    Example::
-
-        try:
-            await app.locate("sensor-1")
-        except RegionUnreachable as exc:
-            print(exc)  # names each region's error
-    """
-
-    status = 503
-    code = "RegionUnreachable"
+from geofleet.domain.errors import answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +63,7 @@ class AdminClient:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise RegionUnreachable(
+            raise errors.RegionUnreachable(
                 f"region {self.region.name} at {self.region.http_url} did not answer ({exc.__class__.__name__}); "
                 "is it running?"
             ) from None
@@ -102,16 +85,9 @@ class AdminClient:
                 return
 
 
-def answer(response: httpx.Response) -> Any:
-    """The JSON body of a success; the ``GeofleetError`` the server raised otherwise."""
-    if response.status_code >= 400:
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        # Every geofleet error is {"code", "message"}; anything else (a proxy's page) is shown as sent.
-        message = body.get("message", response.text) if isinstance(body, dict) else response.text
-        error = _BY_STATUS.get(response.status_code, errors.GeofleetError)(str(message))
-        error.status = response.status_code
-        raise error
-    return response.json() if response.content else None
+def fleet_app(root: Path, **kwargs: Any) -> FleetApp:
+    """The application SDK for the fleet of a data directory (its regions, admin token and root
+    CA), as the CLI and the drills use it; applications elsewhere pass those three themselves."""
+    data = DataDir(root)
+    regions = [Region(r.name, r.http_url) for r in data.config().regions]
+    return FleetApp(regions, data.token(), data.root_ca, **kwargs)

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import httpx
 
-from geofleet.config import DEFAULT_REGIONS, DataDir, default_config, private_dir, write_public
+from geofleet.config import DEFAULT_REGIONS, DataDir, default_config
 from geofleet.domain.errors import ConfigError
+from geofleet.pki.files import private_dir, write_public
 
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from geofleet.app.client import FleetApp
+from geofleet.app import FleetApp
+from geofleet.client import fleet_app
 from geofleet.cluster import LocalFleet
 from geofleet.config import DEFAULT_REGIONS
 from geofleet.domain.errors import ConfigError
@@ -230,7 +231,7 @@ async def stage(root: Path, *, devices: int, regions: tuple[str, ...] = DEFAULT_
         simulated = await asyncio.to_thread(provision, root, devices, root / "devices", progress=progress)
         homes = sorted({(d.country, d.home) for d in simulated}, key=lambda pair: (pair[1], pair[0]))
         progress("homes by country: " + ", ".join(f"{country}->{home}" for country, home in homes))
-        async with FleetApp.from_data_dir(root) as app:
+        async with fleet_app(root) as app:
             collector = Collector()
             await collector.start(app)
             sim = Simulation(simulated, options or FailoverOptions(keepalive_s=5, min_stay_s=10, failback_interval_s=2),

@@ -24,13 +24,14 @@ from pathlib import Path
 import iptocc
 
 from geofleet.client import AdminClient
-from geofleet.config import DataDir, write_private
+from geofleet.config import DataDir
 from geofleet.device.bootstrap import Credentials, bootstrap
 from geofleet.device.connection import DeviceClient
 from geofleet.device.shadow import DeviceShadow
 from geofleet.domain.enrollment import decode_key, device_key, encode_key
 from geofleet.domain.errors import NotFound
 from geofleet.domain.failover import FailoverOptions
+from geofleet.pki.files import write_private
 
 COUNTRIES = ("US", "BR", "GB", "DE", "FR", "IN", "JP", "AU", "SG", "ZA", "CA", "MX", "KR", "ES", "IT", "NL",
              "SE", "AR", "EG", "ID")

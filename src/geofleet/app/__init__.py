@@ -14,6 +14,6 @@ Example::
 
 from geofleet.app.client import DeviceOffline, FleetApp, Location
 from geofleet.app.stream import Event, EventStream, Region
-from geofleet.client import RegionUnreachable
+from geofleet.domain.errors import RegionUnreachable
 
 __all__ = ["DeviceOffline", "Event", "EventStream", "FleetApp", "Location", "Region", "RegionUnreachable"]

@@ -27,9 +27,7 @@ from typing import Any
 import httpx
 
 from geofleet.app.stream import EventStream, Region
-from geofleet.client import RegionUnreachable, answer
-from geofleet.config import DataDir
-from geofleet.domain.errors import GeofleetError, InvalidRequest, NotFound
+from geofleet.domain.errors import GeofleetError, InvalidRequest, NotFound, RegionUnreachable, answer
 
 Json = dict[str, Any]
 
@@ -94,12 +92,6 @@ class FleetApp:
         self._ranked: list[Region] | None = None
         self.duplicates_dropped = 0
         """Events the merged stream dropped as already seen (a QoS 1 resend that reached two regions)."""
-
-    @classmethod
-    def from_data_dir(cls, root: Path, **kwargs: Any) -> FleetApp:
-        data = DataDir(root)
-        regions = [Region(r.name, r.http_url) for r in data.config().regions]
-        return cls(regions, data.token(), data.root_ca, **kwargs)
 
     async def __aenter__(self) -> FleetApp:
         return self

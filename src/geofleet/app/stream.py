@@ -20,9 +20,8 @@ from typing import Any
 
 import httpx
 
-from geofleet.client import RegionUnreachable, answer
 from geofleet.domain.dedup import RecentMessages
-from geofleet.domain.errors import GeofleetError
+from geofleet.domain.errors import GeofleetError, RegionUnreachable, answer
 
 DEDUP_WINDOW = 10_000
 

@@ -22,11 +22,11 @@ from typing import Any
 
 import httpx
 
-from geofleet.config import write_private
 from geofleet.device._session import Endpoint
 from geofleet.domain.enrollment import csr_fingerprint, decode_key, sign
 from geofleet.domain.errors import GeofleetError
 from geofleet.pki.ca import key_pem, load_key, make_csr, new_key
+from geofleet.pki.files import write_private
 
 
 class ProvisioningFailed(GeofleetError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import secrets
 
-from geofleet.config import DataDir, FleetConfig, private_dir, write_private, write_public
+from geofleet.config import DataDir, FleetConfig
 from geofleet.domain.errors import ConfigError
 from geofleet.pki.ca import (
     Authority,
@@ -18,6 +18,7 @@ from geofleet.pki.ca import (
     load_key,
     new_key,
 )
+from geofleet.pki.files import private_dir, write_private, write_public
 
 
 def initialize(data: DataDir, config: FleetConfig, passphrase: bytes | None = None) -> None:

@@ -30,8 +30,9 @@ from typing import Any, NamedTuple
 import aiomqtt
 
 from geofleet.broker.base import Broker
-from geofleet.config import RegionConfig, write_private
+from geofleet.config import RegionConfig
 from geofleet.pki.ca import Authority, cert_pem, certificate_id, issue_leaf, key_pem, new_key
+from geofleet.pki.files import write_private
 from geofleet.store.base import Store
 
 log = logging.getLogger(__name__)

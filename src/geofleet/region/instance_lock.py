@@ -13,8 +13,8 @@ import fcntl
 import os
 from pathlib import Path
 
-from geofleet.config import private_dir
 from geofleet.domain.errors import ConfigError
+from geofleet.pki.files import private_dir
 
 
 class AlreadyRunning(ConfigError):

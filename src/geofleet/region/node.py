@@ -13,12 +13,13 @@ from typing import Any
 import uvicorn
 
 from geofleet.broker.amqtt_broker import EmbeddedBroker
-from geofleet.config import DataDir, FleetConfig, RegionConfig, RegionPaths, private_dir, tombstone_grace_s
+from geofleet.config import DataDir, FleetConfig, RegionConfig, RegionPaths, tombstone_grace_s
 from geofleet.domain.errors import NotFound
 from geofleet.domain.hlc import Clock
 from geofleet.domain.horizon import TombstoneHorizon
 from geofleet.domain.policy import builtin_policies, builtin_upgrade
 from geofleet.domain.throttle import RateLimiter
+from geofleet.pki.files import private_dir
 from geofleet.pki.fleet import region_authority
 from geofleet.provisioning.fleet_mqtt import FleetProvisioning
 from geofleet.provisioning.geolocate import Geolocator
