@@ -24,6 +24,8 @@ from geofleet.domain.dedup import RecentMessages
 from geofleet.domain.errors import GeofleetError, RegionUnreachable, answer
 
 DEDUP_WINDOW = 10_000
+STREAM_RETRY_MAX_S = 1.0
+"""The longest wait between two attempts to open a region's stream (jittered by +-50 %)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,4 +154,6 @@ class EventStream:
             finally:
                 self._open.discard(region.name)
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-            delay = min(delay * 2, 5.0)
+            # A region's stream carries only what is published while it is open, and devices go
+            # home within seconds of their region coming back: retry often (one GET a second).
+            delay = min(delay * 2, STREAM_RETRY_MAX_S)
