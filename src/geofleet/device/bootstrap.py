@@ -13,6 +13,7 @@ exchange on the running event loop. Both share everything but the HTTP call.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 import time
@@ -84,7 +85,8 @@ class _Request:
 def bootstrap(device_id: str, enrollment_key: str, group: str | None, urls: list[str], root_ca: Path, out: Path,
               timeout: float = 10.0, *, forwarded_for: str | None = None, local_address: str | None = None
               ) -> Credentials:
-    """Provision once; ``group`` is None for a device with an individual enrollment.
+    """Provision once; ``group`` is None for a device with an individual enrollment. For programs
+    without a running event loop (it runs ``bootstrap_async`` in one of its own).
 
     ``forwarded_for`` and ``local_address`` stand for a proxy in front of the device (the
     fleet believes X-Forwarded-For only from its trusted proxies): simulations use them to
@@ -95,23 +97,8 @@ def bootstrap(device_id: str, enrollment_key: str, group: str | None, urls: list
         credentials = bootstrap("sensor-1", key, "sensors", ["https://eu.example.com:8443"],
                                 Path("root-ca.pem"), Path("/var/lib/device"))
     """
-    existing = _load(out, device_id)
-    if existing is not None:
-        return existing
-    request = _prepare(device_id, enrollment_key, group, urls, root_ca, out, forwarded_for)
-    errors: list[str] = []
-    for url in urls:
-        try:
-            transport = httpx.HTTPTransport(verify=request.verify, local_address=local_address)
-            with httpx.Client(transport=transport, timeout=timeout) as http:
-                response = http.post(f"{url.rstrip('/')}/v1/provision", json=request.body(), headers=request.headers)
-        except httpx.HTTPError as exc:
-            errors.append(f"{url}: {type(exc).__name__}")
-            continue
-        credentials = _outcome(url, response, out, request, errors)
-        if credentials is not None:
-            return credentials
-    raise ProvisioningFailed("no bootstrap URL provisioned the device: " + "; ".join(errors))
+    return asyncio.run(bootstrap_async(device_id, enrollment_key, group, urls, root_ca, out, timeout,
+                                       forwarded_for=forwarded_for, local_address=local_address))
 
 
 async def bootstrap_async(device_id: str, enrollment_key: str, group: str | None, urls: list[str], root_ca: Path,
