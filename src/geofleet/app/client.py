@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 
 from geofleet.app.stream import EventStream, Region
+from geofleet.domain import region_health
 from geofleet.domain.errors import GeofleetError, InvalidRequest, NotFound, RegionUnreachable, answer
 
 Json = dict[str, Any]
@@ -105,17 +106,19 @@ class FleetApp:
     # -- finding regions -------------------------------------------------------------------
 
     async def rank(self) -> list[Region]:
-        """Healthy regions, nearest (lowest round trip to ``/health``) first."""
-        async def probe(region: Region) -> tuple[float, Region] | None:
+        """Usable regions, nearest (lowest round trip to ``/health``) first: the node's own rule
+        (``domain.region_health``) applied to what each region's ``/health`` answers now."""
+        async def probe(region: Region) -> tuple[str, float, dict[str, Any] | None]:
             started = time.perf_counter()
             try:
                 response = await self._http.get(f"{region.url}/health", timeout=2.0)
-            except httpx.HTTPError:
-                return None
-            return (time.perf_counter() - started, region) if response.status_code == 200 else None
+                report = response.json()
+            except (httpx.HTTPError, ValueError):
+                return region.name, 0.0, None
+            return region.name, time.perf_counter() - started, report if isinstance(report, dict) else None
 
-        found = [r for r in await asyncio.gather(*(probe(r) for r in self.regions)) if r is not None]
-        self._ranked = [region for _, region in sorted(found, key=lambda item: item[0])]
+        answers = await asyncio.gather(*(probe(r) for r in self.regions))
+        self._ranked = [self._by_name[name] for name in region_health.rank(answers)]
         return self._ranked
 
     async def _nearest(self, method: str, path: str, **kwargs: Any) -> Any:

@@ -82,7 +82,7 @@ class RegionNode:
         locator = Geolocator(geoip)
         self.provisioner = Provisioner(
             fleet, name, self.registry, self.store, authority, data.root_ca.read_text(),
-            locator.locate, self._guard, self.replication.unreachable_peers,
+            locator.locate, self._guard, self.health,
         )
         self.fleet_provisioning = FleetProvisioning(
             self.provisioner, self.registry.certificates, self.registry.principals, self.store, authority, self.broker,
