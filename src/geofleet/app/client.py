@@ -29,8 +29,7 @@ import httpx
 from geofleet.app.stream import EventStream, Region
 from geofleet.domain import region_health
 from geofleet.domain.errors import GeofleetError, InvalidRequest, NotFound, RegionUnreachable, answer
-
-Json = dict[str, Any]
+from geofleet.domain.json_types import Json
 
 
 class DeviceOffline(GeofleetError):

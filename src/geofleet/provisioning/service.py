@@ -24,6 +24,7 @@ from geofleet.domain.endpoints import HOME_ATTRIBUTE, REGIONS_ATTRIBUTE, failove
 from geofleet.domain.errors import Conflict, GeofleetError, InvalidRequest, Unauthorized
 from geofleet.domain.geo import Location, NoRegionAllowed, Place, choose_home
 from geofleet.domain.guard import DEFAULT_STALE_MS
+from geofleet.domain.json_types import Json
 from geofleet.domain.names import check_thing_name
 from geofleet.domain.network import client_address, parse_networks
 from geofleet.domain.placement import owner
@@ -34,7 +35,6 @@ from geofleet.services.region_health import RegionHealth
 from geofleet.services.registry import Registry
 from geofleet.store.base import Store
 
-Json = dict[str, Any]
 GuardCall = Callable[[str, str, Json], Awaitable[Json]]
 """(owner region, action, body) -> the owner's answer; raises when the owner is unreachable."""
 

@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 
 from geofleet.body_limit import BodyLimit
 from geofleet.domain.errors import Unauthorized
+from geofleet.domain.json_types import Json
 from geofleet.domain.network import join_forwarded
 from geofleet.domain.paging import MAX_TOKEN_LENGTH, PageTokens, page_of
 from geofleet.domain.policy import DEFAULT_POLICY_NAME
@@ -40,7 +41,6 @@ MAX_SHADOWS_PAGE = 100
 UNSIZED_PAGE = 10_000
 """The page a listing without a page size gets: bounded (no answer holds a whole large registry)
 yet large enough that callers written before paging still see every item of a small fleet."""
-Json = dict[str, Any]
 ShadowName = Annotated[str, Query(alias="name", description="Named shadow; empty for the classic shadow.")]
 
 

@@ -14,7 +14,7 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.params import Depends
@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from geofleet.broker.base import Broker
 from geofleet.domain.errors import Conflict, InvalidRequest, NotFound
+from geofleet.domain.json_types import Json
 from geofleet.domain.names import check_thing_name
 from geofleet.domain.topics import TopicFilterIndex
 from geofleet.region.concierge import Concierge
@@ -31,7 +32,6 @@ from geofleet.services.presence import PresenceDirectory
 STREAM_QUEUE = 10_000
 """Messages a slow stream reader may fall behind by before it is cut off (and reconnects)."""
 MAX_TOPIC_LENGTH = 256
-Json = dict[str, Any]
 
 
 def directory_routes(region: str, guarded: list[Depends], health: Health, concierge: Concierge,
