@@ -192,8 +192,7 @@ class Provisioner:
             await asyncio.sleep(0.02)
 
     def endpoints(self, order: tuple[str, ...]) -> list[Json]:
-        return [{"region": name, "host": self._fleet.region(name).address, "port": self._fleet.region(name).mqtt_port}
-                for name in order]
+        return [self._fleet.region(name).endpoint.to_json() for name in order]
 
     def group(self, name: str, individual: bool = False) -> Json:
         """An enrollment (group, or individual) that may provision now; Unauthorized otherwise."""

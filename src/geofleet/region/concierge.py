@@ -30,7 +30,7 @@ class Concierge:
         self._things = things
         self._health = health
         self._places = [Place(r.name, r.latitude, r.longitude) for r in fleet.regions]
-        self._addresses = {r.name: (r.address, r.mqtt_port) for r in fleet.regions}
+        self._addresses = {r.name: r.endpoint for r in fleet.regions}
 
     def endpoints(self, device: str) -> dict[str, Any]:
         attributes = self._things.describe(device).get("attributes") or {}  # NotFound -> 404
