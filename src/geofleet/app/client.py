@@ -48,8 +48,10 @@ class DeviceOffline(GeofleetError):
 
 
 @dataclass(frozen=True, slots=True)
-class Location:
-    """Where a device is connected (``connected`` False: offline, ``last_seen`` says where).
+class Whereabouts:
+    """Where a device is connected (``connected`` False: offline, ``last_seen`` says where): the
+    application's copy of the presence directory's ``Whereabouts`` (``domain.geo.Location`` is
+    something else: where a device's address places it on the map, for provisioning).
 
     Example::
 
@@ -65,7 +67,7 @@ class Location:
     last_seen: Json | None
 
     @classmethod
-    def from_json(cls, body: Json) -> Location:
+    def from_json(cls, body: Json) -> Whereabouts:
         return cls(body["device"], bool(body["connected"]), body.get("region"), body.get("sessionId"),
                    body.get("servedBy", ""), body.get("lastSeen"))
 
@@ -138,10 +140,10 @@ class FleetApp:
 
     # -- devices ---------------------------------------------------------------------------
 
-    async def locate(self, device: str) -> Location:
+    async def locate(self, device: str) -> Whereabouts:
         """Where ``device`` is connected now (``connected`` False when offline); NotFound for a
         device that has never connected."""
-        return Location.from_json(await self._nearest("GET", f"/v1/presence/{device}"))
+        return Whereabouts.from_json(await self._nearest("GET", f"/v1/presence/{device}"))
 
     async def send(self, device: str, topic: str, payload: bytes | str, *, qos: int = 1,
                    timeout: float = 10.0) -> str:
