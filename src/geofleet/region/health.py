@@ -231,12 +231,13 @@ class Health:
 
     async def _poll(self, name: str) -> None:
         view = self.peers[name]
-        view.polled = True
         try:
             report = await self._peer_get(name, "/v1/health", PEER_TIMEOUT_S)
         except Exception as exc:
             view.healthy, view.last_error, view.report = False, f"{type(exc).__name__}: {exc}"[:200], None
+            view.polled = True
             return
+        view.polled = True  # only once answered: a peer whose first poll is in flight is unknown, not down
         view.report = report
         view.healthy = region_health.report_is_healthy(report)
         view.last_error = None if view.healthy else f"reports {report.get('status')}"
