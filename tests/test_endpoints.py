@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from geofleet.domain.endpoints import Endpoint, FailoverMode, endpoints, failover_order
+from geofleet.domain.endpoints import Endpoint, FailoverMode, ListedEndpoint, endpoints, failover_order
 from geofleet.domain.errors import InvalidRequest
 from geofleet.domain.geo import Place
 
@@ -16,7 +16,7 @@ PLACES = [
     Place("ap-southeast-1", 1.35, 103.8),
 ]
 ALL = [p.name for p in PLACES]
-ADDRESSES = {name: (f"{name}.example", 8883 + i) for i, name in enumerate(ALL)}
+ADDRESSES = {name: Endpoint(name, f"{name}.example", 8883 + i) for i, name in enumerate(ALL)}
 
 
 def health(*down: str) -> dict[str, bool]:
@@ -61,7 +61,7 @@ def test_active_active_lists_every_region_usable_when_healthy() -> None:
     assert [e.role for e in listed] == ["home", "failover", "failover", "failover"]
     assert all(e.usable == e.healthy for e in listed)
     assert [e.usable for e in listed] == [True, False, True, True]
-    assert listed[0] == Endpoint("us-east-1", "us-east-1.example", 8883, "home", True, True)
+    assert listed[0] == ListedEndpoint(Endpoint("us-east-1", "us-east-1.example", 8883), "home", True, True)
 
 
 def test_active_active_region_of_unknown_health_is_not_usable() -> None:

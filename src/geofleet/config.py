@@ -24,6 +24,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from geofleet.domain.endpoints import Endpoint
 from geofleet.domain.errors import ConfigError
 from geofleet.domain.horizon import DEFAULT_GRACE_S
 from geofleet.domain.network import parse_networks
@@ -63,6 +64,11 @@ class RegionConfig:
         if self.hostnames:
             return self.hostnames[0]
         return "localhost" if self.host in ("0.0.0.0", "::") else self.host
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """Where devices reach this region's broker."""
+        return Endpoint(self.name, self.address, self.mqtt_port)
 
     @property
     def http_url(self) -> str:

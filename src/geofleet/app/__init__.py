@@ -12,8 +12,8 @@ Example::
                 print(event.region, event.json())
 """
 
-from geofleet.app.client import DeviceOffline, FleetApp, Location
+from geofleet.app.client import DeviceOffline, FleetApp, Whereabouts
 from geofleet.app.stream import Event, EventStream, Region
 from geofleet.domain.errors import RegionUnreachable
 
-__all__ = ["DeviceOffline", "Event", "EventStream", "FleetApp", "Location", "Region", "RegionUnreachable"]
+__all__ = ["DeviceOffline", "Event", "EventStream", "FleetApp", "Region", "RegionUnreachable", "Whereabouts"]

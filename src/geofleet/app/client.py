@@ -27,9 +27,9 @@ from typing import Any
 import httpx
 
 from geofleet.app.stream import EventStream, Region
+from geofleet.domain import region_health
 from geofleet.domain.errors import GeofleetError, InvalidRequest, NotFound, RegionUnreachable, answer
-
-Json = dict[str, Any]
+from geofleet.domain.json_types import Json
 
 
 class DeviceOffline(GeofleetError):
@@ -48,8 +48,10 @@ class DeviceOffline(GeofleetError):
 
 
 @dataclass(frozen=True, slots=True)
-class Location:
-    """Where a device is connected (``connected`` False: offline, ``last_seen`` says where).
+class Whereabouts:
+    """Where a device is connected (``connected`` False: offline, ``last_seen`` says where): the
+    application's copy of the presence directory's ``Whereabouts`` (``domain.geo.Location`` is
+    something else: where a device's address places it on the map, for provisioning).
 
     Example::
 
@@ -65,7 +67,7 @@ class Location:
     last_seen: Json | None
 
     @classmethod
-    def from_json(cls, body: Json) -> Location:
+    def from_json(cls, body: Json) -> Whereabouts:
         return cls(body["device"], bool(body["connected"]), body.get("region"), body.get("sessionId"),
                    body.get("servedBy", ""), body.get("lastSeen"))
 
@@ -105,17 +107,19 @@ class FleetApp:
     # -- finding regions -------------------------------------------------------------------
 
     async def rank(self) -> list[Region]:
-        """Healthy regions, nearest (lowest round trip to ``/health``) first."""
-        async def probe(region: Region) -> tuple[float, Region] | None:
+        """Usable regions, nearest (lowest round trip to ``/health``) first: the node's own rule
+        (``domain.region_health``) applied to what each region's ``/health`` answers now."""
+        async def probe(region: Region) -> tuple[str, float, dict[str, Any] | None]:
             started = time.perf_counter()
             try:
                 response = await self._http.get(f"{region.url}/health", timeout=2.0)
-            except httpx.HTTPError:
-                return None
-            return (time.perf_counter() - started, region) if response.status_code == 200 else None
+                report = response.json()
+            except (httpx.HTTPError, ValueError):
+                return region.name, 0.0, None
+            return region.name, time.perf_counter() - started, report if isinstance(report, dict) else None
 
-        found = [r for r in await asyncio.gather(*(probe(r) for r in self.regions)) if r is not None]
-        self._ranked = [region for _, region in sorted(found, key=lambda item: item[0])]
+        answers = await asyncio.gather(*(probe(r) for r in self.regions))
+        self._ranked = [self._by_name[name] for name in region_health.rank(answers)]
         return self._ranked
 
     async def _nearest(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -136,10 +140,10 @@ class FleetApp:
 
     # -- devices ---------------------------------------------------------------------------
 
-    async def locate(self, device: str) -> Location:
+    async def locate(self, device: str) -> Whereabouts:
         """Where ``device`` is connected now (``connected`` False when offline); NotFound for a
         device that has never connected."""
-        return Location.from_json(await self._nearest("GET", f"/v1/presence/{device}"))
+        return Whereabouts.from_json(await self._nearest("GET", f"/v1/presence/{device}"))
 
     async def send(self, device: str, topic: str, payload: bytes | str, *, qos: int = 1,
                    timeout: float = 10.0) -> str:

@@ -16,12 +16,12 @@ Example::
 """
 
 from geofleet.device._loop import Message
-from geofleet.device._session import Endpoint
 from geofleet.device.blocking import BlockingDevice
 from geofleet.device.bootstrap import Credentials, ProvisioningFailed, bootstrap, bootstrap_async
 from geofleet.device.connection import DeviceClient, DeviceStatus, NoEndpointAvailable
 from geofleet.device.outbox import DiskOutbox, OutboxFull
 from geofleet.device.shadow import DeviceShadow, ShadowRejected
+from geofleet.domain.endpoints import Endpoint
 from geofleet.domain.failover import FailoverOptions
 
 __all__ = [

@@ -20,10 +20,11 @@ from typing import Any, TypeVar
 import aiomqtt
 import httpx
 
-from geofleet.device._session import Endpoint, cancel_all, new_client, session_of, tls_reachable
+from geofleet.device._session import cancel_all, new_client, session_of, tls_reachable
 from geofleet.device.outbox import Outbox
 from geofleet.domain import failover
 from geofleet.domain.dedup import RecentMessages
+from geofleet.domain.endpoints import Endpoint
 from geofleet.domain.failover import FailoverOptions
 
 log = logging.getLogger("geofleet.device.connection")

@@ -16,34 +16,13 @@ import contextlib
 import socket
 import ssl
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import aiomqtt
 
+from geofleet.domain.endpoints import Endpoint
+
 NODELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """A region's MQTT endpoint, as provisioning and the concierge give it.
-
-    Example::
-
-        Endpoint("eu-west-1", "mqtt.eu-west-1.example.com", 8883)
-    """
-
-    region: str
-    host: str
-    port: int
-
-    @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> Endpoint:
-        """From the provisioning answer's ``endpoints`` items (extra keys are ignored)."""
-        return cls(str(raw["region"]), str(raw["host"]), int(raw["port"]))
-
-    def to_json(self) -> dict[str, Any]:
-        return {"region": self.region, "host": self.host, "port": self.port}
 
 
 def new_client(endpoint: Endpoint, device_id: str, tls: ssl.SSLContext, keepalive_s: int,

@@ -14,9 +14,9 @@ from typing import Any, TypeVar
 from geofleet.device.bootstrap import Credentials
 from geofleet.device.connection import DeviceClient
 from geofleet.device.shadow import DeviceShadow
+from geofleet.domain.json_types import Json
 
 T = TypeVar("T")
-Json = dict[str, Any]
 
 
 class BlockingDevice:

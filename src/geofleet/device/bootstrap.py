@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from geofleet.device._session import Endpoint
+from geofleet.domain.endpoints import Endpoint
 from geofleet.domain.enrollment import csr_fingerprint, decode_key, sign
 from geofleet.domain.errors import GeofleetError
 from geofleet.pki.ca import key_pem, load_key, make_csr, new_key

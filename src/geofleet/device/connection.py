@@ -34,9 +34,10 @@ from typing import Any
 import aiomqtt
 
 from geofleet.device._loop import Handler, Message, Move, SessionHook, SessionLoop, Subscription
-from geofleet.device._session import Endpoint, cancel_all
+from geofleet.device._session import cancel_all
 from geofleet.device.bootstrap import Credentials
 from geofleet.device.outbox import MemoryOutbox, Outbox
+from geofleet.domain.endpoints import Endpoint
 from geofleet.domain.errors import GeofleetError, InvalidRequest
 from geofleet.domain.failover import FailoverOptions
 

@@ -12,13 +12,12 @@ import asyncio
 import json
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from geofleet.device.connection import DeviceClient
 from geofleet.domain.errors import GeofleetError
+from geofleet.domain.json_types import Json
 from geofleet.domain.names import shadow_prefix
 
-Json = dict[str, Any]
 DeltaCallback = Callable[[Json], Awaitable[None] | None]
 
 

@@ -43,18 +43,44 @@ class FailoverMode(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
+    """A region's MQTT endpoint, as provisioning and the concierge give it: the one endpoint
+    type of geofleet (the device SDK, provisioning and the concierge all use this one).
+
+    Example::
+
+        Endpoint("eu-west-1", "mqtt.eu-west-1.example.com", 8883)
+    """
+
     region: str
     host: str
     port: int
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Endpoint:
+        """From the provisioning answer's ``endpoints`` items (extra keys are ignored)."""
+        return cls(str(raw["region"]), str(raw["host"]), int(raw["port"]))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"region": self.region, "host": self.host, "port": self.port}
+
+
+@dataclass(frozen=True, slots=True)
+class ListedEndpoint:
+    """One line of the concierge's answer: an endpoint with its role and health as seen now."""
+
+    endpoint: Endpoint
     role: str
     """``home``, ``failover`` (active-active) or ``standby`` (active-standby)."""
     healthy: bool
     usable: bool
     """Whether the device may connect here now."""
 
+    @property
+    def region(self) -> str:
+        return self.endpoint.region
+
     def to_json(self) -> dict[str, Any]:
-        return {"region": self.region, "host": self.host, "port": self.port, "role": self.role,
-                "healthy": self.healthy, "usable": self.usable}
+        return {**self.endpoint.to_json(), "role": self.role, "healthy": self.healthy, "usable": self.usable}
 
 
 def failover_order(home: str, permitted: Sequence[str], places: Sequence[Place]) -> list[str]:
@@ -69,18 +95,18 @@ def failover_order(home: str, permitted: Sequence[str], places: Sequence[Place])
     return [home, *others]
 
 
-def endpoints(order: Sequence[str], addresses: Mapping[str, tuple[str, int]], healthy: Mapping[str, bool],
-              mode: FailoverMode, standby: str | None = None) -> list[Endpoint]:
+def endpoints(order: Sequence[str], addresses: Mapping[str, Endpoint], healthy: Mapping[str, bool],
+              mode: FailoverMode, standby: str | None = None) -> list[ListedEndpoint]:
     """``order`` from ``failover_order``; ``standby`` overrides the home's standby (default: the
     nearest other permitted region)."""
     home = order[0]
     if mode is FailoverMode.ACTIVE_STANDBY:
         second = standby if standby and standby in order[1:] else (order[1] if len(order) > 1 else None)
         home_up = healthy.get(home, False)
-        listed = [Endpoint(home, *addresses[home], "home", home_up, home_up)]
+        listed = [ListedEndpoint(addresses[home], "home", home_up, home_up)]
         if second is not None:
             up = healthy.get(second, False)
-            listed.append(Endpoint(second, *addresses[second], "standby", up, up and not home_up))
+            listed.append(ListedEndpoint(addresses[second], "standby", up, up and not home_up))
         return listed
-    return [Endpoint(name, *addresses[name], "home" if name == home else "failover", healthy.get(name, False),
-                     healthy.get(name, False)) for name in order]
+    return [ListedEndpoint(addresses[name], "home" if name == home else "failover", healthy.get(name, False),
+                           healthy.get(name, False)) for name in order]

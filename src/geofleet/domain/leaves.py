@@ -27,8 +27,8 @@ from functools import lru_cache
 from typing import Any
 
 from geofleet.domain.hlc import HLC
+from geofleet.domain.json_types import Json
 
-Json = dict[str, Any]
 Entry = list[Any]
 """``[hlc, region, deleted, value]``: JSON-friendly for the store and the wire."""
 Leaves = dict[str, Entry]

@@ -24,6 +24,7 @@ from typing import Any
 from geofleet.domain import leaves
 from geofleet.domain.errors import GeofleetError
 from geofleet.domain.hlc import HLC
+from geofleet.domain.json_types import Json
 from geofleet.domain.leaves import Leaves
 
 MAX_DOCUMENT_BYTES = 8 * 1024
@@ -41,8 +42,6 @@ document has at most about 1,600 leaves; the rest is room for tombstones until t
 collected. Past it a local update is refused with 413 rather than making every later update
 of the shadow slower (each costs time linear in this number)."""
 SECTIONS = ("desired", "reported")
-
-Json = dict[str, Any]
 
 
 class ShadowError(GeofleetError):

@@ -29,13 +29,13 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from typing import Any
 
 from geofleet.broker.base import Broker, Connection
 from geofleet.domain import ownership
 from geofleet.domain.errors import Conflict, GeofleetError, InvalidRequest, NotFound, Unauthorized
 from geofleet.domain.geo import Location
 from geofleet.domain.guard import DEFAULT_STALE_MS
+from geofleet.domain.json_types import Json
 from geofleet.domain.names import check_thing_name
 from geofleet.domain.policy import CREATE_FROM_CSR_TOPIC
 from geofleet.domain.records import CertificateStatus
@@ -50,7 +50,6 @@ log = logging.getLogger(__name__)
 
 CREATE_FROM_CSR = CREATE_FROM_CSR_TOPIC
 _PROVISION = re.compile(r"^\$aws/provisioning-templates/(?P<template>[^/]+)/provision/json$")
-Json = dict[str, Any]
 _ALREADY_USED = ("certificateOwnershipToken was already used to provision another thing: a token is good for one "
                  "RegisterThing")
 MAX_PENDING = 100

@@ -24,16 +24,17 @@ from geofleet.domain.endpoints import HOME_ATTRIBUTE, REGIONS_ATTRIBUTE, failove
 from geofleet.domain.errors import Conflict, GeofleetError, InvalidRequest, Unauthorized
 from geofleet.domain.geo import Location, NoRegionAllowed, Place, choose_home
 from geofleet.domain.guard import DEFAULT_STALE_MS
+from geofleet.domain.json_types import Json
 from geofleet.domain.names import check_thing_name
 from geofleet.domain.network import client_address, parse_networks
 from geofleet.domain.placement import owner
 from geofleet.domain.records import CertificateStatus
 from geofleet.pki.ca import Authority, cert_pem, csr_common_name, load_csr, sign_csr
 from geofleet.services.guard import guard_action
+from geofleet.services.region_health import RegionHealth
 from geofleet.services.registry import Registry
 from geofleet.store.base import Store
 
-Json = dict[str, Any]
 GuardCall = Callable[[str, str, Json], Awaitable[Json]]
 """(owner region, action, body) -> the owner's answer; raises when the owner is unreachable."""
 
@@ -80,11 +81,11 @@ class ProvisionRequest:
 class Provisioner:
     def __init__(self, fleet: FleetConfig, region: str, registry: Registry, store: Store, authority: Authority,
                  root_ca_pem: str, locate: Callable[[str], Location], guard: GuardCall,
-                 unreachable: Callable[[], set[str]]) -> None:
+                 health: RegionHealth) -> None:
         self._fleet, self._region = fleet, region
         self._registry, self._store, self._authority = registry, store, authority
         self._root_ca_pem = root_ca_pem
-        self._locate, self._guard, self._unreachable = locate, guard, unreachable
+        self._locate, self._guard, self._health = locate, guard, health
         self._trusted = parse_networks(fleet.trusted_proxies)
         self._seen: dict[str, float] = {}
         """Signatures accepted recently: an identical request replayed within the skew window fails."""
@@ -191,8 +192,7 @@ class Provisioner:
             await asyncio.sleep(0.02)
 
     def endpoints(self, order: tuple[str, ...]) -> list[Json]:
-        return [{"region": name, "host": self._fleet.region(name).address, "port": self._fleet.region(name).mqtt_port}
-                for name in order]
+        return [self._fleet.region(name).endpoint.to_json() for name in order]
 
     def group(self, name: str, individual: bool = False) -> Json:
         """An enrollment (group, or individual) that may provision now; Unauthorized otherwise."""
@@ -215,7 +215,7 @@ class Provisioner:
 
     def _choose(self, location: Location, group: Json) -> Any:
         places = [Place(r.name, r.latitude, r.longitude) for r in self._fleet.regions]
-        down = self._unreachable() - {self._region}
+        down = self._health.down() - {self._region}
         try:
             return choose_home(location, places, default=self._fleet.home_default, residency=self._fleet.residency,
                                allowed=group.get("allowedRegions"), unhealthy=down,

@@ -19,18 +19,18 @@ from geofleet.domain.endpoints import (
     failover_order,
 )
 from geofleet.domain.geo import Place
-from geofleet.region.health import Health
+from geofleet.services.region_health import RegionHealth
 from geofleet.services.things import Things
 
 
 class Concierge:
-    def __init__(self, fleet: FleetConfig, region: str, things: Things, health: Health) -> None:
+    def __init__(self, fleet: FleetConfig, region: str, things: Things, health: RegionHealth) -> None:
         self._region = region
         self._fleet = fleet
         self._things = things
         self._health = health
         self._places = [Place(r.name, r.latitude, r.longitude) for r in fleet.regions]
-        self._addresses = {r.name: (r.address, r.mqtt_port) for r in fleet.regions}
+        self._addresses = {r.name: r.endpoint for r in fleet.regions}
 
     def endpoints(self, device: str) -> dict[str, Any]:
         attributes = self._things.describe(device).get("attributes") or {}  # NotFound -> 404
@@ -42,6 +42,7 @@ class Concierge:
         mode = FailoverMode.parse(attributes.get(MODE_ATTRIBUTE) or self._fleet.failover_mode,
                                   f"thing {device!r}")
         order = failover_order(home, permitted, self._places)
-        listed = endpoints(order, self._addresses, self._health.healthy_map(), mode, self._fleet.standby.get(home))
+        usable = {name: self._health.usable(name) for name in known}
+        listed = endpoints(order, self._addresses, usable, mode, self._fleet.standby.get(home))
         return {"device": device, "homeRegion": home, "mode": mode.value, "servedBy": self._region,
                 "endpoints": [e.to_json() for e in listed]}

@@ -31,6 +31,8 @@ import aiomqtt
 
 from geofleet.broker.base import Broker
 from geofleet.config import RegionConfig
+from geofleet.domain import region_health
+from geofleet.domain.region_health import Observation
 from geofleet.pki.ca import Authority, cert_pem, certificate_id, issue_leaf, key_pem, new_key
 from geofleet.pki.files import write_private
 from geofleet.store.base import Store
@@ -42,8 +44,6 @@ CACHE_S = 0.5
 """A burst of health requests shares one probe."""
 PEER_INTERVAL_S = 1.0
 PEER_TIMEOUT_S = 1.0
-PEER_STALE_S = 3.0
-"""A peer not heard healthy for this long counts as unhealthy."""
 
 
 class ProbeIdentity(NamedTuple):
@@ -124,10 +124,17 @@ class BrokerProbe:
 
 @dataclass
 class PeerView:
+    """The latest poll of one peer; whether it is up is ``domain.region_health``'s call."""
+
     healthy: bool = False
     last_healthy: float | None = None
     last_error: str | None = None
     report: dict[str, Any] | None = None
+    polled: bool = False
+
+    @property
+    def observation(self) -> Observation:
+        return Observation(self.polled, self.healthy, self.last_healthy)
 
     def to_json(self, now: float) -> dict[str, Any]:
         return {"healthy": self.healthy, "lastError": self.last_error,
@@ -139,6 +146,9 @@ FailingLinks = Callable[[], dict[str, str]]
 
 
 class Health:
+    """This region's deep health and its view of its peers: the node's ``RegionHealth``, the one
+    answer to "is region R up" for provisioning, presence and the concierge."""
+
     def __init__(self, region: str, store: Store, broker: Broker, probe: BrokerProbe, peers: list[str],
                  peer_get: PeerGet, failing_links: FailingLinks) -> None:
         """``failing_links``: replication links from peers that answer but cannot be pulled
@@ -180,23 +190,25 @@ class Health:
         local["peers"] = {name: view.to_json(now) for name, view in self.peers.items()}
         failing = self._failing_links()
         local["replication"] = {name: {"failing": failing.get(name)} for name in self.peers}
-        if local["healthy"] and (failing or not all(self.is_healthy(name) for name in self.peers)):
+        if local["healthy"] and (failing or not all(self.usable(name) for name in self.peers)):
             local["status"] = "degraded"
         return local
 
-    def is_healthy(self, region: str) -> bool:
+    def usable(self, region: str) -> bool:
+        """This region by its own last check; a peer by ``region_health.usable`` on its polls."""
         if region == self._region:
-            return self._cached is not None and bool(self._cached[1]["healthy"])
+            return self._cached is not None and region_health.report_is_healthy(self._cached[1])
         view = self.peers.get(region)
-        return view is not None and view.healthy and view.last_healthy is not None \
-            and time.monotonic() - view.last_healthy < PEER_STALE_S
+        return view is not None and region_health.usable(view.observation, time.monotonic())
 
     def down(self) -> frozenset[str]:
-        """Peers that failed their last health poll (a peer not yet polled is not down)."""
-        return frozenset(n for n, v in self.peers.items() if v.last_error is not None and not v.healthy)
+        """Peers asked and found not usable (a peer not yet polled is not down). This region is
+        never in it: it serves its own requests and knows its own sessions."""
+        now = time.monotonic()
+        return frozenset(n for n, v in self.peers.items() if region_health.down(v.observation, now))
 
-    def healthy_map(self) -> dict[str, bool]:
-        return {self._region: self.is_healthy(self._region), **{n: self.is_healthy(n) for n in self.peers}}
+    def usable_map(self) -> dict[str, bool]:
+        return {self._region: self.usable(self._region), **{n: self.usable(n) for n in self.peers}}
 
     # -- the peer poll ---------------------------------------------------------------------
 
@@ -223,9 +235,11 @@ class Health:
             report = await self._peer_get(name, "/v1/health", PEER_TIMEOUT_S)
         except Exception as exc:
             view.healthy, view.last_error, view.report = False, f"{type(exc).__name__}: {exc}"[:200], None
+            view.polled = True
             return
+        view.polled = True  # only once answered: a peer whose first poll is in flight is unknown, not down
         view.report = report
-        view.healthy = bool(report.get("healthy"))
+        view.healthy = region_health.report_is_healthy(report)
         view.last_error = None if view.healthy else f"reports {report.get('status')}"
         if view.healthy:
             view.last_healthy = time.monotonic()

@@ -11,6 +11,7 @@ import signal
 from typing import Any
 
 import uvicorn
+from fastapi import APIRouter
 
 from geofleet.broker.amqtt_broker import EmbeddedBroker
 from geofleet.config import DataDir, FleetConfig, RegionConfig, RegionPaths, tombstone_grace_s
@@ -26,10 +27,23 @@ from geofleet.provisioning.geolocate import Geolocator
 from geofleet.provisioning.service import Provisioner
 from geofleet.region.api import create_app
 from geofleet.region.concierge import Concierge
-from geofleet.region.directory_api import directory_routes
 from geofleet.region.gate import RegionGate
 from geofleet.region.health import BrokerProbe, Health
 from geofleet.region.instance_lock import InstanceLock
+from geofleet.region.routes import certificates as certificates_routes
+from geofleet.region.routes import concierge as concierge_routes
+from geofleet.region.routes import delivery as delivery_routes
+from geofleet.region.routes import enrollment as enrollment_routes
+from geofleet.region.routes import health as health_routes
+from geofleet.region.routes import policies as policies_routes
+from geofleet.region.routes import presence as presence_routes
+from geofleet.region.routes import provisioning as provisioning_routes
+from geofleet.region.routes import replication as replication_routes
+from geofleet.region.routes import shadows as shadows_routes
+from geofleet.region.routes import stream as stream_routes
+from geofleet.region.routes import thing_types as thing_types_routes
+from geofleet.region.routes import things as things_routes
+from geofleet.region.routes.access import AdminAccess
 from geofleet.replication.service import Replication
 from geofleet.services.presence import PresenceDirectory
 from geofleet.services.registry import Registry
@@ -82,7 +96,7 @@ class RegionNode:
         locator = Geolocator(geoip)
         self.provisioner = Provisioner(
             fleet, name, self.registry, self.store, authority, data.root_ca.read_text(),
-            locator.locate, self._guard, self.replication.unreachable_peers,
+            locator.locate, self._guard, self.health,
         )
         self.fleet_provisioning = FleetProvisioning(
             self.provisioner, self.registry.certificates, self.registry.principals, self.store, authority, self.broker,
@@ -91,15 +105,32 @@ class RegionNode:
             max_pending=fleet.claim_max_pending)
         self.gate = RegionGate(self.registry, self.shadows, self.presence, self.broker, [self.fleet_provisioning],
                                probe.identity, name, fleet.account)
-        app = create_app(self.registry, self.shadows, data.token(), name, self.replication, self.provisioner,
-                         lambda guarded: directory_routes(name, guarded, self.health, self.concierge, self.presence,
-                                                          self.broker))
+        access = AdminAccess(data.token())
+        app = create_app(name, access, self._routers(name, access))
         self._http = EmbeddedServer(uvicorn.Config(
             app, host=self.config.host, port=self.config.http_port, log_level="warning",
             ssl_certfile=str(paths.server_chain), ssl_keyfile=str(paths.server_key), lifespan="off",
             access_log=False, proxy_headers=False,  # X-Forwarded-For: only geofleet's trusted_proxies decide
         ))
         self._stop = asyncio.Event()
+
+    def _routers(self, name: str, access: AdminAccess) -> list[APIRouter]:
+        """Every HTTP resource of the node, in the order the app matches them."""
+        return [
+            health_routes.router(self.health),
+            concierge_routes.router(self.concierge),
+            presence_routes.router(name, self.presence, self.health, access),
+            delivery_routes.router(name, self.broker, access),
+            stream_routes.router(name, self.broker, access),
+            things_routes.router(self.registry, access),
+            thing_types_routes.router(self.registry, access),
+            certificates_routes.router(self.registry, access),
+            policies_routes.router(self.registry, access),
+            shadows_routes.router(self.shadows, access),
+            provisioning_routes.router(self.provisioner, access),
+            enrollment_routes.router(self.registry, access),
+            replication_routes.router(self.replication, access),
+        ]
 
     async def _guard(self, owner: str, action: str, body: dict[str, Any]) -> dict[str, Any]:
         return await self.replication.call_peer(owner, f"/v1/guard/{action}", body)

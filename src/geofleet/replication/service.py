@@ -160,10 +160,6 @@ class Replication:
                                          timeout=timeout)
         return _json(response, peer)
 
-    def unreachable_peers(self) -> set[str]:
-        """Peers whose last pull failed (a region not yet heard from counts as reachable)."""
-        return {name for name, status in self.status.items() if status.last_error is not None}
-
     # -- change log truncation -------------------------------------------------------------
 
     async def _truncate_loop(self) -> None:

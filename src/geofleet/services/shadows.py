@@ -10,18 +10,17 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from geofleet.domain import shadow as doc
 from geofleet.domain.errors import InvalidRequest
 from geofleet.domain.hlc import HLC, Clock
 from geofleet.domain.horizon import TombstoneHorizon
+from geofleet.domain.json_types import Json
 from geofleet.domain.leaves import Leaves
 from geofleet.domain.names import ShadowOp, ShadowRequest, check_shadow_name, check_thing_name
 from geofleet.store.base import Store
 
 Publish = Callable[[str, bytes], Awaitable[None]]
-Json = dict[str, Any]
 
 def _encode(body: Json) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()

@@ -1,0 +1,21 @@
+"""``/v1/endpoints/<device>`` (open: devices ask it before they have a session anywhere): the
+device's endpoints in failover order, each with whether it may be used now."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from geofleet.domain.json_types import Json
+from geofleet.domain.names import check_thing_name
+from geofleet.region.concierge import Concierge
+
+
+def router(concierge: Concierge) -> APIRouter:
+    routes = APIRouter(tags=["failover"])
+
+    @routes.get("/v1/endpoints/{device}")
+    async def get_endpoints(device: str) -> Json:
+        check_thing_name(device)
+        return concierge.endpoints(device)
+
+    return routes

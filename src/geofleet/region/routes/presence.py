@@ -1,0 +1,37 @@
+"""``/v1/presence``: which devices are connected where, fleet-wide, as this region knows it.
+
+Sessions in regions the health view reports down do not count: their devices cannot be
+reached there, whatever the last replicated session says.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from geofleet.domain.errors import NotFound
+from geofleet.domain.json_types import Json
+from geofleet.domain.names import check_thing_name
+from geofleet.region.routes.access import AdminAccess
+from geofleet.services.presence import PresenceDirectory
+from geofleet.services.region_health import RegionHealth
+
+
+def router(region: str, presence: PresenceDirectory, health: RegionHealth, access: AdminAccess) -> APIRouter:
+    routes = APIRouter(tags=["presence"], dependencies=access.guard)
+
+    @routes.get("/v1/presence")
+    async def list_presence(region_filter: Annotated[str | None, Query(alias="region")] = None) -> Json:
+        sessions = presence.connected_devices(region_filter, health.down())
+        return {"servedBy": region, "devices": [s.to_json() for s in sessions]}
+
+    @routes.get("/v1/presence/{device}")
+    async def get_presence(device: str) -> Json:
+        check_thing_name(device)
+        found = presence.whereabouts(device, health.down())
+        if found.last is None:
+            raise NotFound(f"device {device!r} has never connected to any region")
+        return {**found.to_json(), "servedBy": region}
+
+    return routes

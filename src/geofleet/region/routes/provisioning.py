@@ -1,0 +1,50 @@
+"""``/v1/provision`` (a device provisions itself with its enrollment's proof, no admin token) and
+``/things/<name>/move`` (an operator gives a device a new home region)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, Field
+
+from geofleet.domain.json_types import Json
+from geofleet.domain.network import join_forwarded
+from geofleet.provisioning.service import Provisioner, ProvisionRequest, Timings
+from geofleet.region.routes.access import AdminAccess
+
+
+class MoveIn(BaseModel):
+    region: str = Field(max_length=64)
+
+
+class ProvisionIn(BaseModel):
+    deviceId: str = Field(max_length=128)
+    certificateSigningRequest: str = Field(max_length=16 * 1024)
+    enrollmentGroup: str | None = Field(default=None, max_length=128)
+    """Omitted for a device with an individual enrollment."""
+    timestamp: int
+    signature: str = Field(max_length=128)
+
+
+def router(provisioner: Provisioner, access: AdminAccess) -> APIRouter:
+    routes = APIRouter(tags=["provisioning"])
+
+    @routes.post("/v1/provision", status_code=201)
+    async def provision(body: ProvisionIn, request: Request, response: Response) -> Json:
+        """Provision a device (no admin token: the enrollment proof authenticates it). 201 with
+        the certificate, CA chain, home region and ordered endpoints; 200 for a retry."""
+        timings = Timings()
+        status, answer = await provisioner.provision(
+            ProvisionRequest(body.deviceId, body.certificateSigningRequest, body.enrollmentGroup, body.timestamp,
+                             body.signature),
+            request.client.host if request.client else "", join_forwarded(request.headers.getlist("x-forwarded-for")),
+            timings)
+        response.status_code = status
+        response.headers["Server-Timing"] = timings.header()
+        return answer
+
+    @routes.post("/things/{name}/move", dependencies=access.guard)
+    async def move_device(name: str, body: MoveIn) -> Json:
+        """Give a device a new home region; answers its new endpoint order."""
+        return provisioner.move(name, body.region)
+
+    return routes

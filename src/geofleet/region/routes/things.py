@@ -1,0 +1,77 @@
+"""``/things``: AWS IoT's things and their principals (attached certificates)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, Field
+
+from geofleet.domain.json_types import Json
+from geofleet.domain.paging import MAX_TOKEN_LENGTH, page_of
+from geofleet.region.routes.access import UNSIZED_PAGE, AdminAccess, next_field
+from geofleet.services.registry import Registry
+
+MAX_THINGS_PAGE = 250
+"""AWS ListThings' largest ``maxResults``."""
+
+
+class ThingIn(BaseModel):
+    thingTypeName: str | None = None
+    attributes: dict[str, str] = Field(default_factory=dict)
+
+
+class ThingUpdate(BaseModel):
+    attributes: dict[str, str | None] | None = None
+    merge: bool = True
+    thingTypeName: str | None = None
+    removeThingType: bool = False
+    expectedVersion: int | None = None
+
+
+def router(registry: Registry, access: AdminAccess) -> APIRouter:
+    routes = APIRouter(tags=["things"], dependencies=access.guard)
+
+    @routes.get("/things")
+    async def list_things(maxResults: Annotated[int | None, Query(ge=1, le=MAX_THINGS_PAGE)] = None,
+                          nextToken: Annotated[str | None, Query(max_length=MAX_TOKEN_LENGTH)] = None) -> Json:
+        """AWS ListThings paging: at most ``maxResults`` things in name order, and ``nextToken``
+        while more follow (without ``maxResults``: pages of ``UNSIZED_PAGE``)."""
+        size = maxResults or UNSIZED_PAGE
+        rows = registry.things.all(access.pages.decode("things", nextToken), size + 1)
+        page = page_of(rows, size, lambda t: str(t["thingName"]), "things", access.pages)
+        return {"things": page.items, **next_field("nextToken", page.next_token)}
+
+    @routes.post("/things/{name}", status_code=201)
+    async def create_thing(name: str, body: ThingIn | None = None) -> Json:
+        body = body or ThingIn()
+        return registry.things.create(name, body.thingTypeName, body.attributes)
+
+    @routes.get("/things/{name}")
+    async def describe_thing(name: str) -> Json:
+        return registry.things.describe(name)
+
+    @routes.patch("/things/{name}")
+    async def update_thing(name: str, body: ThingUpdate) -> Json:
+        return registry.things.update(name, attributes=body.attributes, merge=body.merge,
+                                      type_name=body.thingTypeName, remove_type=body.removeThingType,
+                                      expected_version=body.expectedVersion)
+
+    @routes.delete("/things/{name}", status_code=204)
+    async def delete_thing(name: str, expectedVersion: int | None = None) -> None:
+        registry.things.delete(name, expectedVersion)
+
+    @routes.get("/things/{name}/principals")
+    async def list_principals(name: str) -> Json:
+        registry.things.describe(name)
+        return {"principals": registry.principals.of_thing(name)}
+
+    @routes.put("/things/{name}/principals/{cert_id}", status_code=204)
+    async def attach_principal(name: str, cert_id: str) -> None:
+        registry.principals.attach(name, cert_id)
+
+    @routes.delete("/things/{name}/principals/{cert_id}", status_code=204)
+    async def detach_principal(name: str, cert_id: str) -> None:
+        registry.principals.detach(name, cert_id)
+
+    return routes
