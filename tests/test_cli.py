@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import Fleet
 from tests.helpers import geofleet
 
 
+@pytest.mark.e2e
 def test_init_default_config_has_three_aws_regions_on_loopback(tmp_path: Path) -> None:
     result = geofleet("init", "--data-dir", str(tmp_path / "d"), "--insecure-unencrypted-root")
     assert "us-east-1" in result.stdout
@@ -56,6 +59,7 @@ def test_device_create_thing_shadow_and_revoke(fleet: Fleet, tmp_path: Path) -> 
     assert again.returncode == 2 and "CERT_ID or --thing" in again.stderr
 
 
+@pytest.mark.e2e
 def test_region_down_is_a_clear_error(tmp_path: Path) -> None:
     geofleet("init", "--data-dir", str(tmp_path / "d"), "--insecure-unencrypted-root")
     result = geofleet("thing", "list", "--data-dir", str(tmp_path / "d"), "--region", "us-east-1", check=False)

@@ -10,11 +10,13 @@ import ssl
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import REGIONS, Fleet, restarted_region, start_fleet
 from tests.helpers import wait_for
 
 
+@pytest.mark.e2e
 def test_sigkilled_region_restarts_with_everything_it_acknowledged(tmp_path: Path) -> None:
     fleet = start_fleet(tmp_path / "data")
     try:

@@ -23,6 +23,7 @@ def test_the_readme_example_is_a_valid_multi_host_fleet() -> None:
     assert (us.latitude, us.longitude) == (39.04, -77.49)
 
 
+@pytest.mark.e2e
 def test_free_ports_are_distinct() -> None:
     regions = default_config(free_ports=True).regions
     ports = [p for r in regions for p in (r.mqtt_port, r.http_port, r.peer_port)]

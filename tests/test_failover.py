@@ -336,6 +336,7 @@ def test_cli_simulate_places_devices_worldwide_and_runs_them(ffleet: Fleet) -> N
     assert summary["connected"] == summary["homes"] and summary["published"] >= 6
 
 
+@pytest.mark.e2e
 def test_cli_drill_kills_a_region_and_accounts_for_every_message(tmp_path: Path) -> None:
     result = geofleet("drill", "--kill", "eu-west-1", "--devices", "9", "--data-dir", str(tmp_path / "drill"),
                       "--json", timeout=180)

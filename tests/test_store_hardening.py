@@ -77,6 +77,7 @@ def test_a_second_instance_of_a_running_region_refuses_and_changes_nothing(
         device.close()
 
 
+@pytest.mark.e2e
 def test_the_lock_dies_with_the_process(tmp_path: Path) -> None:
     """A SIGKILLed region leaves no stale lock: it starts again at once."""
     data = DataDir(tmp_path / "fleet")
@@ -127,6 +128,7 @@ def _loose(root: Path) -> list[str]:
     return found
 
 
+@pytest.mark.e2e
 def test_every_file_is_0600_and_every_dir_0700_after_init_and_after_a_region_ran(tmp_path: Path) -> None:
     root = tmp_path / "fleet"
     old = os.umask(0o022)  # an ordinary login umask: the modes must not depend on the caller's
@@ -184,6 +186,7 @@ def test_a_store_from_before_sealing_still_reads_and_seals_on_the_next_write(tmp
 
 # -- item 17: the root CA key -------------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_init_refuses_an_unencrypted_root_unless_asked_and_encrypts_with_600k_rounds(tmp_path: Path) -> None:
     refused = geofleet("init", "--data-dir", str(tmp_path / "a"), check=False)
     assert refused.returncode == 2 and "needs a passphrase" in refused.stderr and "Traceback" not in refused.stderr
