@@ -125,10 +125,12 @@ def test_a_claim_session_cannot_take_a_device_client_id(cfleet: Fleet, tmp_path:
         assert not claim.device(client_id=claim_client_id(other.certificate_id)).try_connect(), \
             "nor another claim certificate's namespace"
         assert not claim.device(client_id="claim").try_connect()
-        assert device.subscribe(f"dt/{name}/x") == [1] and not device.disconnects, "the device was not kicked"
+        assert device.subscribe(f"dt/{name}/x") == [1], "the device was not kicked"
+        assert not device.disconnects, "the device was not kicked"
         assert claim.device(suffix="line-1").try_connect(), "its own namespace works (one suffix per factory line)"
         assert claim.device().try_connect()
-        assert device.subscribe(f"dt/{name}/y") == [1] and not device.disconnects
+        assert device.subscribe(f"dt/{name}/y") == [1]
+        assert not device.disconnects
     finally:
         device.close()
 
@@ -189,14 +191,15 @@ def test_an_ownership_token_is_good_for_one_thing_in_every_region(cfleet: Fleet,
     accepted = provision(eu, token, first)
     assert accepted.topic.endswith("/accepted"), accepted.payload
     again = provision(eu, token, second)
-    assert again.topic.endswith("/rejected") and again.json()["errorCode"] == "Unauthorized", again.payload
+    assert again.topic.endswith("/rejected"), again.payload
+    assert again.json()["errorCode"] == "Unauthorized", again.payload
     assert "already used" in again.json()["errorMessage"]
     elsewhere = provision(us, token, second)
-    assert elsewhere.topic.endswith("/rejected") and elsewhere.json()["errorCode"] == "Unauthorized", \
-        "a token used in one region cannot be used in another"
+    assert elsewhere.topic.endswith("/rejected"), "a token used in one region cannot be used in another"
+    assert elsewhere.json()["errorCode"] == "Unauthorized", "a token used in one region cannot be used in another"
     retry = provision(us, token, first)
-    assert retry.topic.endswith("/accepted") and retry.json() == accepted.json(), \
-        "the same request again (a lost answer) gets the same answer"
+    assert retry.topic.endswith("/accepted"), "the same request again (a lost answer) gets the same answer"
+    assert retry.json() == accepted.json(), "the same request again (a lost answer) gets the same answer"
     fresh = create(eu, "").json()["certificateOwnershipToken"]
     moved = provision(us, fresh, cfleet.new_name("moved"))
     assert moved.topic.endswith("/accepted"), "a token made in one region is good in another"
@@ -237,12 +240,14 @@ def test_the_csr_common_name_must_be_empty_or_the_thing_name(cfleet: Fleet, tmp_
     claim = new_claim(cfleet, tmp_path)
     session = claim.session()
     bad = create(session, "not a thing name!")
-    assert bad.topic.endswith("/rejected") and bad.json()["errorCode"] == "InvalidParameters", bad.payload
+    assert bad.topic.endswith("/rejected"), bad.payload
+    assert bad.json()["errorCode"] == "InvalidParameters", bad.payload
     assert "subject CN" in bad.json()["errorMessage"]
     victim = cfleet.new_name("victim")
     made = create(session, victim).json()
     squatter = provision(session, made["certificateOwnershipToken"], cfleet.new_name("other"))
-    assert squatter.topic.endswith("/rejected") and squatter.json()["errorCode"] == "InvalidParameters"
+    assert squatter.topic.endswith("/rejected")
+    assert squatter.json()["errorCode"] == "InvalidParameters"
     assert provision(session, made["certificateOwnershipToken"], victim).topic.endswith("/accepted")
     session.close()
 
@@ -257,7 +262,8 @@ def test_an_unused_token_expires_and_its_pending_certificate_is_collected(cfleet
         wait_for(lambda r=region: _status(cfleet, r, cert_id) is None, TTL_S + 30,
                  f"the pending certificate gone in {region}")
     late = provision(session, made["certificateOwnershipToken"], cfleet.new_name("late"))
-    assert late.topic.endswith("/rejected") and late.json()["errorCode"] == "Unauthorized", late.payload
+    assert late.topic.endswith("/rejected"), late.payload
+    assert late.json()["errorCode"] == "Unauthorized", late.payload
     session.close()
 
 
@@ -299,7 +305,8 @@ def test_a_claim_certificate_has_few_certificates_awaiting_register_thing(cfleet
     made = [create(session, "") for _ in range(MAX_PENDING)]
     assert all(m.topic.endswith("/accepted") for m in made), [m.payload for m in made]
     refused = create(session, "")
-    assert refused.topic.endswith("/rejected") and refused.json()["errorCode"] == "Throttling", refused.payload
+    assert refused.topic.endswith("/rejected"), refused.payload
+    assert refused.json()["errorCode"] == "Throttling", refused.payload
     assert "await RegisterThing" in refused.json()["errorMessage"]
     token = made[0].json()["certificateOwnershipToken"]
     assert provision(session, token, cfleet.new_name("cap")).topic.endswith("/accepted")

@@ -22,10 +22,12 @@ def test_sigkilled_region_restarts_with_everything_it_acknowledged(tmp_path: Pat
     try:
         cluster = fleet.cluster
         assert set(cluster["regions"]) == set(REGIONS)
-        assert Path(cluster["root_ca"]).exists() and Path(cluster["admin"]["token_file"]).exists()
+        assert Path(cluster["root_ca"]).exists()
+        assert Path(cluster["admin"]["token_file"]).exists()
         region = "eu-west-1"
         info = cluster["regions"][region]
-        assert info["mqtt_port"] > 0 and info["http_url"].startswith("https://")
+        assert info["mqtt_port"] > 0
+        assert info["http_url"].startswith("https://")
 
         device = fleet.create_device(region=region)
         with fleet.admin(region) as api:

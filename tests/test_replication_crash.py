@@ -39,7 +39,8 @@ def test_sigkill_mid_stream_then_restart_converges(tmp_path: Path) -> None:
         thread = threading.Thread(target=writer)
         thread.start()
         thread.join(120)
-        assert killed.is_set() and len(written) == 300
+        assert killed.is_set()
+        assert len(written) == 300
 
         with restarted_region(fleet, B):
             listing = same_everywhere(fleet, "/things", 60, "every region to list the same things after the restart")
