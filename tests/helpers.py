@@ -11,15 +11,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 T = TypeVar("T")
 
 
-def wait_for(condition: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+def wait_for(condition: Callable[[], T | Literal[False] | None], timeout: float = 10.0, what: str = "condition") -> T:
+    """Poll ``condition`` until it returns something truthy (returned, so a condition can be
+    ``check() and value``); fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
@@ -65,11 +67,11 @@ class Device:
     disconnects: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
                                   clean_session=self.clean)
         self.client.tls_set(ca_certs=str(self.ca), certfile=str(self.cert) if self.cert else None,
                             keyfile=str(self.key) if self.key else None)
-        self.client.on_message = lambda c, u, m: self.messages.append(Received(m.topic, m.payload, m.qos))
+        self.client.on_message = lambda c, u, m: self.messages.append(Received(m.topic, bytes(m.payload), m.qos))
         self.client.on_connect = lambda c, u, f, rc, p: self.connack.append(rc)
         self.client.on_disconnect = lambda c, u, f, rc, p: self.disconnects.append(rc)
         self._lock = threading.Lock()

@@ -77,7 +77,7 @@ def link_error(data: DataDir) -> str:
 def untouched(data: DataDir) -> bool:
     with AdminClient(data, REAL) as api:
         status = api.call("GET", "/replication/status")["links"][FAKE]
-        return api.call("GET", "/things")["things"] == [] and status["cursor"] == 0 and status["applied"] == 0
+        return bool(api.call("GET", "/things")["things"] == [] and status["cursor"] == 0 and status["applied"] == 0)
 
 
 @pytest.mark.parametrize(("answer", "error"), [

@@ -3,6 +3,7 @@ which ships in every factory image): over real MQTT with paho against a real two
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -78,8 +79,7 @@ def new_claim(fleet: Fleet, tmp_path: Path, group: str = GROUP, region: str = EU
     key_file.write_bytes(key_pem(key))
     claim = Claim(fleet, made["certificateId"], cert, key_file)
     for other in (EU, US):  # usable (certificate and policy attachment) in both regions before the test starts
-        wait_for(lambda r=other: _status(fleet, r, claim.certificate_id) == "ACTIVE"
-                 and claim.certificate_id in _claim_policy_targets(fleet, r), 15, f"the claim cert in {other}")
+        wait_for(functools.partial(_claim_usable, fleet, other, claim.certificate_id), 15, f"the claim cert in {other}")
     return claim
 
 
@@ -95,6 +95,15 @@ def _status(fleet: Fleet, region: str, cert_id: str) -> str | None:
             return str(api.call("GET", f"/certificates/{cert_id}")["status"])
         except NotFound:
             return None
+
+
+def _status_is(fleet: Fleet, region: str, cert_id: str, status: str | None) -> bool:
+    return _status(fleet, region, cert_id) == status
+
+
+def _claim_usable(fleet: Fleet, region: str, cert_id: str) -> bool:
+    """The claim certificate is ACTIVE in ``region`` and its policy attached there."""
+    return _status(fleet, region, cert_id) == "ACTIVE" and cert_id in _claim_policy_targets(fleet, region)
 
 
 def create(session: Device, common_name: str) -> Any:
@@ -227,7 +236,7 @@ def test_a_token_raced_in_two_regions_provisions_one_thing(cfleet: Fleet, tmp_pa
         def answer(session: Device, start: int) -> Any:
             return next((m for m in session.messages[start:] if m.topic.startswith(PROVISION)), None)
 
-        answers = [wait_for(lambda s=session, n=start: answer(s, n), 15, "an answer")
+        answers = [wait_for(functools.partial(answer, session, start), 15, "an answer")
                    for session, start in zip((eu, us), starts, strict=True)]
         outcomes = sorted(a.topic.rsplit("/", 1)[1] for a in answers)
         assert outcomes == ["accepted", "rejected"], [a.payload for a in answers]
@@ -259,7 +268,7 @@ def test_an_unused_token_expires_and_its_pending_certificate_is_collected(cfleet
     cert_id = made["certificateId"]
     assert _status(cfleet, EU, cert_id) == "PENDING_ACTIVATION"
     for region in (EU, US):
-        wait_for(lambda r=region: _status(cfleet, r, cert_id) is None, TTL_S + 30,
+        wait_for(functools.partial(_status_is, cfleet, region, cert_id, None), TTL_S + 30,
                  f"the pending certificate gone in {region}")
     late = provision(session, made["certificateOwnershipToken"], cfleet.new_name("late"))
     assert late.topic.endswith("/rejected"), late.payload
@@ -278,8 +287,9 @@ def test_revoking_the_group_revokes_its_claim_certificates_and_cuts_their_sessio
     with cfleet.admin(US) as api:
         api.call("POST", f"/enrollment-groups/{group}/revoke")
     for region, session in sessions.items():
-        wait_for(lambda s=session: s.disconnects, 15, f"the claim session in {region} cut")
-        wait_for(lambda r=region: _status(cfleet, r, claim.certificate_id) == "REVOKED", 15, f"REVOKED in {region}")
+        wait_for(functools.partial(getattr, session, "disconnects"), 15, f"the claim session in {region} cut")
+        wait_for(functools.partial(_status_is, cfleet, region, claim.certificate_id, "REVOKED"), 15,
+                 f"REVOKED in {region}")
         assert not claim.device(region, "again").try_connect()
 
 

@@ -8,6 +8,7 @@ import os
 import signal
 import ssl
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -20,7 +21,7 @@ from tests.helpers import wait_for
 def test_sigkilled_region_restarts_with_everything_it_acknowledged(tmp_path: Path) -> None:
     fleet = start_fleet(tmp_path / "data")
     try:
-        cluster = fleet.cluster
+        cluster: dict[str, Any] = fleet.cluster
         assert set(cluster["regions"]) == set(REGIONS)
         assert Path(cluster["root_ca"]).exists()
         assert Path(cluster["admin"]["token_file"]).exists()
@@ -56,7 +57,7 @@ def test_sigkilled_region_restarts_with_everything_it_acknowledged(tmp_path: Pat
 
 
 def _healthy(fleet: Fleet, region: str) -> bool:
-    cluster = fleet.cluster
+    cluster: dict[str, Any] = fleet.cluster
     try:
         response = httpx.get(f"{cluster['regions'][region]['http_url']}/health", timeout=1,
                              verify=ssl.create_default_context(cafile=cluster["root_ca"]))

@@ -5,6 +5,7 @@ finds and reaches them anywhere, and nothing they publish at QoS 1 is lost or se
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import signal
 import ssl
@@ -16,7 +17,7 @@ import httpx
 import pytest
 
 from geofleet.app import DeviceOffline, EventStream, FleetApp
-from geofleet.client import fleet_app
+from geofleet.client import AdminClient, fleet_app
 from geofleet.device import BlockingDevice, DeviceClient, DeviceShadow, DiskOutbox, FailoverOptions, bootstrap_async
 from geofleet.domain.errors import InvalidRequest, NotFound
 from geofleet.drill import wait_until
@@ -71,7 +72,7 @@ def create_everywhere(fleet: Fleet, region: str) -> str:
     """A device created in ``region`` and replicated to both regions of the fleet."""
     name = fleet.create_device(region=region)
     for other in (A, B):
-        wait_for(lambda o=other: admitted_in(fleet, name, o), 10, f"{name} replicated to {other}")
+        wait_for(functools.partial(admitted_in, fleet, name, other), 10, f"{name} replicated to {other}")
     return name
 
 
@@ -176,6 +177,12 @@ def test_device_survives_a_killed_region_loses_nothing_and_comes_home(ffleet: Fl
     run(scenario)
 
 
+def presence_in(api: AdminClient, name: str, region: str) -> dict[str, Any] | None:
+    """The device's presence entry as ``api``'s region sees it, once it places the device in ``region``."""
+    entry = api.call("GET", f"/v1/presence/{name}")
+    return dict(entry) if entry["region"] == region else None
+
+
 async def located_in(app: FleetApp, name: str, region: str) -> bool:
     return (await app.locate(name)).region == region
 
@@ -247,8 +254,7 @@ def test_a_device_connected_in_two_regions_keeps_only_the_newer_session(ffleet: 
             wait_for(lambda: first.disconnects, 10, "the older session (in A) closed")
             for region in (A, B):
                 with ffleet.admin(region) as api:
-                    found = wait_for(lambda a=api: (p := a.call("GET", f"/v1/presence/{name}"))["region"] == B and p,
-                                     10, f"presence in {region}")
+                    found = wait_for(functools.partial(presence_in, api, name, B), 10, f"presence in {region}")
                     assert found["connected"]
                     assert not found["duplicates"]
             # the late disconnect of A's old session did not clear B's

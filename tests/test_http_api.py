@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import ssl
+from typing import Any
 
 import httpx
 import pytest
@@ -17,8 +18,9 @@ from tests.conftest import Fleet
 def raw(fleet: Fleet, region: str = "us-east-1", token: str | None = "default") -> httpx.Client:
     secret = fleet.data.token() if token == "default" else token
     headers = {} if secret is None else {"Authorization": f"Bearer {secret}"}
-    return httpx.Client(base_url=fleet.cluster["regions"][region]["http_url"], headers=headers,
-                        verify=ssl.create_default_context(cafile=fleet.cluster["root_ca"]))
+    cluster: dict[str, Any] = fleet.cluster
+    return httpx.Client(base_url=cluster["regions"][region]["http_url"], headers=headers,
+                        verify=ssl.create_default_context(cafile=cluster["root_ca"]))
 
 
 @pytest.mark.parametrize("token", [None, "wrong-token"])

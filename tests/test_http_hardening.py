@@ -235,7 +235,7 @@ def test_a_non_ascii_signature_is_unauthorized_not_a_crash(hfleet: tuple[Fleet, 
 def test_a_non_ascii_admin_token_is_unauthorized(hfleet: tuple[Fleet, str]) -> None:
     fleet, _ = hfleet
     with http(fleet, token=None) as client:
-        response = client.get("/things", headers={"Authorization": "Bearer é€".encode()})
+        response = client.get("/things", headers={b"Authorization": "Bearer é€".encode()})
     assert "Bearer" in assert_error(response, 401)["message"]
 
 

@@ -32,7 +32,7 @@ def disconnect(sid: str, at: int) -> Disconnect:
 
 def apply(entry: Session | None, event: Event) -> Session | None:
     """One lifecycle event; the entry stays as it is when the rule says the event changes nothing."""
-    if event[0] == "connect":
+    if len(event) == 2:
         changed = on_connect(entry, event[1])
     else:
         changed = on_disconnect(entry, event[1], event[2], "CLIENT_INITIATED")

@@ -86,7 +86,7 @@ def test_devices_from_several_continents_get_their_home_and_work_everywhere(
     (tmp_path / "ca.pem").write_text(body["caChain"][-1])
     for endpoint in body["endpoints"]:
         device = Device(name, endpoint["port"], tmp_path / "ca.pem", tmp_path / "cert.pem", tmp_path / "key.pem")
-        wait_for(lambda d=device: d.try_connect(), 10, f"{name} admitted in {endpoint['region']}")
+        wait_for(device.try_connect, 10, f"{name} admitted in {endpoint['region']}")
 
 
 def test_retry_with_the_same_csr_returns_the_same_certificate(pfleet: tuple[Fleet, str]) -> None:
@@ -277,7 +277,7 @@ def test_aws_fleet_provisioning_over_mqtt_with_a_claim_certificate(pfleet: tuple
     (tmp_path / "dev.key").write_bytes(key_pem(key))
     for endpoint in endpoints:
         real = Device(name, endpoint["port"], ca, tmp_path / "dev.pem", tmp_path / "dev.key")
-        wait_for(lambda d=real: d.try_connect(), 10, f"{name} admitted in {endpoint['region']}")
+        wait_for(real.try_connect, 10, f"{name} admitted in {endpoint['region']}")
     claim_as_device = Device(claim_client_id(claim["certificateId"], "3"), port, ca, tmp_path / "claim.pem",
                              tmp_path / "claim.key").connect()
     assert claim_as_device.subscribe(f"dt/{name}/#") == [0x80], "a claim certificate can do nothing else"

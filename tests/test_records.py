@@ -107,7 +107,9 @@ STATUSES = [None, *CertificateStatus]
 
 
 def fold(records: list[Record]) -> Record | None:
-    return functools.reduce(lambda winner, r: r if supersedes(r, winner) else winner, records, None)
+    def keep(winner: Record | None, r: Record) -> Record | None:
+        return r if supersedes(r, winner) else winner
+    return functools.reduce(keep, records, None)
 
 
 @st.composite

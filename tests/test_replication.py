@@ -58,7 +58,7 @@ def test_device_created_in_one_region_connects_to_every_other(fleet: Fleet) -> N
     name = fleet.create_device(region=A)
     for region in (B, C):
         device = fleet.device(name, region=region)
-        wait_for(lambda d=device: d.try_connect(), 10, f"{name} to be admitted in {region}")
+        wait_for(device.try_connect, 10, f"{name} to be admitted in {region}")
     same_everywhere(fleet, f"/things/{name}")
 
 
@@ -184,8 +184,8 @@ def test_partition_heals_and_digests_agree(fleet: Fleet) -> None:
         with fleet.admin(region) as api:
             api.call("POST", "/replication/resume")
     listing = same_everywhere(fleet, "/things", 20)
-    names = {t["thingName"] for t in listing["things"]}
-    assert all(set(n) <= names for n in made.values())
+    listed = {t["thingName"] for t in listing["things"]}
+    assert all(set(n) <= listed for n in made.values())
     for region in REGIONS:
         with fleet.admin(region) as api:
             result = api.call("POST", "/replication/sync")["peers"]

@@ -110,8 +110,8 @@ def test_parse_accepts_client_tokens_up_to_64_bytes(token: str) -> None:
 
 
 def nested(levels: int, leaf: Any = 1) -> dict[str, Any]:
-    value: Any = leaf
-    for level in range(levels, 0, -1):
+    value: dict[str, Any] = {f"l{levels}": leaf}
+    for level in range(levels - 1, 0, -1):
         value = {f"l{level}": value}
     return value
 
@@ -208,7 +208,9 @@ def test_object_emptied_by_deletes_disappears() -> None:
 def test_emptying_a_whole_section_removes_it() -> None:
     current = shadow_with({"desired": {"a": 1}, "reported": {"a": 1}})
     result = update(current, {"state": {"desired": {"a": None}}}, T1)
+    assert result.shadow.state is not None
     assert "desired" not in result.shadow.state
+    assert result.shadow.metadata is not None
     assert "desired" not in result.shadow.metadata
 
 
