@@ -19,9 +19,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 T = TypeVar("T")
 
 
-def wait_for(condition: Callable[[], T | Literal[False] | None], timeout: float = 10.0, what: str = "condition") -> T:
-    """Poll ``condition`` until it returns something truthy (returned, so a condition can be
-    ``check() and value``); fail after ``timeout`` seconds."""
+def wait_for(condition: Callable[[], T | Literal[False] | None], timeout: float = 10.0, what: str = "condition",
+             interval: float = 0.01) -> T:
+    """Poll ``condition`` every ``interval`` seconds until it returns something truthy (returned,
+    so a condition can be ``check() and value``); fail after ``timeout`` seconds. The benchmarks
+    use it too (a condition there is often an HTTP call to a measured region, hence ``interval``)."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
@@ -29,7 +31,7 @@ def wait_for(condition: Callable[[], T | Literal[False] | None], timeout: float 
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
+        time.sleep(interval)
 
 
 def geofleet(*args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
