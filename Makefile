@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= .demo
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-unit lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,14 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py --data-dir $(DEMO_DIR)
 
+# Everything: lint, the pure tests and the end-to-end ones (real fleets in subprocesses, ~8 min).
 test: lint
 	$(BIN)/pytest
+
+# The pure tests only (no sockets, no processes: the conftest fails one that reaches out), in
+# about a minute on 2 busy cores, most of it hypothesis examples.
+test-unit: $(STAMP)
+	$(BIN)/pytest -m "not e2e"
 
 # lint-imports checks the layers contract in pyproject's [tool.importlinter].
 lint: $(STAMP)

@@ -3,10 +3,11 @@ progress logging, the throw-away fleet and its devices, paho-mqtt device session
 the command-line plumbing, and a minimal HTTP/1.1 client.
 
 Each script (``python bench/X.py``) has this directory on ``sys.path``, so ``import common``
-finds this module (``ruff check bench`` and ``mypy --strict bench`` find it the same way: no
-package, no path tricks). Keeping these pieces in one place means the scripts report the same
-things the same way (the same percentile, the same environment fields, the same TLS and socket
-set-up for devices), so their figures can be compared with each other.
+finds this module (``mypy`` finds it through ``mypy_path = "bench"``). Importing it also puts the
+repository root on ``sys.path``: the scripts reuse the tests' helpers (``tests.helpers``: waiting
+on a condition with a deadline) rather than keep a copy. Keeping these pieces in one place means
+the scripts report the same things the same way (the same percentile, the same environment
+fields, the same TLS and socket set-up for devices), so their figures can be compared.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from geofleet.cluster import LocalFleet
 from geofleet.domain.errors import GeofleetError
+
+# The repository root, for ``tests.helpers`` (see the module docstring).
+if str(Path(__file__).resolve().parents[1]) not in sys.path:
+    sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 REGIONS = ("us-east-1", "eu-west-1", "ap-southeast-1")
 """The regions of a benchmark fleet, in the order ``geofleet up`` is given them."""

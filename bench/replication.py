@@ -89,6 +89,7 @@ import paho.mqtt.client as mqtt
 from geofleet.client import AdminClient
 from geofleet.cluster import LocalFleet
 from geofleet.domain.errors import GeofleetError
+from tests.helpers import wait_for
 
 REGIONS = common.REGIONS
 SOURCE = REGIONS[0]
@@ -107,7 +108,7 @@ T = TypeVar("T")
 log = common.logger("replication")
 
 
-# -- statistics and waiting ------------------------------------------------------------------
+# -- statistics (waiting: tests.helpers.wait_for, shared with the tests) -----------------------
 
 
 def summary(values_ms: Iterable[float]) -> dict[str, float | int | None]:
@@ -117,18 +118,6 @@ def summary(values_ms: Iterable[float]) -> dict[str, float | int | None]:
 
 def ms(seconds: float) -> float:
     return seconds * 1000.0
-
-
-def wait_until(condition: Callable[[], T | None], timeout: float, what: str, interval: float = 0.02) -> T:
-    """Poll ``condition`` until it returns something truthy; RuntimeError after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
 
 
 # -- the fleet -------------------------------------------------------------------------------
@@ -198,7 +187,7 @@ def lag_at_rest(fleet: LocalFleet, samples: int, quiet_samples: int, poll_s: flo
     try:
         clients[SOURCE].call("POST", f"/things/{PROBE}", json={"attributes": {"n": "0"}})
         for target in TARGETS:
-            wait_until(shows(clients[target], PROBE, 0), timeout, f"{PROBE} in {target}")
+            wait_for(shows(clients[target], PROBE, 0), timeout, f"{PROBE} in {target}", interval=0.02)
         write_ms: list[float] = []
         lags: dict[str, list[float]] = {t: [] for t in TARGETS}
         status_lags: dict[str, list[float]] = {t: [] for t in TARGETS}
@@ -233,7 +222,8 @@ def lag_at_rest(fleet: LocalFleet, samples: int, quiet_samples: int, poll_s: flo
             clients[SOURCE].call("PATCH", f"/things/{PROBE}", json={"attributes": {"n": str(n)}})
             time.sleep(0.05)
             for target in TARGETS:
-                now = wait_until(applied_more(clients[target], applied[target]), timeout, f"sample {n} in {target}")
+                now = wait_for(applied_more(clients[target], applied[target]), timeout, f"sample {n} in {target}",
+                               interval=0.02)
                 applied[target] = int(now["applied"])
                 if now["lagMs"] is not None:
                     quiet[target].append(float(now["lagMs"]))
@@ -466,7 +456,8 @@ def create_load_things(fleet: LocalFleet, timeout: float) -> None:
             api.call("POST", f"/things/{name}", json={"attributes": {"n": "-1"}})
     for target in TARGETS:
         with AdminClient(fleet.data, target) as api:
-            wait_until(shows(api, f"load-{LOAD_THINGS - 1:03d}", -1), timeout, f"the load things in {target}")
+            wait_for(shows(api, f"load-{LOAD_THINGS - 1:03d}", -1), timeout, f"the load things in {target}",
+                     interval=0.02)
 
 
 def load_without_replication(fleet: LocalFleet, rate: float, seconds: float, connections: int,
@@ -759,7 +750,8 @@ def partition(fleet: LocalFleet, seconds: float, rate: float, timeout: float) ->
         for i in range(SHARED_THINGS):
             clients[SOURCE].call("POST", f"/things/shared-{i:02d}", json={"attributes": {"last": "none"}})
         last = f"shared-{SHARED_THINGS - 1:02d}"
-        wait_until(lambda: all(exists(clients[r], last) for r in REGIONS), timeout, "the shared things everywhere")
+        wait_for(lambda: all(exists(clients[r], last) for r in REGIONS), timeout, "the shared things everywhere",
+                 interval=0.02)
         clients[ISOLATED].call("POST", "/replication/pause")
         for region in REGIONS:
             if region != ISOLATED:

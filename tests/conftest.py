@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import signal
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,51 @@ settings.register_profile("geofleet", deadline=None)
 settings.load_profile("geofleet")
 
 REGIONS = ["us-east-1", "eu-west-1", "ap-southeast-1"]
+
+# The fixtures that start region processes, brokers or fleets: a test that uses one (directly or
+# through another fixture) is an end-to-end test. Tests that start a fleet inline carry
+# ``@pytest.mark.e2e`` themselves; everything else is a unit test, and `make test-unit` runs
+# ``-m "not e2e"``. A module may mix both: the mark is per test, never per file.
+E2E_FIXTURES = frozenset({"fleet", "ffleet", "cfleet", "hfleet", "pfleet", "real_region", "pair", "short_memory",
+                          "one_region", "broker"})
+
+# What a unit test must not do: reach the network or start a process. The unit run checks it
+# (see ``_unit_stays_in_process``), so a test that starts a fleet without the mark fails there
+# instead of silently slowing the fast run down.
+_OUTSIDE_EVENTS = frozenset({"socket.connect", "socket.bind", "subprocess.Popen", "os.fork", "os.posix_spawn"})
+_outside: list[str] = []
+_watching = False
+
+
+def _audit(event: str, args: tuple[object, ...]) -> None:
+    if _watching and event in _OUTSIDE_EVENTS:
+        _outside.append(f"{event}{args[:2]!r}")
+
+
+sys.addaudithook(_audit)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if E2E_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(autouse=True)
+def _unit_stays_in_process(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test that is not marked ``e2e`` but opens a socket or starts a process."""
+    global _watching
+    if request.node.get_closest_marker("e2e") is not None:
+        yield
+        return
+    _outside.clear()
+    _watching = True
+    try:
+        yield
+    finally:
+        _watching = False
+    if _outside:
+        pytest.fail(f"a unit test reached outside the process (mark it e2e): {_outside[:3]}")
 _names = itertools.count()
 
 

@@ -11,15 +11,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 T = TypeVar("T")
 
 
-def wait_for(condition: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+def wait_for(condition: Callable[[], T | Literal[False] | None], timeout: float = 10.0, what: str = "condition",
+             interval: float = 0.01) -> T:
+    """Poll ``condition`` every ``interval`` seconds until it returns something truthy (returned,
+    so a condition can be ``check() and value``); fail after ``timeout`` seconds. The benchmarks
+    use it too (a condition there is often an HTTP call to a measured region, hence ``interval``)."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
@@ -27,7 +31,7 @@ def wait_for(condition: Callable[[], T], timeout: float = 10.0, what: str = "con
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
+        time.sleep(interval)
 
 
 def geofleet(*args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -65,11 +69,11 @@ class Device:
     disconnects: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
                                   clean_session=self.clean)
         self.client.tls_set(ca_certs=str(self.ca), certfile=str(self.cert) if self.cert else None,
                             keyfile=str(self.key) if self.key else None)
-        self.client.on_message = lambda c, u, m: self.messages.append(Received(m.topic, m.payload, m.qos))
+        self.client.on_message = lambda c, u, m: self.messages.append(Received(m.topic, bytes(m.payload), m.qos))
         self.client.on_connect = lambda c, u, f, rc, p: self.connack.append(rc)
         self.client.on_disconnect = lambda c, u, f, rc, p: self.disconnects.append(rc)
         self._lock = threading.Lock()

@@ -137,6 +137,7 @@ def test_closed_connections_are_freed_without_the_cycle_collector(broker: tuple[
         gc.enable()
 
 
+@pytest.mark.e2e
 def test_the_policy_decision_cache_is_bounded(tmp_path: Path) -> None:
     store = SqliteStore(str(tmp_path / "store.db"))
     clock = Clock()

@@ -3,6 +3,7 @@ which ships in every factory image): over real MQTT with paho against a real two
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -78,8 +79,7 @@ def new_claim(fleet: Fleet, tmp_path: Path, group: str = GROUP, region: str = EU
     key_file.write_bytes(key_pem(key))
     claim = Claim(fleet, made["certificateId"], cert, key_file)
     for other in (EU, US):  # usable (certificate and policy attachment) in both regions before the test starts
-        wait_for(lambda r=other: _status(fleet, r, claim.certificate_id) == "ACTIVE"
-                 and claim.certificate_id in _claim_policy_targets(fleet, r), 15, f"the claim cert in {other}")
+        wait_for(functools.partial(_claim_usable, fleet, other, claim.certificate_id), 15, f"the claim cert in {other}")
     return claim
 
 
@@ -95,6 +95,15 @@ def _status(fleet: Fleet, region: str, cert_id: str) -> str | None:
             return str(api.call("GET", f"/certificates/{cert_id}")["status"])
         except NotFound:
             return None
+
+
+def _status_is(fleet: Fleet, region: str, cert_id: str, status: str | None) -> bool:
+    return _status(fleet, region, cert_id) == status
+
+
+def _claim_usable(fleet: Fleet, region: str, cert_id: str) -> bool:
+    """The claim certificate is ACTIVE in ``region`` and its policy attached there."""
+    return _status(fleet, region, cert_id) == "ACTIVE" and cert_id in _claim_policy_targets(fleet, region)
 
 
 def create(session: Device, common_name: str) -> Any:
@@ -125,10 +134,12 @@ def test_a_claim_session_cannot_take_a_device_client_id(cfleet: Fleet, tmp_path:
         assert not claim.device(client_id=claim_client_id(other.certificate_id)).try_connect(), \
             "nor another claim certificate's namespace"
         assert not claim.device(client_id="claim").try_connect()
-        assert device.subscribe(f"dt/{name}/x") == [1] and not device.disconnects, "the device was not kicked"
+        assert device.subscribe(f"dt/{name}/x") == [1], "the device was not kicked"
+        assert not device.disconnects, "the device was not kicked"
         assert claim.device(suffix="line-1").try_connect(), "its own namespace works (one suffix per factory line)"
         assert claim.device().try_connect()
-        assert device.subscribe(f"dt/{name}/y") == [1] and not device.disconnects
+        assert device.subscribe(f"dt/{name}/y") == [1]
+        assert not device.disconnects
     finally:
         device.close()
 
@@ -189,14 +200,15 @@ def test_an_ownership_token_is_good_for_one_thing_in_every_region(cfleet: Fleet,
     accepted = provision(eu, token, first)
     assert accepted.topic.endswith("/accepted"), accepted.payload
     again = provision(eu, token, second)
-    assert again.topic.endswith("/rejected") and again.json()["errorCode"] == "Unauthorized", again.payload
+    assert again.topic.endswith("/rejected"), again.payload
+    assert again.json()["errorCode"] == "Unauthorized", again.payload
     assert "already used" in again.json()["errorMessage"]
     elsewhere = provision(us, token, second)
-    assert elsewhere.topic.endswith("/rejected") and elsewhere.json()["errorCode"] == "Unauthorized", \
-        "a token used in one region cannot be used in another"
+    assert elsewhere.topic.endswith("/rejected"), "a token used in one region cannot be used in another"
+    assert elsewhere.json()["errorCode"] == "Unauthorized", "a token used in one region cannot be used in another"
     retry = provision(us, token, first)
-    assert retry.topic.endswith("/accepted") and retry.json() == accepted.json(), \
-        "the same request again (a lost answer) gets the same answer"
+    assert retry.topic.endswith("/accepted"), "the same request again (a lost answer) gets the same answer"
+    assert retry.json() == accepted.json(), "the same request again (a lost answer) gets the same answer"
     fresh = create(eu, "").json()["certificateOwnershipToken"]
     moved = provision(us, fresh, cfleet.new_name("moved"))
     assert moved.topic.endswith("/accepted"), "a token made in one region is good in another"
@@ -224,7 +236,7 @@ def test_a_token_raced_in_two_regions_provisions_one_thing(cfleet: Fleet, tmp_pa
         def answer(session: Device, start: int) -> Any:
             return next((m for m in session.messages[start:] if m.topic.startswith(PROVISION)), None)
 
-        answers = [wait_for(lambda s=session, n=start: answer(s, n), 15, "an answer")
+        answers = [wait_for(functools.partial(answer, session, start), 15, "an answer")
                    for session, start in zip((eu, us), starts, strict=True)]
         outcomes = sorted(a.topic.rsplit("/", 1)[1] for a in answers)
         assert outcomes == ["accepted", "rejected"], [a.payload for a in answers]
@@ -237,12 +249,14 @@ def test_the_csr_common_name_must_be_empty_or_the_thing_name(cfleet: Fleet, tmp_
     claim = new_claim(cfleet, tmp_path)
     session = claim.session()
     bad = create(session, "not a thing name!")
-    assert bad.topic.endswith("/rejected") and bad.json()["errorCode"] == "InvalidParameters", bad.payload
+    assert bad.topic.endswith("/rejected"), bad.payload
+    assert bad.json()["errorCode"] == "InvalidParameters", bad.payload
     assert "subject CN" in bad.json()["errorMessage"]
     victim = cfleet.new_name("victim")
     made = create(session, victim).json()
     squatter = provision(session, made["certificateOwnershipToken"], cfleet.new_name("other"))
-    assert squatter.topic.endswith("/rejected") and squatter.json()["errorCode"] == "InvalidParameters"
+    assert squatter.topic.endswith("/rejected")
+    assert squatter.json()["errorCode"] == "InvalidParameters"
     assert provision(session, made["certificateOwnershipToken"], victim).topic.endswith("/accepted")
     session.close()
 
@@ -254,10 +268,11 @@ def test_an_unused_token_expires_and_its_pending_certificate_is_collected(cfleet
     cert_id = made["certificateId"]
     assert _status(cfleet, EU, cert_id) == "PENDING_ACTIVATION"
     for region in (EU, US):
-        wait_for(lambda r=region: _status(cfleet, r, cert_id) is None, TTL_S + 30,
+        wait_for(functools.partial(_status_is, cfleet, region, cert_id, None), TTL_S + 30,
                  f"the pending certificate gone in {region}")
     late = provision(session, made["certificateOwnershipToken"], cfleet.new_name("late"))
-    assert late.topic.endswith("/rejected") and late.json()["errorCode"] == "Unauthorized", late.payload
+    assert late.topic.endswith("/rejected"), late.payload
+    assert late.json()["errorCode"] == "Unauthorized", late.payload
     session.close()
 
 
@@ -272,8 +287,9 @@ def test_revoking_the_group_revokes_its_claim_certificates_and_cuts_their_sessio
     with cfleet.admin(US) as api:
         api.call("POST", f"/enrollment-groups/{group}/revoke")
     for region, session in sessions.items():
-        wait_for(lambda s=session: s.disconnects, 15, f"the claim session in {region} cut")
-        wait_for(lambda r=region: _status(cfleet, r, claim.certificate_id) == "REVOKED", 15, f"REVOKED in {region}")
+        wait_for(functools.partial(getattr, session, "disconnects"), 15, f"the claim session in {region} cut")
+        wait_for(functools.partial(_status_is, cfleet, region, claim.certificate_id, "REVOKED"), 15,
+                 f"REVOKED in {region}")
         assert not claim.device(region, "again").try_connect()
 
 
@@ -299,7 +315,8 @@ def test_a_claim_certificate_has_few_certificates_awaiting_register_thing(cfleet
     made = [create(session, "") for _ in range(MAX_PENDING)]
     assert all(m.topic.endswith("/accepted") for m in made), [m.payload for m in made]
     refused = create(session, "")
-    assert refused.topic.endswith("/rejected") and refused.json()["errorCode"] == "Throttling", refused.payload
+    assert refused.topic.endswith("/rejected"), refused.payload
+    assert refused.json()["errorCode"] == "Throttling", refused.payload
     assert "await RegisterThing" in refused.json()["errorMessage"]
     token = made[0].json()["certificateOwnershipToken"]
     assert provision(session, token, cfleet.new_name("cap")).topic.endswith("/accepted")

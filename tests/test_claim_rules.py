@@ -16,8 +16,10 @@ def test_a_bucket_allows_its_burst_then_refills_at_its_rate() -> None:
         limiter.take("claim", 100.0)
     with pytest.raises(Throttled) as refused:
         limiter.take("claim", 100.0)
-    assert refused.value.status == 429 and refused.value.code == "Throttling"
-    assert refused.value.message.startswith("Rate exceeded") and refused.value.retry_after == pytest.approx(10.0)
+    assert refused.value.status == 429
+    assert refused.value.code == "Throttling"
+    assert refused.value.message.startswith("Rate exceeded")
+    assert refused.value.retry_after == pytest.approx(10.0)
     limiter.take("other", 100.0)  # one bucket per key
     limiter.take("claim", 110.0)  # 6 a minute: one more token after 10 s
     with pytest.raises(Throttled):

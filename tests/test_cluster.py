@@ -8,22 +8,27 @@ import os
 import signal
 import ssl
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 
 from tests.conftest import REGIONS, Fleet, restarted_region, start_fleet
 from tests.helpers import wait_for
 
 
+@pytest.mark.e2e
 def test_sigkilled_region_restarts_with_everything_it_acknowledged(tmp_path: Path) -> None:
     fleet = start_fleet(tmp_path / "data")
     try:
-        cluster = fleet.cluster
+        cluster: dict[str, Any] = fleet.cluster
         assert set(cluster["regions"]) == set(REGIONS)
-        assert Path(cluster["root_ca"]).exists() and Path(cluster["admin"]["token_file"]).exists()
+        assert Path(cluster["root_ca"]).exists()
+        assert Path(cluster["admin"]["token_file"]).exists()
         region = "eu-west-1"
         info = cluster["regions"][region]
-        assert info["mqtt_port"] > 0 and info["http_url"].startswith("https://")
+        assert info["mqtt_port"] > 0
+        assert info["http_url"].startswith("https://")
 
         device = fleet.create_device(region=region)
         with fleet.admin(region) as api:
@@ -52,7 +57,7 @@ def test_sigkilled_region_restarts_with_everything_it_acknowledged(tmp_path: Pat
 
 
 def _healthy(fleet: Fleet, region: str) -> bool:
-    cluster = fleet.cluster
+    cluster: dict[str, Any] = fleet.cluster
     try:
         response = httpx.get(f"{cluster['regions'][region]['http_url']}/health", timeout=1,
                              verify=ssl.create_default_context(cafile=cluster["root_ca"]))

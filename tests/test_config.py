@@ -18,18 +18,21 @@ def test_the_readme_example_is_a_valid_multi_host_fleet() -> None:
     assert example is not None
     fleet = FleetConfig.from_json(json.loads(example.group(1)))
     us = fleet.region("us-east-1")
-    assert us.peer_url == "https://iot.us.acme.example:8643" and us.http_url == "https://iot.us.acme.example:8443"
-    assert "iot.us.acme.example" in us.server_names and "0.0.0.0" not in us.server_names
+    assert us.peer_url == "https://iot.us.acme.example:8643"
+    assert us.http_url == "https://iot.us.acme.example:8443"
+    assert "iot.us.acme.example" in us.server_names
+    assert "0.0.0.0" not in us.server_names
     assert (us.latitude, us.longitude) == (39.04, -77.49)
 
 
+@pytest.mark.e2e
 def test_free_ports_are_distinct() -> None:
     regions = default_config(free_ports=True).regions
     ports = [p for r in regions for p in (r.mqtt_port, r.http_port, r.peer_port)]
     assert len(set(ports)) == 9
 
 
-@pytest.mark.parametrize("regions, message", [
+@pytest.mark.parametrize(("regions", "message"), [
     ([], "non-empty 'regions'"),
     ([{"name": "us-east-1"}, {"name": "us-east-1", "mqtt_port": 1, "http_port": 2, "peer_port": 3}], "unique"),
     ([{"name": "us-east-1"}, {"name": "eu-west-1", "mqtt_port": 18883}], "own MQTT, HTTP and peer ports"),

@@ -22,7 +22,7 @@ def test_a_valid_proof_passes_and_device_keys_differ() -> None:
     assert decode_key(encode_key(device_key(GROUP, "dev-1"))) == device_key(GROUP, "dev-1")
 
 
-@pytest.mark.parametrize("device_id, csr, at, now, message", [
+@pytest.mark.parametrize(("device_id", "csr", "at", "now", "message"), [
     ("dev-2", CSR, NOW, NOW, "does not match"),             # another device id
     ("dev-1", CSR + "x", NOW, NOW, "does not match"),       # an altered CSR
     ("dev-1", CSR, NOW + 1, NOW, "does not match"),         # an altered timestamp

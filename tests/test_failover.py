@@ -5,10 +5,10 @@ finds and reaches them anywhere, and nothing they publish at QoS 1 is lost or se
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import signal
 import ssl
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from geofleet.app import DeviceOffline, EventStream, FleetApp
-from geofleet.client import fleet_app
+from geofleet.client import AdminClient, fleet_app
 from geofleet.device import BlockingDevice, DeviceClient, DeviceShadow, DiskOutbox, FailoverOptions, bootstrap_async
 from geofleet.domain.errors import InvalidRequest, NotFound
 from geofleet.drill import wait_until
@@ -72,7 +72,7 @@ def create_everywhere(fleet: Fleet, region: str) -> str:
     """A device created in ``region`` and replicated to both regions of the fleet."""
     name = fleet.create_device(region=region)
     for other in (A, B):
-        wait_for(lambda o=other: admitted_in(fleet, name, o), 10, f"{name} replicated to {other}")
+        wait_for(functools.partial(admitted_in, fleet, name, other), 10, f"{name} replicated to {other}")
     return name
 
 
@@ -94,11 +94,14 @@ def test_health_is_deep_and_the_concierge_lists_home_first(ffleet: Fleet) -> Non
     name = create_everywhere(ffleet, B)
     url = ffleet.data.config().region(A).http_url
     health = httpx.get(f"{url}/health", verify=tls(ffleet), timeout=5).json()
-    assert health["healthy"] and health["checks"]["broker"]["ok"] and health["checks"]["store"]["ok"]
+    assert health["healthy"]
+    assert health["checks"]["broker"]["ok"]
+    assert health["checks"]["store"]["ok"]
     wait_for(lambda: all(e["healthy"] for e in concierge(ffleet, A, name).get("endpoints", [{"healthy": False}])),
              10, "the device in A and both regions seen healthy from A")
     answer = concierge(ffleet, A, name)
-    assert answer["homeRegion"] == B and answer["mode"] == "active-active"
+    assert answer["homeRegion"] == B
+    assert answer["mode"] == "active-active"
     assert [(e["region"], e["role"], e["usable"]) for e in answer["endpoints"]] == [(B, "home", True),
                                                                                    (A, "failover", True)]
 
@@ -107,8 +110,11 @@ def test_active_standby_offers_the_standby_only_while_the_home_is_down(ffleet: F
     name = create_everywhere(ffleet, A)
     with ffleet.admin(A) as api:
         api.call("PATCH", f"/things/{name}", json={"attributes": {"geofleet:failoverMode": "active-standby"}})
-    listed = wait_for(lambda: (c := concierge(ffleet, B, name)).get("mode") == "active-standby" and c, 10,
-                      "the mode")
+    # The standby is offered or not on B's view of A's health: wait for the mode to replicate to B
+    # and for B to see A up (after a restart of A, B's view lags), then the roles must be exact.
+    listed = wait_for(lambda: (c := concierge(ffleet, B, name)).get("mode") == "active-standby"
+                      and any(e["region"] == A and e["healthy"] for e in c["endpoints"]) and c, 10,
+                      "the mode in B and A seen healthy from B")
     assert [(e["region"], e["role"], e["usable"]) for e in listed["endpoints"]] == [(A, "home", True),
                                                                                    (B, "standby", False)]
 
@@ -144,9 +150,8 @@ def test_device_survives_a_killed_region_loses_nothing_and_comes_home(ffleet: Fl
             for n in range(6, 9):
                 await device.publish(f"dt/{name}/t", json.dumps({"n": n}))
             ffleet.send_signal(A, signal.SIGKILL)
-            killed = time.monotonic()
+            # How fast it fails over is measured by bench/failover.py, not asserted on a shared CI box.
             await wait_until(lambda: device.status.region == B, 10, "the device in B")
-            assert time.monotonic() - killed < 5.0, "failover within the 5 s target"
             assert await app.send(name, f"cmd/{name}/hello", "right after failover") == B
             await wait_until(lambda: commands == [b"right after failover"], 5, "the command at the device")
             await wait_until(lambda: sorted(received) == list(range(1, 9)), 10, "6-8 resent through B")
@@ -160,7 +165,8 @@ def test_device_survives_a_killed_region_loses_nothing_and_comes_home(ffleet: Fl
                 await device.publish(f"dt/{name}/t", json.dumps({"n": n}))
             await wait_until(lambda: device.status.region == A, 20, "the device back home")
             arrived_b, back_home = device.status.moves[-2], device.status.moves[-1]
-            assert arrived_b.region == B and back_home.reason == f"fail-back to {A}"
+            assert arrived_b.region == B
+            assert back_home.reason == f"fail-back to {A}"
             assert back_home.at - arrived_b.at >= FAST.min_stay_s, "the minimum stay was respected"
             await device.flush(10)
             await wait_until(lambda: len(received) >= 10, 10, "every message at the application")
@@ -171,16 +177,24 @@ def test_device_survives_a_killed_region_loses_nothing_and_comes_home(ffleet: Fl
     run(scenario)
 
 
+def presence_in(api: AdminClient, name: str, region: str) -> dict[str, Any] | None:
+    """The device's presence entry as ``api``'s region sees it, once it places the device in ``region``."""
+    entry = api.call("GET", f"/v1/presence/{name}")
+    return dict(entry) if entry["region"] == region else None
+
+
 async def located_in(app: FleetApp, name: str, region: str) -> bool:
     return (await app.locate(name)).region == region
 
 
-async def eventually(probe: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await probe():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.05)
+async def eventually(probe: Callable[[], Awaitable[bool]], within_s: float, what: str) -> None:
+    """Await ``probe`` until it answers True; fail after ``within_s`` seconds."""
+    try:
+        async with asyncio.timeout(within_s):
+            while not await probe():  # noqa: ASYNC110 - the probe asks a remote region: nothing to await
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"timed out after {within_s} s waiting for {what}") from None
 
 
 def test_active_standby_device_uses_the_standby_only_while_the_home_is_down(ffleet: Fleet) -> None:
@@ -217,10 +231,9 @@ def test_black_holed_region_is_left_after_keepalive_and_reported_unhealthy(fflee
             await device.publish(f"dt/{name}/t", "before")
             await device.flush(5)
             ffleet.send_signal(B, signal.SIGSTOP)
-            frozen = time.monotonic()
             try:
+                # The deadline is the behaviour: a silent region is left once keepalive expires.
                 await wait_until(lambda: device.status.region == A, FAST.keepalive_s + 5, "the device in A")
-                assert time.monotonic() - frozen < FAST.keepalive_s + 5
                 await device.publish(f"dt/{name}/t", "after")
                 await device.flush(5)
                 await wait_until(lambda: not concierge(ffleet, A, name)["endpoints"][0]["healthy"], 10,
@@ -241,9 +254,9 @@ def test_a_device_connected_in_two_regions_keeps_only_the_newer_session(ffleet: 
             wait_for(lambda: first.disconnects, 10, "the older session (in A) closed")
             for region in (A, B):
                 with ffleet.admin(region) as api:
-                    found = wait_for(lambda a=api: (p := a.call("GET", f"/v1/presence/{name}"))["region"] == B and p,
-                                     10, f"presence in {region}")
-                    assert found["connected"] and not found["duplicates"]
+                    found = wait_for(functools.partial(presence_in, api, name, B), 10, f"presence in {region}")
+                    assert found["connected"]
+                    assert not found["duplicates"]
             # the late disconnect of A's old session did not clear B's
             with ffleet.admin(A) as api:
                 assert api.call("GET", f"/v1/presence/{name}")["region"] == B
@@ -303,14 +316,17 @@ def test_locate_and_send_refuse_unknown_and_offline_devices(ffleet: Fleet) -> No
 
     run(scenario)
     result = geofleet("locate", "no-such-device", "--data-dir", str(ffleet.data.root), check=False)
-    assert result.returncode == 2 and "never connected" in result.stderr
+    assert result.returncode == 2
+    assert "never connected" in result.stderr
     url = ffleet.data.config().region(A).http_url
     bad = httpx.get(f"{url}/v1/endpoints/bad%20name", verify=tls(ffleet), timeout=5)
-    assert bad.status_code == 400 and "message" in bad.json()
+    assert bad.status_code == 400
+    assert "message" in bad.json()
     headers = {"Authorization": f"Bearer {ffleet.data.token()}"}
     wildcard = httpx.post(f"{url}/v1/devices/{offline}/messages", params={"topic": "cmd/#"}, content=b"x",
                           headers=headers, verify=tls(ffleet), timeout=5)
-    assert wildcard.status_code == 400 and "wildcards" in wildcard.json()["message"]
+    assert wildcard.status_code == 400
+    assert "wildcards" in wildcard.json()["message"]
 
 
 def test_cli_locate_and_send(ffleet: Fleet, tmp_path: Path) -> None:
@@ -331,16 +347,21 @@ def test_cli_simulate_places_devices_worldwide_and_runs_them(ffleet: Fleet) -> N
     result = geofleet("simulate", "--devices", "6", "--duration", "1", "--interval", "0.5",
                       "--data-dir", str(ffleet.data.root), "--json", timeout=120)
     summary = json.loads(result.stdout)
-    assert summary["devices"] == 6 and summary["countries"] == 6
+    assert summary["devices"] == 6
+    assert summary["countries"] == 6
     assert set(summary["homes"]) == {A, B}, "devices from the Americas and from Europe got different homes"
-    assert summary["connected"] == summary["homes"] and summary["published"] >= 6
+    assert summary["connected"] == summary["homes"]
+    assert summary["published"] >= 6
 
 
+@pytest.mark.e2e
 def test_cli_drill_kills_a_region_and_accounts_for_every_message(tmp_path: Path) -> None:
     result = geofleet("drill", "--kill", "eu-west-1", "--devices", "9", "--data-dir", str(tmp_path / "drill"),
                       "--json", timeout=180)
     report = json.loads(result.stdout)
-    assert report["affected"] >= 1 and report["lost"] == 0 and report["published"] == report["received"]
+    assert report["affected"] >= 1
+    assert report["lost"] == 0
+    assert report["published"] == report["received"]
     assert report["failoverSeconds"]["max"] < 5.0
     assert report["afterFailback"] == report["homes"]
 
@@ -420,7 +441,8 @@ def test_sdk_forms_bootstrap_async_messages_and_shadow_context(ffleet: Fleet, tm
         async with fleet_app(ffleet.data.root) as app, \
                 DeviceClient.from_credentials(credentials, options=FAST) as device:
             home = await device.wait_connected(10)
-            assert device.status.connected and device.status.region == home
+            assert device.status.connected
+            assert device.status.region == home
             async with DeviceShadow(device, on_delta=deltas.append) as shadow:
                 await shadow.update(reported={"light": "off"})
                 await app.update_shadow(name, {"state": {"desired": {"light": "on"}}})
@@ -429,7 +451,8 @@ def test_sdk_forms_bootstrap_async_messages_and_shadow_context(ffleet: Fleet, tm
             assert await app.send(name, f"cmd/{name}/reboot", '{"now": true}') == home
             message = await asyncio.wait_for(anext(device.messages), 10)
             assert (message.topic, message.payload) == (f"cmd/{name}/reboot", b'{"now": true}')
-        assert not device.status.connected and device.status.region is None
+        assert not device.status.connected
+        assert device.status.region is None
 
     run(scenario)
 

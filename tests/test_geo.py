@@ -20,7 +20,7 @@ def test_distance_of_known_city_pairs() -> None:
     assert distance_km(1.0, 2.0, 1.0, 2.0) == 0
 
 
-@pytest.mark.parametrize("city, lat, lon, expected", [
+@pytest.mark.parametrize(("city", "lat", "lon", "expected"), [
     ("Paris", 48.86, 2.35, "eu-west-3"),
     ("Berlin", 52.52, 13.40, "eu-central-1"),
     ("Seattle", 47.61, -122.33, "us-west-2"),
@@ -34,7 +34,8 @@ def test_distance_of_known_city_pairs() -> None:
 def test_nearest_region(city: str, lat: float, lon: float, expected: str) -> None:
     choice = choose_home(Location(lat, lon), AWS, default="us-east-1")
     assert choice.home == expected, city
-    assert choice.order[0] == expected and len(choice.order) == len(AWS)
+    assert choice.order[0] == expected
+    assert len(choice.order) == len(AWS)
     distances = [distance_km(lat, lon, p.latitude, p.longitude) for n in choice.order for p in AWS if p.name == n]
     assert distances == sorted(distances), "the others follow by distance"
 
@@ -55,7 +56,8 @@ def test_enrollment_narrows_and_unhealthy_home_is_skipped() -> None:
     paris = Location(48.86, 2.35, country="FR", continent="EU")
     assert choose_home(paris, AWS, default="us-east-1", allowed=["eu-west-1", "us-east-1"]).home == "eu-west-1"
     choice = choose_home(paris, AWS, default="us-east-1", unhealthy=["eu-west-3"])
-    assert choice.home == "eu-west-2" and "eu-west-3" not in choice.order
+    assert choice.home == "eu-west-2"
+    assert "eu-west-3" not in choice.order
     assert any("unhealthy" in r for r in choice.reasons)
 
 
@@ -64,7 +66,8 @@ def test_weights_and_unknown_location() -> None:
     assert choose_home(brussels, AWS, default="us-east-1").home == "eu-west-3"
     assert choose_home(brussels, AWS, default="us-east-1", weights={"eu-central-1": 10}).home == "eu-central-1"
     unknown = choose_home(Location(country="ZZ"), AWS, default="ap-southeast-1")
-    assert unknown.home == "ap-southeast-1" and unknown.order[1] == "ap-southeast-5", "then nearest to it"
+    assert unknown.home == "ap-southeast-1", "then nearest to it"
+    assert unknown.order[1] == "ap-southeast-5", "then nearest to it"
     assert any("location unknown" in r for r in unknown.reasons)
 
 
@@ -85,5 +88,5 @@ def test_rendezvous_owner_is_stable_balanced_and_moves_little() -> None:
     bigger = {k: owner(k, [*regions, "sa-east-1"]) for k in keys}
     moved = [k for k in keys if bigger[k] != owners[k]]
     assert all(bigger[k] == "sa-east-1" for k in moved), "only keys the new region wins move"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="no regions"):
         owner("x", [])

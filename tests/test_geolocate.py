@@ -14,7 +14,7 @@ from geofleet.provisioning.geolocate import Geolocator
 PROXIES = parse_networks(["10.0.0.0/8", "fd00::/8"])
 
 
-@pytest.mark.parametrize("peer, header, expected", [
+@pytest.mark.parametrize(("peer", "header", "expected"), [
     ("10.1.2.3", "81.2.69.142", "81.2.69.142"),                      # our proxy says who the client is
     ("10.1.2.3", "8.8.8.8, 81.2.69.142", "81.2.69.142"),             # the client's own header is not believed
     ("10.1.2.3", "81.2.69.142, 10.9.9.9", "81.2.69.142"),            # through two of our proxies
@@ -27,7 +27,7 @@ def test_forwarded_for_is_believed_only_from_trusted_proxies(peer: str, header: 
     assert client_address(peer, header, PROXIES) == expected
 
 
-@pytest.mark.parametrize("address, country, continent", [
+@pytest.mark.parametrize(("address", "country", "continent"), [
     ("8.8.8.8", "US", "NA"),
     ("81.2.69.142", "GB", "EU"),
     ("200.160.2.3", "BR", "SA"),
@@ -46,7 +46,7 @@ def test_private_reserved_or_garbage_addresses_are_unknown(address: str) -> None
     assert Geolocator().locate(address) == Location()
 
 
-@pytest.mark.parametrize("address, home", [
+@pytest.mark.parametrize(("address", "home"), [
     ("81.2.69.142", "eu-west-1"),       # London -> the default fleet's European region
     ("8.8.8.8", "us-east-1"),
     ("133.11.0.1", "ap-southeast-1"),   # Tokyo -> nearest of the three
@@ -79,6 +79,7 @@ def test_region_weights_come_from_the_fleet_config() -> None:
     from geofleet.domain.errors import ConfigError
 
     fleet = FleetConfig.from_json({"regions": [{"name": "eu-west-3"}, {"name": "eu-central-1", "weight": 10}]})
-    assert fleet.region("eu-central-1").weight == 10 and fleet.region("eu-west-3").weight == 1
+    assert fleet.region("eu-central-1").weight == 10
+    assert fleet.region("eu-west-3").weight == 1
     with pytest.raises(ConfigError, match="weight must be positive"):
         FleetConfig.from_json({"regions": [{"name": "eu-west-3", "weight": 0}]})

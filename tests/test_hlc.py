@@ -95,7 +95,7 @@ def test_decode_rejects_garbage(text: str) -> None:
     ],
 )
 def test_decode_rejects_non_canonical_digits(text: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not an HLC timestamp"):
         HLC.decode(text)
 
 
@@ -148,7 +148,8 @@ def test_observe_moves_past_a_remote_stamp_from_the_future() -> None:
     local = clock.now()
     remote = HLC(500, 3)
     seen = clock.observe(remote)
-    assert seen > remote and seen > local
+    assert seen > remote
+    assert seen > local
     assert seen == HLC(500, 4)
     assert clock.now() > seen
 
@@ -158,7 +159,8 @@ def test_observe_of_an_old_remote_stamp_still_moves_past_local_stamps() -> None:
     local = [clock.now(), clock.now()]
     remote = HLC(10, 999)
     seen = clock.observe(remote)
-    assert seen > remote and all(seen > stamp for stamp in local)
+    assert seen > remote
+    assert all(seen > stamp for stamp in local)
     assert seen == HLC(100, 2)
 
 

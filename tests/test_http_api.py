@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import ssl
+from typing import Any
 
 import httpx
 import pytest
@@ -17,8 +18,9 @@ from tests.conftest import Fleet
 def raw(fleet: Fleet, region: str = "us-east-1", token: str | None = "default") -> httpx.Client:
     secret = fleet.data.token() if token == "default" else token
     headers = {} if secret is None else {"Authorization": f"Bearer {secret}"}
-    return httpx.Client(base_url=fleet.cluster["regions"][region]["http_url"], headers=headers,
-                        verify=ssl.create_default_context(cafile=fleet.cluster["root_ca"]))
+    cluster: dict[str, Any] = fleet.cluster
+    return httpx.Client(base_url=cluster["regions"][region]["http_url"], headers=headers,
+                        verify=ssl.create_default_context(cafile=cluster["root_ca"]))
 
 
 @pytest.mark.parametrize("token", [None, "wrong-token"])
@@ -50,7 +52,8 @@ def test_thing_lifecycle_and_types(fleet: Fleet) -> None:
         with pytest.raises(errors.Conflict):
             api.call("POST", f"/things/{name}", json={"attributes": {"fw": "2"}})
         updated = api.call("PATCH", f"/things/{name}", json={"attributes": {"fw": "2", "site": "x"}})
-        assert updated["attributes"] == {"fw": "2", "site": "x"} and updated["version"] == 2
+        assert updated["attributes"] == {"fw": "2", "site": "x"}
+        assert updated["version"] == 2
         with pytest.raises(errors.Conflict):
             api.call("PATCH", f"/things/{name}", json={"attributes": {"fw": "3"}, "expectedVersion": 1})
         assert name in [t["thingName"] for t in api.call("GET", "/things")["things"]]
@@ -115,23 +118,28 @@ def test_shadow_over_http(fleet: Fleet) -> None:
         assert missing.status_code == 404
         assert missing.json() == {"code": 404, "message": f"No shadow exists with name: '{name}'"}
         updated = http.post(f"/things/{name}/shadow", content=b'{"state":{"desired":{"fan":3}}}')
-        assert updated.status_code == 200 and updated.json()["version"] == 1
+        assert updated.status_code == 200
+        assert updated.json()["version"] == 1
         named = http.post(f"/things/{name}/shadow", params={"name": "cfg"}, content=b'{"state":{"reported":{"a":1}}}')
         assert named.status_code == 200
         got = http.get(f"/things/{name}/shadow").json()
         assert got["state"]["delta"] == {"fan": 3}
         conflict = http.post(f"/things/{name}/shadow", content=b'{"state":{"desired":{"fan":4}},"version":7}')
-        assert conflict.status_code == 409 and conflict.json()["message"] == "Version conflict"
+        assert conflict.status_code == 409
+        assert conflict.json()["message"] == "Version conflict"
         bad = http.post(f"/things/{name}/shadow", content=b"{oops")
-        assert bad.status_code == 400 and bad.json()["message"] == "Invalid JSON"
+        assert bad.status_code == 400
+        assert bad.json()["message"] == "Invalid JSON"
         big = http.post(f"/things/{name}/shadow", content=json.dumps({"state": {"reported": {"b": "x" * 9000}}}))
         assert big.status_code == 413
         names = http.get(f"/api/things/shadow/ListNamedShadowsForThing/{name}").json()
-        assert names["results"] == ["cfg"] and "nextToken" not in names and isinstance(names["timestamp"], int)
+        assert names["results"] == ["cfg"]
+        assert "nextToken" not in names
+        assert isinstance(names["timestamp"], int)
         assert http.delete(f"/things/{name}/shadow", params={"name": "cfg"}).json()["version"] == 1
 
 
-@pytest.mark.parametrize("csr, message", [
+@pytest.mark.parametrize(("csr", "message"), [
     ("not a csr", "not a PEM-encoded"),
     ("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n", "not a PEM-encoded"),
 ])
@@ -144,13 +152,17 @@ def test_bad_input_gets_clear_4xx_errors(fleet: Fleet) -> None:
     with raw(fleet) as http:
         for path in ["/things/bad+name", "/things/a%23b", "/things/$aws"]:
             response = http.post(path, json={})
-            assert response.status_code == 400 and "invalid thing name" in response.json()["message"], path
+            assert response.status_code == 400, path
+            assert "invalid thing name" in response.json()["message"], path
         bad_pem = http.post("/certificates", json={"certificatePem": "-----BEGIN CERTIFICATE-----\nxx"})
-        assert bad_pem.status_code == 400 and "X.509" in bad_pem.json()["message"]
+        assert bad_pem.status_code == 400
+        assert "X.509" in bad_pem.json()["message"]
         wrong_type = http.post("/certificates/from-csr", json={"certificateSigningRequest": 5})
-        assert wrong_type.status_code == 400 and "certificateSigningRequest" in wrong_type.json()["message"]
+        assert wrong_type.status_code == 400
+        assert "certificateSigningRequest" in wrong_type.json()["message"]
         huge = http.post("/certificates/from-csr", content=b"x" * 200_000, headers={"Content-Type": "application/json"})
         assert huge.status_code == 413
         policy = http.post("/policies/p-bad", json={"policyDocument": '{"Statement": [{"Effect": "Maybe"}]}'})
-        assert policy.status_code == 400 and "Effect" in policy.json()["message"]
+        assert policy.status_code == 400
+        assert "Effect" in policy.json()["message"]
         assert http.get("/health").status_code == 200, "the node keeps serving"

@@ -17,7 +17,7 @@ LONDON, VIRGINIA = "81.2.69.142", "8.8.8.8"
 
 # -- X-Forwarded-For --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("lines, expected", [
+@pytest.mark.parametrize(("lines", "expected"), [
     ([VIRGINIA, LONDON], LONDON),                            # forged first line, our proxy's own line last
     ([f"{VIRGINIA}, 10.0.0.9", LONDON], LONDON),
     ([LONDON, "10.0.0.7"], LONDON),                          # through another proxy of ours on a line of its own
@@ -29,11 +29,12 @@ def test_several_header_lines_are_one_chain(lines: list[str], expected: str) -> 
 
 
 def test_no_lines_is_no_header() -> None:
-    assert join_forwarded([]) is None and join_forwarded(["", " "]) is None
+    assert join_forwarded([]) is None
+    assert join_forwarded(["", " "]) is None
     assert join_forwarded(["a", "b, c"]) == "a, b, c"
 
 
-@pytest.mark.parametrize("peer, header, expected", [
+@pytest.mark.parametrize(("peer", "header", "expected"), [
     ("::ffff:10.1.2.3", LONDON, LONDON),                      # a mapped peer is still our proxy
     ("10.1.2.3", f"::ffff:{LONDON}", LONDON),                 # a mapped client comes back as IPv4
     ("10.1.2.3", f"{VIRGINIA}, ::ffff:10.0.0.9", VIRGINIA),   # a mapped proxy hop is still ours
@@ -93,7 +94,8 @@ TOKENS = PageTokens(b"fleet secret")
 
 def test_a_token_carries_the_position_of_its_listing() -> None:
     assert TOKENS.decode("things", TOKENS.encode("things", "dev-7")) == "dev-7"
-    assert TOKENS.decode("things", None) == "" and TOKENS.decode("things", "") == ""
+    assert TOKENS.decode("things", None) == ""
+    assert TOKENS.decode("things", "") == ""
 
 
 @pytest.mark.parametrize("token", ["garbage", "!!", "A", "é" * 30, "x" * (MAX_TOKEN_LENGTH + 1),
@@ -111,7 +113,9 @@ def test_a_token_of_one_listing_is_refused_by_another() -> None:
 
 def test_a_page_read_with_one_extra_item_knows_whether_more_follow() -> None:
     last = page_of(["a", "b"], 2, str, "things", TOKENS)
-    assert last.items == ["a", "b"] and last.next_token is None
+    assert last.items == ["a", "b"]
+    assert last.next_token is None
     more = page_of(["a", "b", "c"], 2, str, "things", TOKENS)
-    assert more.items == ["a", "b"] and more.next_token is not None
+    assert more.items == ["a", "b"]
+    assert more.next_token is not None
     assert TOKENS.decode("things", more.next_token) == "b"

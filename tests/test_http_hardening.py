@@ -105,13 +105,15 @@ def chunks(total: int, size: int = 256 * 1024) -> Iterator[bytes]:
 def assert_error(response: httpx.Response, status: int) -> dict[str, Any]:
     assert response.status_code == status, response.text
     body = response.json()
-    assert set(body) == {"code", "message"} and body["code"] == status and body["message"], body
+    assert set(body) == {"code", "message"}, body
+    assert body["code"] == status, body
+    assert body["message"], body
     return dict(body)
 
 
 # -- 6: the body limit holds while reading ------------------------------------------------------
 
-@pytest.mark.parametrize("path, token", [("/v1/provision", None), ("/things/big/shadow", "admin"),
+@pytest.mark.parametrize(("path", "token"), [("/v1/provision", None), ("/things/big/shadow", "admin"),
                                          ("/certificates/from-csr", "admin")])
 def test_a_chunked_body_over_the_limit_is_refused_while_read_and_memory_stays_flat(
         hfleet: tuple[Fleet, str], path: str, token: str | None) -> None:
@@ -155,7 +157,8 @@ def test_every_error_has_the_code_and_message_shape(hfleet: tuple[Fleet, str]) -
     with http(fleet) as client:
         assert "no route" in assert_error(client.get("/no-such-route"), 404)["message"]
         wrong_method = client.delete("/health")
-        assert "not allowed" in assert_error(wrong_method, 405)["message"] and "GET" in wrong_method.headers["allow"]
+        assert "not allowed" in assert_error(wrong_method, 405)["message"]
+        assert "GET" in wrong_method.headers["allow"]
         assert_error(client.post("/things/x", content=b"{oops", headers={"Content-Type": "application/json"}), 400)
         assert_error(client.patch("/things/x", json={"merge": "not a bool"}), 400)
         assert_error(client.get("/things", params={"maxResults": "many"}), 400)
@@ -180,7 +183,7 @@ def test_attributes_outside_aws_rules_are_refused(hfleet: tuple[Fleet, str], att
 
 # -- 7: X-Forwarded-For over several header lines ---------------------------------------------
 
-@pytest.mark.parametrize("lines, home", [
+@pytest.mark.parametrize(("lines", "home"), [
     ([VIRGINIA, LONDON], "eu-west-1"),                 # the client forged line 1; our proxy added line 2
     ([LONDON, VIRGINIA], "us-east-1"),
     ([f"::ffff:{LONDON}"], "eu-west-1"),               # an IPv4-mapped address from a dual-stack proxy
@@ -232,7 +235,7 @@ def test_a_non_ascii_signature_is_unauthorized_not_a_crash(hfleet: tuple[Fleet, 
 def test_a_non_ascii_admin_token_is_unauthorized(hfleet: tuple[Fleet, str]) -> None:
     fleet, _ = hfleet
     with http(fleet, token=None) as client:
-        response = client.get("/things", headers={"Authorization": "Bearer é€".encode()})
+        response = client.get("/things", headers={b"Authorization": "Bearer é€".encode()})
     assert "Bearer" in assert_error(response, 401)["message"]
 
 
@@ -246,7 +249,8 @@ def test_things_are_listed_a_page_at_a_time(hfleet: tuple[Fleet, str]) -> None:
         everything = [t["thingName"] for t in api.call("GET", "/things")["things"]]
         assert "nextToken" not in api.call("GET", "/things")
         first, token = api.page(THINGS, 3)
-        assert len(first) == 3 and token is not None
+        assert len(first) == 3
+        assert token is not None
         paged = [t["thingName"] for t in api.every(THINGS, 3)]
     assert paged == everything == sorted(everything), "every thing once, in name order"
     assert {f"page-{i}" for i in range(7)} <= set(paged)
@@ -262,9 +266,12 @@ def test_certificates_and_named_shadows_are_paged_as_aws_does(hfleet: tuple[Flee
             client.post(f"/things/{thing}/shadow", params={"name": f"s{i}"}, content=b'{"state":{"reported":{}}}')
         client.post(f"/things/{thing}/shadow", content=b'{"state":{"reported":{"classic":1}}}')
         page = client.get(f"/api/things/shadow/ListNamedShadowsForThing/{thing}", params={"pageSize": 2}).json()
-        assert page["results"] == ["s0", "s1"] and page["nextToken"] and isinstance(page["timestamp"], int)
+        assert page["results"] == ["s0", "s1"]
+        assert page["nextToken"]
+        assert isinstance(page["timestamp"], int)
         certificates = client.get("/certificates", params={"pageSize": 2}).json()
-        assert len(certificates["certificates"]) == 2 and certificates["nextMarker"]
+        assert len(certificates["certificates"]) == 2
+        assert certificates["nextMarker"]
         assert_error(client.get("/certificates", params={"pageSize": 251}), 400)
         assert_error(client.get(f"/api/things/shadow/ListNamedShadowsForThing/{thing}", params={"pageSize": 101}), 400)
     with AdminClient(fleet.data, HOME) as api:
@@ -311,9 +318,12 @@ def test_the_cli_lists_every_page_or_one_page(hfleet: tuple[Fleet, str]) -> None
     rest = json.loads(geofleet("shadow", "list", thing, *base, "--next-token", first["nextToken"]).stdout)
     assert rest == ["n2"]
     bad = geofleet("shadow", "list", thing, *base, "--next-token", "forged", check=False)
-    assert bad.returncode == 2 and "nextToken" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2
+    assert "nextToken" in bad.stderr
+    assert "Traceback" not in bad.stderr
     certificates = json.loads(geofleet("cert", "list", *base).stdout)
-    assert certificates and all("certificatePem" not in c for c in certificates)
+    assert certificates
+    assert all("certificatePem" not in c for c in certificates)
 
 
 def test_the_client_reports_an_error_body_that_is_not_an_object_as_sent() -> None:

@@ -76,15 +76,18 @@ def test_concurrent_writes_to_different_fields_both_survive() -> None:
     r1 = merge_remote(in_r1.shadow, in_r2.ops, 3)
     r2 = merge_remote(in_r2.shadow, in_r1.ops, 3)
     assert r1.shadow.state == r2.shadow.state == {"desired": {"x": 0, "color": "red", "size": 2}}
-    assert r1.changed and r1.shadow.version == in_r1.shadow.version + 1, "each region keeps its own version"
-    assert r1.delta is not None and r1.delta["state"]["size"] == 2
+    assert r1.changed, "each region keeps its own version"
+    assert r1.shadow.version == in_r1.shadow.version + 1, "each region keeps its own version"
+    assert r1.delta is not None
+    assert r1.delta["state"]["size"] == 2
 
 
 def test_a_remote_write_that_loses_changes_nothing_visible() -> None:
     newer = apply_update(Shadow(), parse_update(b'{"state":{"reported":{"t":2}}}'), 5, hlc=HLC(5000, 0), region="r1")
     older = leaves.ops_from_patch({"reported": {"t": 1}}, HLC(4000, 0), "r2")
     result = merge_remote(newer.shadow, older, 6)
-    assert not result.changed and result.shadow.version == newer.shadow.version
+    assert not result.changed
+    assert result.shadow.version == newer.shadow.version
     assert result.shadow.state == {"reported": {"t": 2}}
 
 

@@ -58,7 +58,8 @@ def _read_publish(data: bytes) -> PublishPacket:
 
 def test_the_reader_passes_packets_within_the_limit() -> None:
     packet = _read_publish(publish_packet(b"dt/a/b", b"x" * MAX_PAYLOAD_BYTES) + publish_packet(b"t", b"2"))
-    assert packet.topic_name == "dt/a/b" and len(packet.data) == MAX_PAYLOAD_BYTES
+    assert packet.topic_name == "dt/a/b"
+    assert len(packet.data) == MAX_PAYLOAD_BYTES
 
 
 def test_the_reader_refuses_an_oversized_packet_from_its_header() -> None:
@@ -78,7 +79,8 @@ def test_the_reader_passes_an_empty_last_field() -> None:
         data = connect_packet("device", will=("dt/device/gone", b"", False)) + b"\xc0\x00"
         return await ConnectPacket.from_stream(BoundedReader(BufferReader(data), MAX_PACKET_BYTES))
     packet = asyncio.run(run())
-    assert packet.payload is not None and packet.payload.will_message == b""
+    assert packet.payload is not None
+    assert packet.payload.will_message == b""
 
 
 @pytest.mark.parametrize("topic", [b"dt/a/+", b"dt/#"])

@@ -36,7 +36,8 @@ def fill(outbox: Outbox, n: int) -> list[int]:
 def test_pending_returns_messages_oldest_first(make: MakeOutbox) -> None:
     outbox = make()
     ids = fill(outbox, 5)
-    assert ids == sorted(ids) and len(set(ids)) == 5
+    assert ids == sorted(ids)
+    assert len(set(ids)) == 5
     assert outbox.pending() == [Pending(i, f"t/{n}", f"m{n}".encode()) for n, i in enumerate(ids)]
     assert [m.id for m in outbox.pending(limit=2)] == ids[:2]
 
@@ -56,7 +57,8 @@ def test_len_counts_unacknowledged_messages(make: MakeOutbox) -> None:
     assert len(outbox) == 4
     for i in ids:
         outbox.ack(i)
-    assert len(outbox) == 0 and outbox.pending() == []
+    assert len(outbox) == 0
+    assert outbox.pending() == []
 
 
 def test_acking_an_unknown_or_already_acked_id_is_harmless(make: MakeOutbox) -> None:
@@ -65,7 +67,8 @@ def test_acking_an_unknown_or_already_acked_id_is_harmless(make: MakeOutbox) -> 
     outbox.ack(9_999)
     outbox.ack(first)
     outbox.ack(first)
-    assert len(outbox) == 0 and outbox.pending() == []
+    assert len(outbox) == 0
+    assert outbox.pending() == []
     outbox.put("t", b"after")
     assert len(outbox) == 1
 
@@ -75,7 +78,8 @@ def test_full_outbox_refuses_new_messages_and_drops_nothing(make: MakeOutbox) ->
     ids = fill(outbox, 3)
     with pytest.raises(OutboxFull, match="3 messages await acknowledgement: the outbox is full"):
         outbox.put("t/overflow", b"x")
-    assert [m.id for m in outbox.pending()] == ids and len(outbox) == 3
+    assert [m.id for m in outbox.pending()] == ids
+    assert len(outbox) == 3
 
 
 def test_ack_frees_room_in_a_full_outbox(make: MakeOutbox) -> None:

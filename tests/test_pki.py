@@ -45,7 +45,7 @@ def test_certificate_id_is_sha256_of_der() -> None:
     assert certificate_id(cert) == hashlib.sha256(der).hexdigest() == certificate_id(der)
 
 
-@pytest.mark.parametrize("key, message", [
+@pytest.mark.parametrize(("key", "message"), [
     (rsa.generate_private_key(65537, 1024), "at least 2048"),
     (ec.generate_private_key(ec.SECP256K1()), "secp256k1"),
 ])
@@ -77,7 +77,8 @@ def test_root_key_is_encrypted_when_a_passphrase_is_given(tmp_path: Path) -> Non
     with pytest.raises(InvalidRequest):
         load_key(pem, None)
     load_key(pem, b"correct horse")
-    assert data.root_key.stat().st_mode & 0o077 == 0 and data.admin_token.stat().st_mode & 0o077 == 0
+    assert data.root_key.stat().st_mode & 0o077 == 0
+    assert data.admin_token.stat().st_mode & 0o077 == 0
     with pytest.raises(ConfigError, match="already holds a fleet"):
         initialize(data, config)
 

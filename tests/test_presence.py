@@ -32,7 +32,7 @@ def disconnect(sid: str, at: int) -> Disconnect:
 
 def apply(entry: Session | None, event: Event) -> Session | None:
     """One lifecycle event; the entry stays as it is when the rule says the event changes nothing."""
-    if event[0] == "connect":
+    if len(event) == 2:
         changed = on_connect(entry, event[1])
     else:
         changed = on_disconnect(entry, event[1], event[2], "CLIENT_INITIATED")
@@ -53,7 +53,8 @@ def test_entry_key_is_device_and_region() -> None:
 
 def test_late_disconnect_of_an_old_session_leaves_the_newer_one_connected() -> None:
     entry = fold([connect(S1), connect(S2), disconnect("s1", 30)])
-    assert entry == S2 and entry.connected
+    assert entry == S2
+    assert entry.connected
 
 
 def test_disconnect_of_the_recorded_session_ends_it() -> None:
@@ -76,7 +77,8 @@ def test_older_connect_arriving_late_is_ignored() -> None:
 
 def test_connect_ties_on_hlc_are_broken_by_region_then_session_id() -> None:
     a, b = session("s-a", 10), session("s-b", 10)
-    assert on_connect(a, b) == b and on_connect(b, a) is None
+    assert on_connect(a, b) == b
+    assert on_connect(b, a) is None
 
 
 def test_disconnect_with_no_entry_or_already_ended_changes_nothing() -> None:
@@ -103,7 +105,9 @@ def test_a_disconnect_of_a_session_not_recorded_never_clears_the_entry() -> None
     be a newer session (a reconnect that closed an old one). A region's own events reach its
     directory in order, so a disconnect never comes before its own connect there."""
     newer = fold([connect(S2), disconnect("s1", 25)])
-    assert newer is not None and newer.session_id == "s2" and newer.connected
+    assert newer is not None
+    assert newer.session_id == "s2"
+    assert newer.connected
 
 
 US, EU = session("s-us", 10, "us-east-1"), session("s-eu", 20, "eu-west-1")
@@ -111,8 +115,10 @@ US, EU = session("s-us", 10, "us-east-1"), session("s-eu", 20, "eu-west-1")
 
 def test_locate_reports_the_newer_region_as_current_and_the_older_as_duplicate() -> None:
     where = locate("dev-1", [US, EU])
-    assert where.current == EU and where.duplicates == (US,)
-    assert where.to_json()["region"] == "eu-west-1" and where.to_json()["connected"] is True
+    assert where.current == EU
+    assert where.duplicates == (US,)
+    assert where.to_json()["region"] == "eu-west-1"
+    assert where.to_json()["connected"] is True
 
 
 def test_is_superseded_only_for_the_older_session() -> None:
@@ -127,12 +133,15 @@ def test_is_superseded_ignores_disconnected_sessions_and_the_same_region() -> No
 
 def test_locate_skips_sessions_in_down_regions() -> None:
     where = locate("dev-1", [US, EU], down=frozenset({"eu-west-1"}))
-    assert where.current == US and where.duplicates == ()
+    assert where.current == US
+    assert where.duplicates == ()
 
 
 def test_locate_offline_device_has_no_current_but_a_last_seen() -> None:
     where = locate("dev-1", [ENDED])
-    assert where.current is None and where.last == ENDED and where.to_json()["connected"] is False
+    assert where.current is None
+    assert where.last == ENDED
+    assert where.to_json()["connected"] is False
     assert locate("dev-1", []).last is None
 
 

@@ -66,7 +66,7 @@ def post(fleet: Fleet, region: str, body: Any, forwarded_for: str | None = None,
         return http.post(url, json=body, headers=headers)
 
 
-@pytest.mark.parametrize("address, home", [(LONDON, "eu-west-1"), (VIRGINIA, "us-east-1"),
+@pytest.mark.parametrize(("address", "home"), [(LONDON, "eu-west-1"), (VIRGINIA, "us-east-1"),
                                            (TOKYO, "ap-southeast-1"), (SAO_PAULO, "us-east-1")])
 def test_devices_from_several_continents_get_their_home_and_work_everywhere(
         pfleet: tuple[Fleet, str], address: str, home: str, tmp_path: Path) -> None:
@@ -76,7 +76,8 @@ def test_devices_from_several_continents_get_their_home_and_work_everywhere(
     answer = post(fleet, "ap-southeast-1", request_body(name, group_key, make_csr(key, name).decode()), address)
     assert answer.status_code == 201, answer.text
     body = answer.json()
-    assert body["homeRegion"] == home and body["endpoints"][0]["region"] == home
+    assert body["homeRegion"] == home
+    assert body["endpoints"][0]["region"] == home
     assert sorted(e["region"] for e in body["endpoints"]) == sorted(REGIONS), "every region, home first"
     assert any(home in reason for reason in body["reasons"])
     assert "PRIVATE KEY" not in answer.text
@@ -85,7 +86,7 @@ def test_devices_from_several_continents_get_their_home_and_work_everywhere(
     (tmp_path / "ca.pem").write_text(body["caChain"][-1])
     for endpoint in body["endpoints"]:
         device = Device(name, endpoint["port"], tmp_path / "ca.pem", tmp_path / "cert.pem", tmp_path / "key.pem")
-        wait_for(lambda d=device: d.try_connect(), 10, f"{name} admitted in {endpoint['region']}")
+        wait_for(device.try_connect, 10, f"{name} admitted in {endpoint['region']}")
 
 
 def test_retry_with_the_same_csr_returns_the_same_certificate(pfleet: tuple[Fleet, str]) -> None:
@@ -99,7 +100,8 @@ def test_retry_with_the_same_csr_returns_the_same_certificate(pfleet: tuple[Flee
         part.split(";")[0].strip() for part in first.headers["Server-Timing"].split(",")}
     assert first.json()["certificateId"] == second.json()["certificateId"]
     other = post(fleet, "us-east-1", request_body(name, group_key, make_csr(new_key(), name).decode()), LONDON)
-    assert other.status_code == 409 and "already provisioned" in other.json()["message"]
+    assert other.status_code == 409
+    assert "already provisioned" in other.json()["message"]
 
 
 def test_one_hundred_concurrent_requests_across_regions_give_one_certificate(pfleet: tuple[Fleet, str]) -> None:
@@ -122,7 +124,8 @@ def test_one_hundred_concurrent_requests_across_regions_give_one_certificate(pfl
         thread.start()
     for thread in threads:
         thread.join(60)
-    assert len(statuses) == 100 and statuses.count(201) == 1, sorted(statuses)
+    assert len(statuses) == 100, sorted(statuses)
+    assert statuses.count(201) == 1, sorted(statuses)
     assert set(statuses) <= {201, 409, 503}
     with AdminClient(fleet.data, "us-east-1") as api:
         wait_for(lambda: api.call("GET", f"/things/{name}/principals")["principals"] == list(certificates), 10,
@@ -159,12 +162,14 @@ def test_bad_requests_are_refused_with_clear_errors(pfleet: tuple[Fleet, str]) -
     cases += [(request_body(name, group_key, bad), 400, message) for bad, message in _weak_csrs(name)]
     for body, status, message in cases:
         response = post(fleet, "us-east-1", body, LONDON)
-        assert response.status_code == status and message in response.json()["message"], (message, response.text)
+        assert response.status_code == status, (message, response.text)
+        assert message in response.json()["message"], (message, response.text)
     huge = post(fleet, "us-east-1", None, raw=b'{"deviceId": "' + b"x" * 100_000 + b'"}')
     assert huge.status_code == 413
     assert post(fleet, "us-east-1", good, LONDON).status_code == 201, "the refusals claimed nothing"
     replay = post(fleet, "us-east-1", good, LONDON)
-    assert replay.status_code == 401 and "already used" in replay.json()["message"]
+    assert replay.status_code == 401
+    assert "already used" in replay.json()["message"]
 
 
 def test_forged_forwarded_for_from_an_untrusted_address_is_ignored(pfleet: tuple[Fleet, str]) -> None:
@@ -186,7 +191,8 @@ def test_factory_and_device_cli_provision_once(pfleet: tuple[Fleet, str], tmp_pa
     device_key = geofleet("enrollment", "device-key", "--device-id", device_id, "--group-key", group["key"]).stdout
     wait_for(lambda: all(_has_group(fleet, r, "line-7") for r in REGIONS), 10, "the group everywhere")
     listed = json.loads(geofleet("enrollment", "list", *common, "--json").stdout)
-    assert all("key" not in g for g in listed) and any(g["name"] == "line-7" for g in listed)
+    assert all("key" not in g for g in listed)
+    assert any(g["name"] == "line-7" for g in listed)
     eu = fleet.data.config().region("eu-west-1").http_url
     boot = ["device", "bootstrap", "--device-id", device_id, "--enrollment-key", device_key.strip(),
             "--group", "line-7", "--root-ca", str(fleet.data.root_ca), "--out", str(tmp_path), "--json"]
@@ -196,7 +202,8 @@ def test_factory_and_device_cli_provision_once(pfleet: tuple[Fleet, str], tmp_pa
         assert (tmp_path / f"{device_id}{suffix}").stat().st_mode & 0o777 == 0o600
     cert = (tmp_path / f"{device_id}.cert.pem").read_text()
     again = json.loads(geofleet(*boot, "--bootstrap", "https://127.0.0.1:1").stdout)
-    assert again == first and (tmp_path / f"{device_id}.cert.pem").read_text() == cert, "never provisions twice"
+    assert again == first, "never provisions twice"
+    assert (tmp_path / f"{device_id}.cert.pem").read_text() == cert, "never provisions twice"
     geofleet("enrollment", "revoke", "line-7", *common)
     wait_for(lambda: _group_revoked(fleet, "eu-west-1", "line-7"), 10, "the revocation in eu-west-1")
     other = fleet.new_name("boot")
@@ -204,7 +211,8 @@ def test_factory_and_device_cli_provision_once(pfleet: tuple[Fleet, str], tmp_pa
     refused = geofleet("device", "bootstrap", "--device-id", other, "--enrollment-key", other_key.strip(),
                        "--group", "line-7", "--root-ca", str(fleet.data.root_ca), "--out", str(tmp_path / "o"),
                        "--bootstrap", eu, check=False)
-    assert refused.returncode == 1 and "revoked" in refused.stderr
+    assert refused.returncode == 1
+    assert "revoked" in refused.stderr
 
 
 def _groups(fleet: Fleet, region: str) -> list[dict[str, Any]]:
@@ -242,7 +250,8 @@ def test_aws_fleet_provisioning_over_mqtt_with_a_claim_certificate(pfleet: tuple
 
     bad = device.request("$aws/certificates/create-from-csr/json", {"certificateSigningRequest": "nope"})
     assert bad.topic.endswith("/rejected")
-    assert bad.json()["statusCode"] == 400 and bad.json()["errorCode"] == "InvalidParameters"
+    assert bad.json()["statusCode"] == 400
+    assert bad.json()["errorCode"] == "InvalidParameters"
 
     name = fleet.new_name("fleetprov")
     key = new_key()
@@ -268,7 +277,7 @@ def test_aws_fleet_provisioning_over_mqtt_with_a_claim_certificate(pfleet: tuple
     (tmp_path / "dev.key").write_bytes(key_pem(key))
     for endpoint in endpoints:
         real = Device(name, endpoint["port"], ca, tmp_path / "dev.pem", tmp_path / "dev.key")
-        wait_for(lambda d=real: d.try_connect(), 10, f"{name} admitted in {endpoint['region']}")
+        wait_for(real.try_connect, 10, f"{name} admitted in {endpoint['region']}")
     claim_as_device = Device(claim_client_id(claim["certificateId"], "3"), port, ca, tmp_path / "claim.pem",
                              tmp_path / "claim.key").connect()
     assert claim_as_device.subscribe(f"dt/{name}/#") == [0x80], "a claim certificate can do nothing else"
@@ -288,12 +297,14 @@ def test_individual_enrollment_and_moving_a_device(pfleet: tuple[Fleet, str]) ->
     assert answer.json()["homeRegion"] == "ap-southeast-1"
     stranger = fleet.new_name("solo")
     refused = post(fleet, "eu-west-1", {**request_body(stranger, "", csr, key=key), "enrollmentGroup": None}, TOKYO)
-    assert refused.status_code == 401 and "individual enrollment" in refused.json()["message"]
+    assert refused.status_code == 401
+    assert "individual enrollment" in refused.json()["message"]
     from tests.helpers import geofleet
 
     moved = json.loads(geofleet("device", "move", name, "--to", "eu-west-1", "--data-dir", str(fleet.data.root),
                                 "--region", "us-east-1", "--json").stdout)
-    assert moved["endpoints"][0]["region"] == "eu-west-1" and moved["homeRegion"] == "eu-west-1"
+    assert moved["endpoints"][0]["region"] == "eu-west-1"
+    assert moved["homeRegion"] == "eu-west-1"
     with AdminClient(fleet.data, "ap-southeast-1") as api:
         wait_for(lambda: api.call("GET", f"/things/{name}")["attributes"].get("geofleet:homeRegion") == "eu-west-1",
                  10, "the move to replicate")
@@ -329,7 +340,8 @@ def test_owner_region_down_gives_503_and_never_a_second_certificate(pfleet: tupl
     name = next(n for n in (f"orphan-{i}" for i in range(1000)) if owner(n, REGIONS) == victim)
     os.kill(int(str(fleet.region(victim)["pid"])), signal.SIGKILL)
     answer = post(fleet, "us-east-1", request_body(name, group_key, make_csr(new_key(), name).decode()), LONDON)
-    assert answer.status_code == 503 and int(answer.headers["Retry-After"]) > 0
+    assert answer.status_code == 503
+    assert int(answer.headers["Retry-After"]) > 0
     assert victim in answer.json()["message"]
     with AdminClient(fleet.data, "us-east-1") as api:
         assert not any(t["thingName"] == name for t in api.call("GET", "/things")["things"])

@@ -54,7 +54,8 @@ def test_a_record_does_not_supersede_itself() -> None:
 
 def test_tombstones_follow_last_writer_wins() -> None:
     live, tomb = thing(HLC(5)), Record(Kind.THING, "t1", None, HLC(6), "us-east-1")
-    assert tomb.deleted and not live.deleted
+    assert tomb.deleted
+    assert not live.deleted
     assert supersedes(tomb, live)
     assert not supersedes(live, tomb)
     assert supersedes(thing(HLC(7)), tomb), "a later write re-creates the object"
@@ -106,7 +107,9 @@ STATUSES = [None, *CertificateStatus]
 
 
 def fold(records: list[Record]) -> Record | None:
-    return functools.reduce(lambda winner, r: r if supersedes(r, winner) else winner, records, None)
+    def keep(winner: Record | None, r: Record) -> Record | None:
+        return r if supersedes(r, winner) else winner
+    return functools.reduce(keep, records, None)
 
 
 @st.composite
@@ -148,7 +151,8 @@ def test_the_winner_supersedes_every_other_version(records: list[Record]) -> Non
             assert supersedes(winner, other)
             assert not supersedes(other, winner)
     if any(r.body is not None and r.body["status"] == "REVOKED" for r in records):
-        assert winner.body is not None and winner.body["status"] == "REVOKED", "a revocation is never lost"
+        assert winner.body is not None, "a revocation is never lost"
+        assert winner.body["status"] == "REVOKED", "a revocation is never lost"
 
 
 def test_order_independence_on_a_concrete_history() -> None:

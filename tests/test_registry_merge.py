@@ -80,7 +80,8 @@ def test_an_attachment_before_its_thing_and_certificate_is_parked_then_applied()
     attachment = next(r for r in HISTORY if r.kind is Kind.THING_PRINCIPAL)
     replica, store = registry()
     assert replica.ledger.merge(attachment) is False
-    assert store.parked() == 1 and store.get(Kind.THING_PRINCIPAL, attachment.key) is None
+    assert store.parked() == 1
+    assert store.get(Kind.THING_PRINCIPAL, attachment.key) is None
     for record in HISTORY:
         replica.ledger.merge(record)
     assert store.parked() == 0

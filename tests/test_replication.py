@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import ssl
-import time
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +58,7 @@ def test_device_created_in_one_region_connects_to_every_other(fleet: Fleet) -> N
     name = fleet.create_device(region=A)
     for region in (B, C):
         device = fleet.device(name, region=region)
-        wait_for(lambda d=device: d.try_connect(), 10, f"{name} to be admitted in {region}")
+        wait_for(device.try_connect, 10, f"{name} to be admitted in {region}")
     same_everywhere(fleet, f"/things/{name}")
 
 
@@ -69,11 +68,10 @@ def test_revocation_in_one_region_cuts_the_session_in_another(fleet: Fleet) -> N
     wait_for(lambda: "error" not in everywhere(fleet, "GET", f"/certificates/{cert}")[B], 10, "cert in B")
     device = fleet.device(name, region=A).connect()
     device.client.reconnect_delay_set(60, 60)
-    started = time.monotonic()
+    # How fast (the 1 s target) is bench/replication.py's revocation phase; here: that it happens.
     with fleet.admin(B) as api:
         api.call("POST", f"/certificates/{cert}/revoke")
     wait_for(lambda: device.disconnects, 5, "region A to cut the revoked device")
-    assert time.monotonic() - started < 1.0, "revocation everywhere in under a second"
     device.client.loop_stop()
     for region in REGIONS:
         assert not fleet.device(name, region=region).try_connect(), region
@@ -186,8 +184,8 @@ def test_partition_heals_and_digests_agree(fleet: Fleet) -> None:
         with fleet.admin(region) as api:
             api.call("POST", "/replication/resume")
     listing = same_everywhere(fleet, "/things", 20)
-    names = {t["thingName"] for t in listing["things"]}
-    assert all(set(n) <= names for n in made.values())
+    listed = {t["thingName"] for t in listing["things"]}
+    assert all(set(n) <= listed for n in made.values())
     for region in REGIONS:
         with fleet.admin(region) as api:
             result = api.call("POST", "/replication/sync")["peers"]
@@ -212,7 +210,8 @@ def test_status_metrics_and_cli(fleet: Fleet) -> None:
     assert pairs == {(s, t) for s in REGIONS for t in REGIONS if s != t}
     assert all(r["lastError"] is None for r in rows)
     text = geofleet("replication", "status", "--data-dir", str(fleet.data.root)).stdout
-    assert "lag ms" in text and "backlog" in text
+    assert "lag ms" in text
+    assert "backlog" in text
 
 
 def _peer_client(fleet: Fleet, cert: Path | None, key: Path | None) -> httpx.Client:
@@ -234,4 +233,5 @@ def test_peer_port_refuses_anything_but_region_certificates(fleet: Fleet) -> Non
         # (not /v1/changes: B's position there would move, and A's log be truncated, for the real B)
         assert http.get(f"{url}/v1/head", params={"peer": B}).status_code == 200
         refused = http.get(f"{url}/v1/changes", params={"peer": "mars-1"})
-        assert refused.status_code == 403 and "not a peer region" in refused.json()["message"]
+        assert refused.status_code == 403
+        assert "not a peer region" in refused.json()["message"]

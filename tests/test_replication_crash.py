@@ -8,6 +8,8 @@ import signal
 import threading
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REGIONS, restarted_region, start_fleet
 from tests.helpers import wait_for
 from tests.test_replication import same_everywhere
@@ -15,6 +17,7 @@ from tests.test_replication import same_everywhere
 A, B, C = REGIONS
 
 
+@pytest.mark.e2e
 def test_sigkill_mid_stream_then_restart_converges(tmp_path: Path) -> None:
     fleet = start_fleet(tmp_path / "data")
     try:
@@ -36,7 +39,8 @@ def test_sigkill_mid_stream_then_restart_converges(tmp_path: Path) -> None:
         thread = threading.Thread(target=writer)
         thread.start()
         thread.join(120)
-        assert killed.is_set() and len(written) == 300
+        assert killed.is_set()
+        assert len(written) == 300
 
         with restarted_region(fleet, B):
             listing = same_everywhere(fleet, "/things", 60, "every region to list the same things after the restart")

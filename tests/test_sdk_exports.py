@@ -19,6 +19,7 @@ def test_every_export_has_a_docstring_with_an_example(package: ModuleType) -> No
     assert undocumented == []
 
 
+@pytest.mark.e2e
 def test_the_sdks_import_none_of_the_region_nodes_dependencies() -> None:
     """``pip install geofleet`` carries only the SDKs' dependencies: importing them must not
     need the ``region`` extra's."""

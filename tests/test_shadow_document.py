@@ -110,8 +110,8 @@ def test_parse_accepts_client_tokens_up_to_64_bytes(token: str) -> None:
 
 
 def nested(levels: int, leaf: Any = 1) -> dict[str, Any]:
-    value: Any = leaf
-    for level in range(levels, 0, -1):
+    value: dict[str, Any] = {f"l{levels}": leaf}
+    for level in range(levels - 1, 0, -1):
         value = {f"l{level}": value}
     return value
 
@@ -126,7 +126,8 @@ def test_parse_accepts_six_levels_of_nesting(section: str) -> None:
 def test_parse_rejects_more_than_six_levels_of_nesting(section: str) -> None:
     error = rejection(payload({"state": {section: nested(7)}, "clientToken": "tok"}))
     assert error.status == 400
-    assert "too many levels of nesting" in error.message and "6" in error.message
+    assert "too many levels of nesting" in error.message
+    assert "6" in error.message
     assert error.client_token == "tok"
 
 
@@ -207,7 +208,9 @@ def test_object_emptied_by_deletes_disappears() -> None:
 def test_emptying_a_whole_section_removes_it() -> None:
     current = shadow_with({"desired": {"a": 1}, "reported": {"a": 1}})
     result = update(current, {"state": {"desired": {"a": None}}}, T1)
+    assert result.shadow.state is not None
     assert "desired" not in result.shadow.state
+    assert result.shadow.metadata is not None
     assert "desired" not in result.shadow.metadata
 
 
@@ -402,7 +405,8 @@ def test_no_delta_message_when_desired_matches_reported() -> None:
 def test_delta_message_helper_returns_none_without_delta() -> None:
     assert delta_message(shadow_with({"desired": {"a": 1}, "reported": {"a": 1}}), "tok") is None
     message = delta_message(shadow_with({"desired": {"a": 1}}), None)
-    assert message is not None and "clientToken" not in message
+    assert message is not None
+    assert "clientToken" not in message
 
 
 # --- accepted and documents payloads -----------------------------------------------------------
@@ -467,7 +471,8 @@ def test_get_includes_delta_only_when_non_empty() -> None:
     body = get_response(out_of_sync, "", "tok", T2)
     assert body["state"] == {"desired": {"a": 2, "b": {"c": 1}}, "reported": {"a": 1, "b": {"c": 1}}, "delta": {"a": 2}}
     assert body["clientToken"] == "tok"
-    assert out_of_sync.state is not None and "delta" not in out_of_sync.state, "get must not store the delta"
+    assert out_of_sync.state is not None, "get must not store the delta"
+    assert "delta" not in out_of_sync.state, "get must not store the delta"
 
 
 @pytest.mark.parametrize("name", ["", "cfg"])
@@ -524,7 +529,8 @@ def test_client_token_is_echoed_in_every_response() -> None:
     result = update(shadow_with({"reported": {"a": 0}}), {"state": {"desired": {"a": 1}}, "clientToken": token}, T1)
     assert result.accepted["clientToken"] == token
     assert result.documents["clientToken"] == token
-    assert result.delta is not None and result.delta["clientToken"] == token
+    assert result.delta is not None
+    assert result.delta["clientToken"] == token
     assert get_response(result.shadow, "", token, T2)["clientToken"] == token
     assert delete(result.shadow, "", token, T2)[1]["clientToken"] == token
     with pytest.raises(ShadowError) as info:

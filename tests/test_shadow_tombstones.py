@@ -55,7 +55,8 @@ def test_forty_updates_of_nulls_on_absent_keys_store_nothing() -> None:
         result = update(shadow, {"reported": nulls(n * 450, 450), "desired": nulls(n, 3)}, T0 + n + 1)
         assert [op for op, entry in result.ops.items() if entry[2]] == [], "no tombstone for an absent key"
         shadow = result.shadow
-    assert shadow.state == {"reported": {"on": True}} and shadow.version == 41
+    assert shadow.state == {"reported": {"on": True}}
+    assert shadow.version == 41
     assert len(shadow.leaves) == 2
     assert len(json.dumps(shadow.to_json())) < 400
 
@@ -79,7 +80,8 @@ def test_nulls_on_a_deleted_shadow_store_nothing() -> None:
     shadow, _, _ = delete(shadow, "t", None, T0 + 1, hlc=HLC((T0 + 1) * 1000), region="r1")
     for n in range(10):
         shadow = update(shadow, {"reported": nulls(n * 100, 100)}, T0 + 2 + n).shadow
-    assert shadow.state == {} and len(shadow.leaves) <= 3  # root tombstone, exists, nothing else
+    assert shadow.state == {}
+    assert len(shadow.leaves) <= 3
 
 
 # --- writes hidden by a newer ancestor go at once ------------------------------------------------
@@ -127,7 +129,8 @@ def test_a_late_write_older_than_a_collected_tombstone_does_not_resurrect() -> N
     collected = update(shadow, {"reported": {"y": 1}}, T0 + 100, horizon=HLC((T0 + 50) * 1000)).shadow
     assert json.dumps(["reported", "k"]) not in collected.leaves
     replayed = merge_remote(collected, from_r2, T0 + 101)
-    assert not replayed.changed and replayed.shadow.state == {"reported": {"x": 0, "y": 1}}
+    assert not replayed.changed
+    assert replayed.shadow.state == {"reported": {"x": 0, "y": 1}}
 
 
 def test_a_write_newer_than_the_floor_still_merges() -> None:
@@ -165,11 +168,16 @@ def test_collecting_keeps_every_document_and_every_region_converges(ops: list[le
 def test_past_the_stored_entry_limit_a_local_update_is_refused_with_413() -> None:
     shadow = Shadow()
     now = T0
-    with pytest.raises(ShadowError) as info:
+
+    def fill_until_refused() -> None:
+        nonlocal shadow, now
         for _ in range(MAX_STORED_LEAVES // 500 + 2):
             shadow = update(shadow, {"reported": {f"k{now}-{i}": 0 for i in range(500)}}, now).shadow
             shadow = update(shadow, {"reported": {f"k{now}-{i}": None for i in range(500)}}, now + 1).shadow
             now += 2
+
+    with pytest.raises(ShadowError) as info:
+        fill_until_refused()
     assert info.value.status == 413
     assert len(shadow.leaves) <= MAX_STORED_LEAVES
     collected = update(shadow, {"reported": {"ok": 1}}, now + 10, horizon=HLC(now * 1000))
@@ -216,7 +224,8 @@ def test_the_service_stores_a_bounded_document(tmp_path: Path) -> None:
     try:
         asyncio.run(scenario())
         shadow = store.get_shadow("t1", "")
-        assert shadow is not None and shadow.state == {"reported": {"on": True}, "desired": {"x": 1}}
+        assert shadow is not None
+        assert shadow.state == {"reported": {"on": True}, "desired": {"x": 1}}
         assert json.dumps(["desired", "gone"]) not in shadow.leaves, "retention 0: the tombstone went"
         assert _stored_bytes(path) < 1000
     finally:
@@ -246,5 +255,6 @@ def test_the_floor_travels_through_the_change_log_and_the_wire(tmp_path: Path) -
     replica = Shadow()
     for change in batch.changes:
         replica = merge_remote(replica, (change.body or {})["ops"], T0 + 11).shadow
-    assert replica.leaves == third.shadow.leaves and leaves.FLOOR in replica.leaves
+    assert replica.leaves == third.shadow.leaves
+    assert leaves.FLOOR in replica.leaves
     assert replica.state == {"reported": {"b": 2, "c": 3}}

@@ -23,7 +23,8 @@ def test_put_get_and_change_log_together(tmp_path: Path) -> None:
     store.put(Record(Kind.THING, "a", None, clock.now(), "r1"))
     store.put(Record(Kind.THING, "remote", {"thingName": "remote"}, clock.now(), "r2"), log=False)
     record = store.get(Kind.THING, "a")
-    assert record is not None and record.deleted, "a delete is kept as a tombstone"
+    assert record is not None, "a delete is kept as a tombstone"
+    assert record.deleted, "a delete is kept as a tombstone"
     assert [r.key for r in store.records(Kind.THING)] == ["remote"], "tombstones are not listed"
     changes = store.changes(0)
     assert [(c.kind, c.key, c.body) for c in changes] == [("thing", "a", {"thingName": "a"}), ("thing", "a", None)]
@@ -50,7 +51,8 @@ def test_data_survives_reopen_and_clock_resumes_past_the_log(tmp_path: Path) -> 
     reopened = SqliteStore(tmp_path / "s.db")
     assert reopened.get(Kind.THING, "t") is not None
     shadow = reopened.get_shadow("t", "")
-    assert shadow is not None and shadow.state == {"reported": {"x": 1}}
+    assert shadow is not None
+    assert shadow.state == {"reported": {"x": 1}}
     assert reopened.shadow_names("t") == [""]
     assert Clock(start=reopened.last_hlc()).now() > future
 
@@ -58,10 +60,15 @@ def test_data_survives_reopen_and_clock_resumes_past_the_log(tmp_path: Path) -> 
 def test_failed_transaction_leaves_neither_record_nor_log(tmp_path: Path) -> None:
     store, clock = SqliteStore(tmp_path / "s.db"), Clock()
     store.put(_thing("ok", clock))
-    with pytest.raises(RuntimeError), store.atomic():
-        store.put(_thing("x", clock))
-        store.set_cursor("peer", "all", 7)
-        raise RuntimeError("the apply failed half-way")
+
+    def fail_half_way() -> None:
+        with store.atomic():
+            store.put(_thing("x", clock))
+            store.set_cursor("peer", "all", 7)
+            raise RuntimeError("the apply failed half-way")
+
+    with pytest.raises(RuntimeError, match="half-way"):
+        fail_half_way()
     assert store.get(Kind.THING, "x") is None
     assert store.cursor("peer", "all") == 0
     assert len(store.changes(0)) == 1
@@ -78,7 +85,8 @@ def test_only_tombstones_every_region_holds_are_collected(tmp_path: Path) -> Non
     assert store.collect_tombstones(HLC(4_000, 0)) == 1
     assert store.get(Kind.THING, "confirmed") is None
     assert store.get(Kind.THING, "never-confirmed") is not None, "no round proved every region had it"
-    assert store.get(Kind.THING, "recent") is not None and store.get(Kind.THING, "alive") is not None
+    assert store.get(Kind.THING, "recent") is not None
+    assert store.get(Kind.THING, "alive") is not None
 
 
 def test_digests_follow_every_write_and_match_a_rebuild(tmp_path: Path) -> None:

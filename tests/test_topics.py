@@ -43,7 +43,8 @@ def test_discard_removes_only_that_filter_and_prunes() -> None:
     assert index.match("a/b/c") == ["a/b/c"]
     index.discard("a/b/c")
     index.discard("a/+")
-    assert len(index) == 0 and index._root.children == {}
+    assert len(index) == 0
+    assert index._root.children == {}
 
 
 levels = st.sampled_from(["a", "b", "$x", ""])

@@ -20,10 +20,11 @@ def batch(*changes: dict[str, Any], region: str = "eu-west-1", head: Any = 9) ->
 
 def test_a_good_batch_parses() -> None:
     parsed = parse_batch(batch(GOOD, SHADOW), "eu-west-1", 4)
-    assert [c.seq for c in parsed.changes] == [5, 6] and parsed.head == 9
+    assert [c.seq for c in parsed.changes] == [5, 6]
+    assert parsed.head == 9
 
 
-@pytest.mark.parametrize("data, message", [
+@pytest.mark.parametrize(("data", "message"), [
     ("not json object", "does not name"),
     (batch(GOOD, region="us-east-1"), "does not name eu-west-1"),
     (batch(GOOD, head="9"), "integer 'head'"),
