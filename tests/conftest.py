@@ -15,7 +15,8 @@ from hypothesis import settings
 
 from geofleet.client import AdminClient
 from geofleet.cluster import LocalFleet, spawn_region
-from tests.helpers import Device, geofleet
+from geofleet.domain.errors import GeofleetError
+from tests.helpers import Device, geofleet, wait_for
 
 # Property tests are judged by their examples, not their speed: a loaded CI machine must not turn
 # a slow example into a failure (hypothesis' default deadline is 200 ms per example).
@@ -102,6 +103,20 @@ class Fleet(LocalFleet):
     def cert_id(self, name: str, region: str = "us-east-1") -> str:
         with self.admin(region) as api:
             return str(api.call("GET", f"/things/{name}/principals")["principals"][0])
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        """Until every region answers ``/health`` ``ok`` (itself and every peer healthy, as it
+        sees them): a region that has not yet seen a peer healthy skips it when it provisions,
+        so tests of where a device lands start from a fleet that agrees it is whole."""
+        def healthy(region: str) -> bool:
+            with self.admin(region) as api:
+                try:
+                    return bool(api.call("GET", "/health")["status"] == "ok")
+                except GeofleetError:  # 503: the region's own broker or store check failed
+                    return False
+
+        regions = [r.name for r in self.data.config().regions]
+        wait_for(lambda: all(healthy(r) for r in regions), timeout, "every region healthy")
 
 
 @contextlib.contextmanager

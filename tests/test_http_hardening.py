@@ -37,6 +37,7 @@ def hfleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Fleet, st
     fleet = Fleet.start(tmp_path_factory.mktemp("hardening") / "fleet", REGIONS,
                         settings={"trusted_proxies": [f"{PROXY}/32"]})
     assert isinstance(fleet, Fleet)
+    fleet.wait_healthy()
     try:
         with AdminClient(fleet.data, HOME) as api:
             key = str(api.call("POST", "/enrollment-groups/hardening")["key"])

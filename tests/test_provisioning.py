@@ -35,6 +35,7 @@ def pfleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Fleet, st
     fleet = Fleet.start(tmp_path_factory.mktemp("prov") / "fleet", tuple(REGIONS),
                         settings={"trusted_proxies": [f"{PROXY}/32"]})
     assert isinstance(fleet, Fleet)
+    fleet.wait_healthy()
     with AdminClient(fleet.data, "us-east-1") as api:
         key = api.call("POST", "/enrollment-groups/factory", json={"attributes": {"batch": "b1"}})["key"]
     wait_for(lambda: _group_everywhere(fleet), 10, "the enrollment group in every region")
