@@ -23,7 +23,7 @@ test: lint
 # The pure tests only (no sockets, no processes: the conftest fails one that reaches out), in
 # about a minute on 2 busy cores, most of it hypothesis examples.
 test-unit: $(STAMP)
-	$(BIN)/pytest -m "not e2e"
+	$(BIN)/pytest -m "not e2e" --hypothesis-profile=quick
 
 # lint-imports checks the layers contract in pyproject's [tool.importlinter].
 lint: $(STAMP)

@@ -40,12 +40,13 @@ import common
 
 from geofleet.domain.hlc import Clock
 from geofleet.domain.horizon import DEFAULT_GRACE_S, TombstoneHorizon
+from geofleet.domain.names import CLASSIC, ThingName
 from geofleet.services.shadows import ShadowService
 from geofleet.store.sqlite import SqliteStore
 
 log = common.logger("shadow_tombstones")
 
-Setup = Callable[[ShadowService, str], Awaitable[None]]
+Setup = Callable[[ShadowService, ThingName], Awaitable[None]]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -65,36 +66,36 @@ def body(reported: dict[str, Any]) -> bytes:
     return json.dumps({"state": {"reported": reported}}, separators=(",", ":")).encode()
 
 
-async def baseline(service: ShadowService, thing: str) -> None:
-    await service.update(thing, "", body({"on": True}))
+async def baseline(service: ShadowService, thing: ThingName) -> None:
+    await service.update(thing, CLASSIC, body({"on": True}))
 
 
 def absent_nulls(updates: int) -> Setup:
-    async def setup(service: ShadowService, thing: str) -> None:
+    async def setup(service: ShadowService, thing: ThingName) -> None:
         await baseline(service, thing)
         for n in range(updates):
-            await service.update(thing, "", body({f"k{n * 450 + i}": None for i in range(450)}))
+            await service.update(thing, CLASSIC, body({f"k{n * 450 + i}": None for i in range(450)}))
     return setup
 
 
 def live_leaves(count: int) -> Setup:
-    async def setup(service: ShadowService, thing: str) -> None:
+    async def setup(service: ShadowService, thing: ThingName) -> None:
         for first in range(0, count, 500):
-            await service.update(thing, "", body({f"f{i}": 0 for i in range(first, min(count, first + 500))}))
+            await service.update(thing, CLASSIC, body({f"f{i}": 0 for i in range(first, min(count, first + 500))}))
     return setup
 
 
 def tombstones(count: int) -> Setup:
-    async def setup(service: ShadowService, thing: str) -> None:
+    async def setup(service: ShadowService, thing: ThingName) -> None:
         await baseline(service, thing)
         for first in range(0, count, 400):
             keys = [f"d{i}" for i in range(first, min(count, first + 400))]
-            await service.update(thing, "", body(dict.fromkeys(keys, 0)))
-            await service.update(thing, "", body(dict.fromkeys(keys)))
+            await service.update(thing, CLASSIC, body(dict.fromkeys(keys, 0)))
+            await service.update(thing, CLASSIC, body(dict.fromkeys(keys)))
     return setup
 
 
-def stored_bytes(path: Path, thing: str) -> int:
+def stored_bytes(path: Path, thing: ThingName) -> int:
     with sqlite3.connect(path) as db:
         row = db.execute("SELECT length(doc) FROM shadows WHERE thing = ?", (thing,)).fetchone()
     return int(row[0])
@@ -110,7 +111,7 @@ async def run_case(name: str, setup: Setup, updates: int, root: Path) -> dict[st
     path = root / f"{name}.db"
     store = SqliteStore(path)
     service = ShadowService(store, Clock(), "us-east-1", publish, TombstoneHorizon(DEFAULT_GRACE_S))
-    thing = f"bench-{name}"
+    thing = ThingName(f"bench-{name}")
     try:
         started = time.perf_counter()
         await setup(service, thing)
@@ -120,9 +121,9 @@ async def run_case(name: str, setup: Setup, updates: int, root: Path) -> dict[st
         for i in range(updates):
             payload = body({"t": i})
             began = time.perf_counter_ns()
-            await service.update(thing, "", payload)
+            await service.update(thing, CLASSIC, payload)
             latencies.append(time.perf_counter_ns() - began)
-        got = service.get(thing, "")
+        got = service.get(thing, CLASSIC)
         visible = len(json.dumps(got["state"], separators=(",", ":")))
     finally:
         store.close()

@@ -19,8 +19,11 @@ from geofleet.domain.errors import GeofleetError
 from tests.helpers import Device, geofleet, wait_for
 
 # Property tests are judged by their examples, not their speed: a loaded CI machine must not turn
-# a slow example into a failure (hypothesis' default deadline is 200 ms per example).
+# a slow example into a failure (hypothesis' default deadline is 200 ms per example). "geofleet"
+# (``make test``) runs each property's full count; "quick" (``make test-unit``, run while
+# editing) a tenth of it (``tests.helpers.examples`` scales the explicit counts too).
 settings.register_profile("geofleet", deadline=None)
+settings.register_profile("quick", deadline=None, max_examples=10)
 settings.load_profile("geofleet")
 
 REGIONS = ["us-east-1", "eu-west-1", "ap-southeast-1"]
@@ -143,5 +146,6 @@ def start_fleet(root: Path) -> Fleet:
 @pytest.fixture(scope="session")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     running = start_fleet(tmp_path_factory.mktemp("fleet"))
+    running.wait_healthy()  # tests read /health and expect every peer seen: wait for the first polls
     yield running
     running.stop()

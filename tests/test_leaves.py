@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from geofleet.domain import leaves
 from geofleet.domain.hlc import HLC
 from geofleet.domain.shadow import Shadow, apply_update, merge_remote, parse_update
+from tests.helpers import examples
 
 keys = st.sampled_from(["a", "b", "c"])
 scalars = st.one_of(st.integers(-3, 3), st.booleans(), st.sampled_from(["x", "y"]),
@@ -43,7 +44,7 @@ def fold(ops: list[leaves.Leaves]) -> leaves.Leaves:
     return state
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(op_sets(), st.randoms())
 def test_any_order_gives_the_same_leaves_and_document(ops: list[leaves.Leaves], rnd: Any) -> None:
     shuffled = list(ops)
@@ -52,7 +53,7 @@ def test_any_order_gives_the_same_leaves_and_document(ops: list[leaves.Leaves], 
     assert leaves.materialize(fold(ops)) == leaves.materialize(fold(shuffled))
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(op_sets(), op_sets(), op_sets())
 def test_merge_is_associative_commutative_and_idempotent(x: list[leaves.Leaves], y: list[leaves.Leaves],
                                                           z: list[leaves.Leaves]) -> None:

@@ -40,7 +40,7 @@ def _csr_with(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
 
 def test_certificate_id_is_sha256_of_der() -> None:
     root = create_root("t")
-    cert = sign_csr(create_intermediate(root, "r1"), make_csr(new_key(), "dev"))
+    cert = sign_csr(create_intermediate(root, "r1"), load_csr(make_csr(new_key(), "dev")))
     der = cert.public_bytes(serialization.Encoding.DER)
     assert certificate_id(cert) == hashlib.sha256(der).hexdigest() == certificate_id(der)
 
@@ -88,7 +88,7 @@ def test_a_device_certificate_from_one_region_passes_tls_of_every_region(tmp_pat
     config = FleetConfig.from_json({"regions": [{"name": "us-east-1"}, {"name": "eu-west-1"}]})
     initialize(data, config)
     device_key = new_key()
-    cert = sign_csr(region_authority(data, "us-east-1"), make_csr(device_key, "dev"))
+    cert = sign_csr(region_authority(data, "us-east-1"), load_csr(make_csr(device_key, "dev")))
     (tmp_path / "dev.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     (tmp_path / "dev.key").write_bytes(key_pem(device_key))
     for region in ("us-east-1", "eu-west-1"):

@@ -11,11 +11,13 @@ from hypothesis import strategies as st
 
 from geofleet.domain.digest import BUCKETS
 from geofleet.domain.hlc import Clock
+from geofleet.domain.names import ThingName
 from geofleet.domain.policy import default_device_policy
 from geofleet.domain.records import CertificateStatus, Kind, Record
-from geofleet.pki.ca import create_intermediate, create_root, make_csr, new_key
+from geofleet.pki.ca import create_intermediate, create_root, load_csr, make_csr, new_key
 from geofleet.services.registry import Registry
 from geofleet.store.sqlite import SqliteStore
+from tests.helpers import examples
 
 AUTHORITY = create_intermediate(create_root("t"), "r1")
 
@@ -32,8 +34,8 @@ def history() -> list[Record]:
     source.thing_types.create("sensor")
     source.policies.create("p", json.dumps(default_device_policy()))
     for i in range(3):
-        source.things.create(f"t{i}", "sensor" if i else None, {"n": str(i)})
-        cert = source.certificates.create_from_csr(make_csr(new_key(), f"t{i}").decode(), True)["certificateId"]
+        source.things.create(ThingName(f"t{i}"), "sensor" if i else None, {"n": str(i)})
+        cert = source.certificates.create_from_csr(load_csr(make_csr(new_key(), f"t{i}")), True)["certificateId"]
         source.policies.attach("p", cert)
         source.principals.attach(f"t{i}", cert)
     source.things.update("t1", attributes={"n": "one"})
@@ -66,7 +68,7 @@ def replay(order: list[Record]) -> SqliteStore:
 EXPECTED = snapshot(replay(HISTORY))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(st.randoms(use_true_random=False), st.integers(0, 5))
 def test_any_order_with_duplicates_converges(rnd: random.Random, duplicates: int) -> None:
     order = list(HISTORY) + rnd.sample(HISTORY, duplicates)

@@ -31,7 +31,7 @@ from geofleet.domain.shadow import (
 from geofleet.replication.wire import change_to_json, parse_batch
 from geofleet.store.sqlite import SqliteStore
 from tests.conftest import Fleet
-from tests.helpers import wait_for
+from tests.helpers import examples, wait_for
 from tests.test_http_api import raw
 
 TOO_DEEP = "JSON contains too many levels of nesting; maximum is 6"
@@ -129,7 +129,7 @@ def _serve(body: Any) -> bytes:
     return json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                      HealthCheck.too_slow])
 @given(body=bodies, nested=st.integers(0, 12))
 def test_whatever_is_accepted_round_trips_through_store_answers_and_wire(tmp_path: Path, body: Any,

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from geofleet.domain import leaves
 from geofleet.domain.hlc import HLC, Clock
 from geofleet.domain.horizon import TombstoneHorizon
+from geofleet.domain.names import CLASSIC, ThingName
 from geofleet.domain.shadow import (
     MAX_STORED_LEAVES,
     Shadow,
@@ -31,6 +32,7 @@ from geofleet.domain.shadow import (
 from geofleet.replication.wire import change_to_json, parse_batch
 from geofleet.services.shadows import ShadowService
 from geofleet.store.sqlite import SqliteStore
+from tests.helpers import examples
 from tests.test_leaves import fold, op_sets
 
 T0 = 1_700_000_000
@@ -141,7 +143,7 @@ def test_a_write_newer_than_the_floor_still_merges() -> None:
     assert merge_remote(shadow, concurrent, T0 + 101).shadow.state == {"reported": {"a": 7, "b": 1}}
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(op_sets(), st.integers(1, 6), st.randoms())
 def test_collecting_keeps_every_document_and_every_region_converges(ops: list[leaves.Leaves], floor_s: int,
                                                                     rnd: Any) -> None:
@@ -204,22 +206,24 @@ def test_the_service_stores_a_bounded_document(tmp_path: Path) -> None:
     horizon.agreed(HLC(2**62))  # as if every peer had agreed after everything written here
     service = ShadowService(store, Clock(), "r1", publish, horizon)
 
+    thing = ThingName("t1")
+
     def current() -> Shadow:
         shadow = store.get_shadow("t1", "")
         assert shadow is not None
         return shadow
 
     async def scenario() -> None:
-        await service.update("t1", "", b'{"state":{"reported":{"on":true}}}')
+        await service.update(thing, CLASSIC, b'{"state":{"reported":{"on":true}}}')
         for n in range(40):
             body = {"state": {"reported": nulls(n * 450, 450)}}
-            await service.update("t1", "", json.dumps(body, separators=(",", ":")).encode())
-        await service.update("t1", "", b'{"state":{"desired":{"gone":1}}}')
-        await service.update("t1", "", b'{"state":{"desired":{"gone":null}}}')
+            await service.update(thing, CLASSIC, json.dumps(body, separators=(",", ":")).encode())
+        await service.update(thing, CLASSIC, b'{"state":{"desired":{"gone":1}}}')
+        await service.update(thing, CLASSIC, b'{"state":{"desired":{"gone":null}}}')
         deadline = time.monotonic() + 10
         while json.dumps(["desired", "gone"]) in current().leaves:  # until the clock passes the tombstone
             assert time.monotonic() < deadline, "the tombstone was never collected"
-            await service.update("t1", "", b'{"state":{"desired":{"x":1}}}')
+            await service.update(thing, CLASSIC, b'{"state":{"desired":{"x":1}}}')
 
     try:
         asyncio.run(scenario())

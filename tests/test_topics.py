@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geofleet.domain.topics import TopicFilterIndex
+from tests.helpers import examples
 
 
 def reference_match(topic: str, topic_filter: str) -> bool:
@@ -59,7 +60,7 @@ def filters(draw: st.DrawFn) -> str:
     return "/".join(parts)
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(st.lists(filters(), max_size=12), st.lists(filters(), max_size=4),
        st.lists(st.lists(levels, min_size=1, max_size=5).map("/".join), min_size=1, max_size=8))
 def test_index_matches_like_the_spec(added: list[str], removed: list[str], topics: list[str]) -> None:

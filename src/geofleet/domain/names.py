@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import NewType
 
 from geofleet.domain.errors import InvalidRequest
 
@@ -20,24 +21,31 @@ _SHADOW_NAME = re.compile(r"\A[a-zA-Z0-9:_-]{1,64}\Z")
 _POLICY_NAME = re.compile(r"\A[\w+=,.@-]{1,128}\Z", re.ASCII)
 _TYPE_NAME = _THING_NAME
 
-CLASSIC = ""
+ThingName = NewType("ThingName", str)
+"""A thing (device) name that passed ``check_thing_name``: checked once where it enters (an HTTP
+path, an MQTT topic, a CLI argument, a provisioning request), then trusted by every service."""
+
+ShadowName = NewType("ShadowName", str)
+"""A shadow name that passed ``check_shadow_name`` (``CLASSIC`` for the unnamed shadow)."""
+
+CLASSIC = ShadowName("")
 """The name under which the classic (unnamed) shadow is stored."""
 
 
-def check_thing_name(name: str) -> str:
+def check_thing_name(name: str) -> ThingName:
     if not _THING_NAME.match(name):
         raise InvalidRequest(
             f"invalid thing name {name!r}: use 1-128 characters from a-z, A-Z, 0-9, ':', '_' and '-'"
         )
-    return name
+    return ThingName(name)
 
 
-def check_shadow_name(name: str) -> str:
+def check_shadow_name(name: str) -> ShadowName:
     if name != CLASSIC and not _SHADOW_NAME.match(name):
         raise InvalidRequest(
             f"invalid shadow name {name!r}: use 1-64 characters from a-z, A-Z, 0-9, ':', '_' and '-'"
         )
-    return name
+    return ShadowName(name)
 
 
 def check_policy_name(name: str) -> str:

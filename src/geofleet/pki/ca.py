@@ -171,9 +171,10 @@ def csr_common_name(csr: x509.CertificateSigningRequest) -> str:
     return value if isinstance(value, str) else value.decode()
 
 
-def sign_csr(issuer: Authority, csr_pem: str | bytes, *, days: int = LEAF_DAYS) -> x509.Certificate:
-    """Sign a device CSR as a client certificate (the key never leaves the device)."""
-    csr = load_csr(csr_pem)
+def sign_csr(issuer: Authority, csr: x509.CertificateSigningRequest, *, days: int = LEAF_DAYS
+             ) -> x509.Certificate:
+    """Sign a device CSR (parsed and vetted where it arrived: ``load_csr``) as a client
+    certificate; the key never leaves the device."""
     public_key = csr.public_key()
     assert isinstance(public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey)
     return issue_leaf(issuer, public_key, csr_common_name(csr) or "geofleet device", days=days)

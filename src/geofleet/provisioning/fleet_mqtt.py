@@ -40,7 +40,7 @@ from geofleet.domain.names import check_thing_name
 from geofleet.domain.policy import CREATE_FROM_CSR_TOPIC
 from geofleet.domain.records import CertificateStatus
 from geofleet.domain.throttle import RateLimiter, Throttled
-from geofleet.pki.ca import Authority, cert_pem, certificate_id, csr_common_name, load_csr, sign_csr
+from geofleet.pki.ca import Authority, certificate_id, csr_common_name, load_csr, sign_csr
 from geofleet.provisioning.service import Provisioner, Unavailable
 from geofleet.services.certificates import Certificates
 from geofleet.services.principals import ThingPrincipals
@@ -109,20 +109,21 @@ class FleetProvisioning:
         csr = request.get("certificateSigningRequest")
         if not isinstance(csr, str):
             raise InvalidRequest("certificateSigningRequest (a PEM string) is required")
-        common_name = csr_common_name(load_csr(csr))
+        parsed = load_csr(csr)
+        common_name = csr_common_name(parsed)
         ownership.check_common_name(common_name)
         waiting = self._store.claim_pending_count(connection.certificate_id)
         if waiting >= self._max_pending:
             raise Throttled(f"Rate exceeded: {waiting} certificates made for this claim certificate await "
                             f"RegisterThing (at most {self._max_pending}); provision them, or wait for their "
                             "ownership tokens to expire", float(self._token_ttl_s))
-        signed = sign_csr(self._authority, csr)
+        signed = sign_csr(self._authority, parsed)
         now = time.time()
         issued = ownership.issue(certificate_id(signed), group, connection.certificate_id, common_name, now,
                                  self._token_ttl_s)
         with self._store.atomic():
-            cert = self._certificates.register(cert_pem(signed).decode(), CertificateStatus.PENDING_ACTIVATION,
-                                                       {"ownershipToken": issued.record})
+            cert = self._certificates.register(signed, CertificateStatus.PENDING_ACTIVATION,
+                                               {"ownershipToken": issued.record})
             self._store.claim_pending_add(cert["certificateId"], connection.certificate_id,
                                           int((now + self._token_ttl_s) * 1000))
         return {"certificateId": cert["certificateId"], "certificatePem": cert["certificatePem"],
@@ -138,7 +139,7 @@ class FleetProvisioning:
         thing = parameters.get("ThingName") or parameters.get("SerialNumber") if isinstance(parameters, dict) else None
         if not isinstance(thing, str):
             raise InvalidRequest("parameters.ThingName or parameters.SerialNumber is required")
-        check_thing_name(thing)
+        thing = check_thing_name(thing)
         settings = self._provisioner.group(group)
         record = await self._token_record(cert_id)
         ownership.verify(token, record, group, time.time())

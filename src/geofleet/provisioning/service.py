@@ -18,6 +18,8 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography.x509 import CertificateSigningRequest
+
 from geofleet.config import FleetConfig
 from geofleet.domain import enrollment
 from geofleet.domain.endpoints import HOME_ATTRIBUTE, REGIONS_ATTRIBUTE, failover_order
@@ -25,7 +27,7 @@ from geofleet.domain.errors import Conflict, GeofleetError, InvalidRequest, Unau
 from geofleet.domain.geo import Location, NoRegionAllowed, Place, choose_home
 from geofleet.domain.guard import DEFAULT_STALE_MS
 from geofleet.domain.json_types import Json
-from geofleet.domain.names import check_thing_name
+from geofleet.domain.names import ThingName, check_thing_name
 from geofleet.domain.network import client_address, parse_networks
 from geofleet.domain.placement import owner
 from geofleet.domain.records import CertificateStatus
@@ -96,8 +98,8 @@ class Provisioner:
         collects milliseconds per step (auth, geo, guard, sign, registry) for Server-Timing."""
         timings = timings if timings is not None else Timings()
         with timings.step("auth"):
-            check_thing_name(request.device_id)
-            group = self.group(request.group or request.device_id, individual=not request.group)
+            device_id = check_thing_name(request.device_id)
+            group = self.group(request.group or device_id, individual=not request.group)
             fingerprint = enrollment.csr_fingerprint(request.csr)
             now = time.time()
             key = enrollment.decode_key(group["key"])
@@ -112,9 +114,9 @@ class Provisioner:
             location = self._locate(client_address(peer_ip, forwarded_for, self._trusted))
 
         def create(order: tuple[str, ...], reasons: list[str], previous: str | None) -> Json:
-            return self._create(request, group, order, reasons, timings, previous)
+            return self._create(device_id, csr, group, order, reasons, timings, previous)
 
-        return await self.once(request.device_id, fingerprint, group, location, create, timings)
+        return await self.once(device_id, fingerprint, group, location, create, timings)
 
     async def once(self, device_id: str, fingerprint: str, group: Json, location: Location,
                    create: Callable[[tuple[str, ...], list[str], str | None], Json], timings: Timings | None = None
@@ -162,7 +164,7 @@ class Provisioner:
         self._registry.things.update(thing, attributes={HOME_ATTRIBUTE: region, REGIONS_ATTRIBUTE: ",".join(order)})
         return {"thingName": thing, "homeRegion": region, "endpoints": self.endpoints(order)}
 
-    def write_device(self, thing: str, group: Json, cert_id: str, order: tuple[str, ...], previous: str | None
+    def write_device(self, thing: ThingName, group: Json, cert_id: str, order: tuple[str, ...], previous: str | None
                      ) -> None:
         """The registry side of provisioning (inside the caller's transaction): the thing with
         its group's type and attributes, its home and the regions it may fail over to, the
@@ -243,13 +245,12 @@ class Provisioner:
             raise Unavailable(f"the region that guards this device id ({guard_owner}) cannot be reached "
                               f"({type(exc).__name__}); retry later") from None
 
-    def _create(self, request: ProvisionRequest, group: Json, order: tuple[str, ...], reasons: list[str],
-                timings: Timings, previous: str | None) -> Json:
-        thing = request.device_id
+    def _create(self, thing: ThingName, csr: CertificateSigningRequest, group: Json, order: tuple[str, ...],
+                reasons: list[str], timings: Timings, previous: str | None) -> Json:
         with timings.step("sign"):
-            signed = sign_csr(self._authority, request.csr)
+            signed = sign_csr(self._authority, csr)
         with timings.step("registry"), self._store.atomic():
-            cert = self._registry.certificates.register(cert_pem(signed).decode(), CertificateStatus.ACTIVE)
+            cert = self._registry.certificates.register(signed, CertificateStatus.ACTIVE)
             self.write_device(thing, group, cert["certificateId"], order, previous)
         endpoints = self.endpoints(order)
         return {"thingName": thing, "certificateId": cert["certificateId"], "certificatePem": cert["certificatePem"],

@@ -19,6 +19,7 @@ from geofleet.domain.endpoints import (
     failover_order,
 )
 from geofleet.domain.geo import Place
+from geofleet.domain.names import ThingName
 from geofleet.services.region_health import RegionHealth
 from geofleet.services.things import Things
 
@@ -32,7 +33,7 @@ class Concierge:
         self._places = [Place(r.name, r.latitude, r.longitude) for r in fleet.regions]
         self._addresses = {r.name: r.endpoint for r in fleet.regions}
 
-    def endpoints(self, device: str) -> dict[str, Any]:
+    def endpoints(self, device: ThingName) -> dict[str, Any]:
         attributes = self._things.describe(device).get("attributes") or {}  # NotFound -> 404
         known = [r.name for r in self._fleet.regions]
         home = attributes.get(HOME_ATTRIBUTE) or self._fleet.home_default

@@ -12,7 +12,7 @@ from cryptography import x509
 from geofleet.domain.errors import Conflict
 from geofleet.domain.records import CertificateStatus, Kind
 from geofleet.domain.registry_rules import arn, check_certificate_deletable, check_status_change
-from geofleet.pki.ca import Authority, cert_pem, certificate_id, load_cert, sign_csr
+from geofleet.pki.ca import Authority, cert_pem, certificate_id, sign_csr
 from geofleet.services.ledger import Ledger
 
 
@@ -22,19 +22,17 @@ class Certificates:
         self._authority = authority
         self._arn = partial(arn, ledger.region, account, "cert")
 
-    def create_from_csr(self, csr_pem: str, set_active: bool = False,
+    def create_from_csr(self, csr: x509.CertificateSigningRequest, set_active: bool = False,
                         extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Sign a CSR with this region's CA; the private key stays wherever the CSR was made."""
         status = CertificateStatus.ACTIVE if set_active else CertificateStatus.INACTIVE
-        return self._register(sign_csr(self._authority, csr_pem), status, extra)
+        return self.register(sign_csr(self._authority, csr), status, extra)
 
-    def register(self, pem: str, status: CertificateStatus, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Register a certificate issued by the fleet's PKI elsewhere (another region's CA);
-        ``extra`` fields go into its record (fleet provisioning keeps its ownership token there)."""
-        return self._register(load_cert(pem), status, extra)
-
-    def _register(self, cert: x509.Certificate, status: CertificateStatus,
-                  extra: dict[str, Any] | None) -> dict[str, Any]:
+    def register(self, cert: x509.Certificate, status: CertificateStatus,
+                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Register a certificate: one this region just signed, or one issued by the fleet's PKI
+        elsewhere (another region's CA). The caller parsed it where it arrived; ``extra`` fields
+        go into its record (fleet provisioning keeps its ownership token there)."""
         cert_id = certificate_id(cert)
         if self._ledger.live(Kind.CERTIFICATE, cert_id) is not None:
             raise Conflict(f"certificate {cert_id} is already registered")

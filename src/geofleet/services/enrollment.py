@@ -6,6 +6,8 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
+from cryptography.x509 import CertificateSigningRequest
+
 from geofleet.domain.enrollment import encode_key
 from geofleet.domain.errors import Conflict
 from geofleet.domain.names import check_thing_name, check_type_name
@@ -66,11 +68,11 @@ class Enrollments:
                     self._certificates.update(cert_id, CertificateStatus.REVOKED)
         return {k: v for k, v in body.items() if k != "key"}
 
-    def create_claim_certificate(self, group: str, csr_pem: str) -> dict[str, Any]:
+    def create_claim_certificate(self, group: str, csr: CertificateSigningRequest) -> dict[str, Any]:
         """A claim certificate for AWS-style fleet provisioning over MQTT: it may only ask for a
         device certificate on behalf of ``group`` (the claim policy allows nothing else)."""
         if self.get(group).get("revoked"):
             raise Conflict(f"enrollment group {group!r} is revoked")
-        cert = self._certificates.create_from_csr(csr_pem, set_active=True, extra={"claimGroup": group})
+        cert = self._certificates.create_from_csr(csr, set_active=True, extra={"claimGroup": group})
         self._policies.attach(CLAIM_POLICY_NAME, cert["certificateId"])
         return cert

@@ -17,7 +17,7 @@ from geofleet.domain.hlc import HLC, Clock
 from geofleet.domain.horizon import TombstoneHorizon
 from geofleet.domain.json_types import Json
 from geofleet.domain.leaves import Leaves
-from geofleet.domain.names import ShadowOp, ShadowRequest, check_shadow_name, check_thing_name
+from geofleet.domain.names import ShadowName, ShadowOp, ShadowRequest, ThingName, check_shadow_name, check_thing_name
 from geofleet.store.base import Store
 
 Publish = Callable[[str, bytes], Awaitable[None]]
@@ -42,28 +42,27 @@ class ShadowService:
         """Serve one MQTT request: answer on ``/accepted`` or ``/rejected``, never raise."""
         now = int(time.time())
         try:
+            thing, name = _checked_names(request)
             if request.op is ShadowOp.UPDATE:
-                await self.update(request.thing, request.shadow, payload)
+                await self.update(thing, name, payload)
                 return  # update() publishes accepted, documents and delta itself
             if request.op is ShadowOp.GET:
-                answer = self.get(request.thing, request.shadow, payload)
+                answer = self.get(thing, name, payload)
             else:
-                answer = await self.delete(request.thing, request.shadow, payload)
+                answer = await self.delete(thing, name, payload)
         except doc.ShadowError as error:
             await self._publish(request.topic("rejected"), _encode(error.payload(now)))
             return
         await self._publish(request.topic("accepted"), _encode(answer))
 
-    def get(self, thing: str, name: str, payload: bytes = b"") -> Json:
-        _check_names(thing, name)
+    def get(self, thing: ThingName, name: ShadowName, payload: bytes = b"") -> Json:
         _, token = doc.parse_json(payload)
         return doc.get_response(self._current(thing, name), name or thing, token, int(time.time()))
 
-    async def update(self, thing: str, name: str, payload: bytes) -> Json:
+    async def update(self, thing: ThingName, name: ShadowName, payload: bytes) -> Json:
         """Apply an update, publish ``/accepted``, ``/documents`` and ``/delta``; return the
         accepted document. A rejection raises ShadowError: over MQTT ``handle`` publishes it on
         ``/rejected``, over HTTP it becomes the status code (and, as in AWS, no MQTT message)."""
-        _check_names(thing, name)
         now, hlc = int(time.time()), self._clock.now()
         result = doc.apply_update(self._current(thing, name), doc.parse_update(payload), now,
                                   hlc=hlc, region=self._region, horizon=self._horizon.current())
@@ -93,8 +92,7 @@ class ShadowService:
         if delta is not None:
             await self._publish(request.topic("delta"), _encode(delta))
 
-    async def delete(self, thing: str, name: str, payload: bytes = b"") -> Json:
-        _check_names(thing, name)
+    async def delete(self, thing: ThingName, name: ShadowName, payload: bytes = b"") -> Json:
         _, token = doc.parse_json(payload)
         hlc = self._clock.now()
         deleted, answer, ops = doc.delete(self._current(thing, name), name or thing, token, int(time.time()),
@@ -102,25 +100,23 @@ class ShadowService:
         self._store.put_shadow(thing, name, deleted, hlc, self._region, ops=ops)
         return answer
 
-    def names(self, thing: str) -> list[str]:
-        check_thing_name(thing)
+    def names(self, thing: ThingName) -> list[str]:
         return self._store.shadow_names(thing)
 
-    def names_after(self, thing: str, after: str, limit: int) -> list[str]:
+    def names_after(self, thing: ThingName, after: str, limit: int) -> list[str]:
         """A page of ``names`` (keys after ``after``, at most ``limit``) for the paged listing."""
-        check_thing_name(thing)
         return self._store.shadow_names_after(thing, after, limit)
 
     def _current(self, thing: str, name: str) -> doc.Shadow:
         return self._store.get_shadow(thing, name) or doc.Shadow()
 
 
-def _check_names(thing: str, name: str) -> None:
-    """AWS answers a request for an invalid thing or shadow name with a 400 on the request's own
-    ``/rejected`` topic; a ShadowError is what ``handle`` publishes there (and HTTP returns)."""
+def _checked_names(request: ShadowRequest) -> tuple[ThingName, ShadowName]:
+    """The names of an MQTT request, checked where they enter (the topic). AWS answers a request
+    for an invalid thing or shadow name with a 400 on the request's own ``/rejected`` topic; a
+    ShadowError is what ``handle`` publishes there."""
     try:
-        check_thing_name(thing)
-        check_shadow_name(name)
+        return check_thing_name(request.thing), check_shadow_name(request.shadow)
     except InvalidRequest as error:
         raise doc.ShadowError(400, error.message) from None
 

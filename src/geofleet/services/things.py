@@ -8,7 +8,7 @@ from functools import partial
 from typing import Any
 
 from geofleet.domain.errors import Conflict
-from geofleet.domain.names import check_thing_name
+from geofleet.domain.names import ThingName
 from geofleet.domain.records import Kind
 from geofleet.domain.registry_rules import (
     arn,
@@ -27,9 +27,8 @@ class Things:
         self._types = types
         self._arn = partial(arn, ledger.region, account, "thing")
 
-    def create(self, name: str, type_name: str | None = None,
+    def create(self, name: ThingName, type_name: str | None = None,
                attributes: dict[str, str] | None = None) -> dict[str, Any]:
-        check_thing_name(name)
         attributes = check_attributes(attributes or {})
         existing = self._ledger.live(Kind.THING, name)
         if existing is not None:

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 from geofleet.domain.json_types import Json
 from geofleet.domain.paging import MAX_TOKEN_LENGTH, page_of
 from geofleet.domain.records import CertificateStatus
+from geofleet.pki.ca import load_cert, load_csr
 from geofleet.region.routes.access import UNSIZED_PAGE, AdminAccess, next_field
 from geofleet.services.registry import Registry
 
@@ -47,11 +48,11 @@ def router(registry: Registry, access: AdminAccess) -> APIRouter:
 
     @routes.post("/certificates/from-csr", status_code=201)
     async def create_from_csr(body: CsrIn) -> Json:
-        return registry.certificates.create_from_csr(body.certificateSigningRequest, body.setAsActive)
+        return registry.certificates.create_from_csr(load_csr(body.certificateSigningRequest), body.setAsActive)
 
     @routes.post("/certificates", status_code=201)
     async def register_certificate(body: CertificateIn) -> Json:
-        return registry.certificates.register(body.certificatePem, body.status)
+        return registry.certificates.register(load_cert(body.certificatePem), body.status)
 
     @routes.get("/certificates/{cert_id}")
     async def describe_certificate(cert_id: str) -> Json:

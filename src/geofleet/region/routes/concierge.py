@@ -6,16 +6,15 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from geofleet.domain.json_types import Json
-from geofleet.domain.names import check_thing_name
 from geofleet.region.concierge import Concierge
+from geofleet.region.routes.params import Device
 
 
 def router(concierge: Concierge) -> APIRouter:
     routes = APIRouter(tags=["failover"])
 
     @routes.get("/v1/endpoints/{device}")
-    async def get_endpoints(device: str) -> Json:
-        check_thing_name(device)
+    async def get_endpoints(device: Device) -> Json:
         return concierge.endpoints(device)
 
     return routes

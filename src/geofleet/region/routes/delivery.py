@@ -7,8 +7,8 @@ from fastapi import APIRouter, Query, Request
 from geofleet.broker.base import Broker
 from geofleet.domain.errors import Conflict, InvalidRequest, NotFound
 from geofleet.domain.json_types import Json
-from geofleet.domain.names import check_thing_name
 from geofleet.region.routes.access import AdminAccess
+from geofleet.region.routes.params import Device
 
 MAX_TOPIC_LENGTH = 256
 
@@ -17,9 +17,8 @@ def router(region: str, broker: Broker, access: AdminAccess) -> APIRouter:
     routes = APIRouter(tags=["presence"], dependencies=access.guard)
 
     @routes.post("/v1/devices/{device}/messages")
-    async def send(device: str, request: Request, topic: str, qos: int = Query(1, ge=0, le=1)) -> Json:
+    async def send(device: Device, request: Request, topic: str, qos: int = Query(1, ge=0, le=1)) -> Json:
         """Deliver to the device's live connection in this region (only there: no broadcast)."""
-        check_thing_name(device)
         if not topic or len(topic) > MAX_TOPIC_LENGTH or "+" in topic or "#" in topic:
             raise InvalidRequest(f"topic must be 1-{MAX_TOPIC_LENGTH} characters without wildcards")
         payload = await request.body()

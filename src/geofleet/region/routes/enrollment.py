@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 
 from geofleet.domain.json_types import Json
 from geofleet.domain.policy import DEFAULT_POLICY_NAME
+from geofleet.pki.ca import load_csr
 from geofleet.region.routes.access import AdminAccess
 from geofleet.region.routes.certificates import CsrIn
 from geofleet.services.registry import Registry
@@ -55,7 +56,7 @@ def router(registry: Registry, access: AdminAccess) -> APIRouter:
     @routes.post("/enrollment-groups/{name}/claim-certificate", status_code=201)
     async def claim_certificate(name: str, body: CsrIn) -> Json:
         """A claim certificate for AWS-style fleet provisioning over MQTT, from a CSR."""
-        return registry.enrollments.create_claim_certificate(name, body.certificateSigningRequest)
+        return registry.enrollments.create_claim_certificate(name, load_csr(body.certificateSigningRequest))
 
     @routes.post("/enrollment-groups/{name}/revoke")
     async def revoke_group(name: str) -> Json:

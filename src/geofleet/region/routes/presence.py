@@ -12,8 +12,8 @@ from fastapi import APIRouter, Query
 
 from geofleet.domain.errors import NotFound
 from geofleet.domain.json_types import Json
-from geofleet.domain.names import check_thing_name
 from geofleet.region.routes.access import AdminAccess
+from geofleet.region.routes.params import Device
 from geofleet.services.presence import PresenceDirectory
 from geofleet.services.region_health import RegionHealth
 
@@ -27,8 +27,7 @@ def router(region: str, presence: PresenceDirectory, health: RegionHealth, acces
         return {"servedBy": region, "devices": [s.to_json() for s in sessions]}
 
     @routes.get("/v1/presence/{device}")
-    async def get_presence(device: str) -> Json:
-        check_thing_name(device)
+    async def get_presence(device: Device) -> Json:
         found = presence.whereabouts(device, health.down())
         if found.last is None:
             raise NotFound(f"device {device!r} has never connected to any region")

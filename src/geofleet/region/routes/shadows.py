@@ -11,32 +11,32 @@ from fastapi import APIRouter, Query, Request
 from geofleet.domain.json_types import Json
 from geofleet.domain.paging import MAX_TOKEN_LENGTH, page_of
 from geofleet.region.routes.access import UNSIZED_PAGE, AdminAccess, next_field
+from geofleet.region.routes.params import Shadow, Thing
 from geofleet.services.shadows import ShadowService
 
 MAX_SHADOWS_PAGE = 100
 """AWS ListNamedShadowsForThing's largest ``pageSize``."""
-ShadowName = Annotated[str, Query(alias="name", description="Named shadow; empty for the classic shadow.")]
 
 
 def router(shadows: ShadowService, access: AdminAccess) -> APIRouter:
     routes = APIRouter(tags=["shadows"], dependencies=access.guard)
 
     @routes.get("/things/{thing}/shadow")
-    async def get_shadow(thing: str, name: ShadowName = "") -> Json:
+    async def get_shadow(thing: Thing, name: Shadow) -> Json:
         return shadows.get(thing, name)
 
     @routes.post("/things/{thing}/shadow",
                  openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                      "schema": {"type": "object", "description": "AWS shadow update document"}}}}})
-    async def update_shadow(thing: str, request: Request, name: ShadowName = "") -> Json:
+    async def update_shadow(thing: Thing, request: Request, name: Shadow) -> Json:
         return await shadows.update(thing, name, await request.body())
 
     @routes.delete("/things/{thing}/shadow")
-    async def delete_shadow(thing: str, name: ShadowName = "") -> Json:
+    async def delete_shadow(thing: Thing, name: Shadow) -> Json:
         return await shadows.delete(thing, name)
 
     @routes.get("/api/things/shadow/ListNamedShadowsForThing/{thing}")
-    async def list_named_shadows(thing: str,
+    async def list_named_shadows(thing: Thing,
                                  pageSize: Annotated[int | None, Query(ge=1, le=MAX_SHADOWS_PAGE)] = None,
                                  nextToken: Annotated[str | None, Query(max_length=MAX_TOKEN_LENGTH)] = None) -> Json:
         """AWS ListNamedShadowsForThing: ``results`` (names, classic shadow excluded),

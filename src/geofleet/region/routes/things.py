@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from geofleet.domain.json_types import Json
 from geofleet.domain.paging import MAX_TOKEN_LENGTH, page_of
 from geofleet.region.routes.access import UNSIZED_PAGE, AdminAccess, next_field
+from geofleet.region.routes.params import Thing
 from geofleet.services.registry import Registry
 
 MAX_THINGS_PAGE = 250
@@ -42,36 +43,36 @@ def router(registry: Registry, access: AdminAccess) -> APIRouter:
         page = page_of(rows, size, lambda t: str(t["thingName"]), "things", access.pages)
         return {"things": page.items, **next_field("nextToken", page.next_token)}
 
-    @routes.post("/things/{name}", status_code=201)
-    async def create_thing(name: str, body: ThingIn | None = None) -> Json:
+    @routes.post("/things/{thing}", status_code=201)
+    async def create_thing(thing: Thing, body: ThingIn | None = None) -> Json:
         body = body or ThingIn()
-        return registry.things.create(name, body.thingTypeName, body.attributes)
+        return registry.things.create(thing, body.thingTypeName, body.attributes)
 
-    @routes.get("/things/{name}")
-    async def describe_thing(name: str) -> Json:
-        return registry.things.describe(name)
+    @routes.get("/things/{thing}")
+    async def describe_thing(thing: Thing) -> Json:
+        return registry.things.describe(thing)
 
-    @routes.patch("/things/{name}")
-    async def update_thing(name: str, body: ThingUpdate) -> Json:
-        return registry.things.update(name, attributes=body.attributes, merge=body.merge,
+    @routes.patch("/things/{thing}")
+    async def update_thing(thing: Thing, body: ThingUpdate) -> Json:
+        return registry.things.update(thing, attributes=body.attributes, merge=body.merge,
                                       type_name=body.thingTypeName, remove_type=body.removeThingType,
                                       expected_version=body.expectedVersion)
 
-    @routes.delete("/things/{name}", status_code=204)
-    async def delete_thing(name: str, expectedVersion: int | None = None) -> None:
-        registry.things.delete(name, expectedVersion)
+    @routes.delete("/things/{thing}", status_code=204)
+    async def delete_thing(thing: Thing, expectedVersion: int | None = None) -> None:
+        registry.things.delete(thing, expectedVersion)
 
-    @routes.get("/things/{name}/principals")
-    async def list_principals(name: str) -> Json:
-        registry.things.describe(name)
-        return {"principals": registry.principals.of_thing(name)}
+    @routes.get("/things/{thing}/principals")
+    async def list_principals(thing: Thing) -> Json:
+        registry.things.describe(thing)
+        return {"principals": registry.principals.of_thing(thing)}
 
-    @routes.put("/things/{name}/principals/{cert_id}", status_code=204)
-    async def attach_principal(name: str, cert_id: str) -> None:
-        registry.principals.attach(name, cert_id)
+    @routes.put("/things/{thing}/principals/{cert_id}", status_code=204)
+    async def attach_principal(thing: Thing, cert_id: str) -> None:
+        registry.principals.attach(thing, cert_id)
 
-    @routes.delete("/things/{name}/principals/{cert_id}", status_code=204)
-    async def detach_principal(name: str, cert_id: str) -> None:
-        registry.principals.detach(name, cert_id)
+    @routes.delete("/things/{thing}/principals/{cert_id}", status_code=204)
+    async def detach_principal(thing: Thing, cert_id: str) -> None:
+        registry.principals.detach(thing, cert_id)
 
     return routes
