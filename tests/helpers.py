@@ -24,7 +24,7 @@ def examples(thorough: int) -> int:
     """A property test's example count: ``thorough`` under ``make test``; under ``make
     test-unit`` (``--hypothesis-profile=quick``) scaled down as the profile scales hypothesis'
     default of 100 examples (to a tenth)."""
-    return max(1, thorough * settings.default.max_examples // 100)
+    return max(1, thorough * settings().max_examples // 100)
 
 
 def wait_for(condition: Callable[[], T | Literal[False] | None], timeout: float = 10.0, what: str = "condition",
