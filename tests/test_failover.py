@@ -10,6 +10,7 @@ import json
 import signal
 import ssl
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -307,8 +308,10 @@ def test_locate_and_send_refuse_unknown_and_offline_devices(ffleet: Fleet) -> No
 
     async def scenario() -> None:
         async with fleet_app(ffleet.data.root) as app:
-            with pytest.raises(NotFound, match="never connected"):
+            with pytest.raises(NotFound, match="no such device"):
                 await app.locate("no-such-device")
+            with pytest.raises(NotFound, match="never connected"):
+                await app.locate(offline)
             with pytest.raises(NotFound):
                 await app.send("no-such-device", "cmd/x/y", "hi")
             with pytest.raises(DeviceOffline, match="not connected to any region"):
@@ -317,7 +320,7 @@ def test_locate_and_send_refuse_unknown_and_offline_devices(ffleet: Fleet) -> No
     run(scenario)
     result = geofleet("locate", "no-such-device", "--data-dir", str(ffleet.data.root), check=False)
     assert result.returncode == 2
-    assert "never connected" in result.stderr
+    assert "no such device" in result.stderr
     url = ffleet.data.config().region(A).http_url
     bad = httpx.get(f"{url}/v1/endpoints/bad%20name", verify=tls(ffleet), timeout=5)
     assert bad.status_code == 400
@@ -337,7 +340,11 @@ def test_cli_locate_and_send(ffleet: Fleet, tmp_path: Path) -> None:
         root = str(ffleet.data.root)
         located = wait_for(lambda: (r := geofleet("locate", name, "--data-dir", root, "--json", check=False))
                            .returncode == 0 and json.loads(r.stdout)["region"] == B and r, 15, "located in B")
-        assert json.loads(located.stdout)["connected"] is True
+        answer = json.loads(located.stdout)
+        assert answer["connected"] is True
+        connected_at = datetime.fromisoformat(answer["connectedAt"])  # ISO 8601, not an HLC stamp
+        assert abs((datetime.now(UTC) - connected_at).total_seconds()) < 300
+        assert answer["lastSeen"]["connectedAt"] == answer["connectedAt"]
         sent = geofleet("send", name, f"cmd/{name}/reboot", '{"now":true}', "--data-dir", root, "--json")
         assert json.loads(sent.stdout)["deliveredBy"] == B
         assert device.wait_message(f"cmd/{name}/reboot").json() == {"now": True}

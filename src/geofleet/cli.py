@@ -385,7 +385,8 @@ def locate(device: str, data_dir: DataDirOpt, as_json: JsonOpt = False) -> None:
     text = (f"{device} is connected to {where.region} (session {where.session_id})" if where.connected
             else f"{device} is offline; last seen in {seen}")
     _print({"device": device, "connected": where.connected, "region": where.region, "sessionId": where.session_id,
-            "lastSeen": where.last_seen, "answeredBy": where.answered_by}, as_json, text)
+            "connectedAt": where.connected_at, "lastSeen": where.last_seen, "answeredBy": where.answered_by},
+           as_json, text)
 
 
 @app.command()

@@ -65,11 +65,13 @@ class Whereabouts:
     session_id: str | None
     answered_by: str
     last_seen: Json | None
+    connected_at: str | None = None
+    """When the current session began, ISO 8601 UTC (``2026-12-01T05:33:57.123Z``)."""
 
     @classmethod
     def from_json(cls, body: Json) -> Whereabouts:
         return cls(body["device"], bool(body["connected"]), body.get("region"), body.get("sessionId"),
-                   body.get("servedBy", ""), body.get("lastSeen"))
+                   body.get("servedBy", ""), body.get("lastSeen"), body.get("connectedAt"))
 
 
 class FleetApp:
@@ -142,7 +144,7 @@ class FleetApp:
 
     async def locate(self, device: str) -> Whereabouts:
         """Where ``device`` is connected now (``connected`` False when offline); NotFound for a
-        device that has never connected."""
+        device that has never connected, or that does not exist (the message says which)."""
         return Whereabouts.from_json(await self._nearest("GET", f"/v1/presence/{device}"))
 
     async def send(self, device: str, topic: str, payload: bytes | str, *, qos: int = 1,

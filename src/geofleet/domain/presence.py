@@ -15,6 +15,7 @@ resolve here, and a region's late or repeated lifecycle events can only touch it
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from geofleet.domain.hlc import HLC
@@ -46,6 +47,12 @@ class Session:
             "disconnectReason": self.disconnect_reason,
         }
 
+    def to_view(self) -> dict[str, Any]:
+        """The session as the HTTP API shows it: ``to_json`` (the replicated record) with its
+        times in ISO 8601 UTC instead of HLC stamps, which only replication needs to read."""
+        return {**self.to_json(), "connectedAt": iso_time(self.connected_at),
+                "disconnectedAt": iso_time(self.disconnected_at) if self.disconnected_at else None}
+
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> Session:
         gone = body.get("disconnectedAt")
@@ -55,6 +62,12 @@ class Session:
             ip=str(body.get("ipAddress") or ""), disconnected_at=HLC.decode(gone) if gone else None,
             disconnect_reason=body.get("disconnectReason"),
         )
+
+
+def iso_time(stamp: HLC) -> str:
+    """An HLC's wall clock as ISO 8601 UTC with milliseconds (``2026-12-01T05:33:57.123Z``)."""
+    moment = datetime.fromtimestamp(stamp.wall_ms / 1000, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def entry_key(device: str, region: str) -> str:
@@ -95,9 +108,9 @@ class Whereabouts:
             "connected": self.current is not None,
             "region": self.current.region if self.current else None,
             "sessionId": self.current.session_id if self.current else None,
-            "connectedAt": self.current.connected_at.encode() if self.current else None,
-            "lastSeen": self.last.to_json() if self.last else None,
-            "duplicates": [s.to_json() for s in self.duplicates],
+            "connectedAt": iso_time(self.current.connected_at) if self.current else None,
+            "lastSeen": self.last.to_view() if self.last else None,
+            "duplicates": [s.to_view() for s in self.duplicates],
         }
 
 

@@ -119,7 +119,7 @@ class RegionNode:
         return [
             health_routes.router(self.health),
             concierge_routes.router(self.concierge),
-            presence_routes.router(name, self.presence, self.health, access),
+            presence_routes.router(name, self.presence, self.registry.things, self.health, access),
             delivery_routes.router(name, self.broker, access),
             stream_routes.router(name, self.broker, access),
             things_routes.router(self.registry, access),

@@ -43,6 +43,9 @@ class Things:
         self._ledger.put(Kind.THING, name, body)
         return self._summary(body)
 
+    def exists(self, name: str) -> bool:
+        return self._ledger.live(Kind.THING, name) is not None
+
     def describe(self, name: str) -> dict[str, Any]:
         body = self._ledger.require(Kind.THING, name, "thing").body or {}
         return {**body, "thingArn": self._arn(name)}

@@ -16,20 +16,24 @@ from geofleet.region.routes.access import AdminAccess
 from geofleet.region.routes.params import Device
 from geofleet.services.presence import PresenceDirectory
 from geofleet.services.region_health import RegionHealth
+from geofleet.services.things import Things
 
 
-def router(region: str, presence: PresenceDirectory, health: RegionHealth, access: AdminAccess) -> APIRouter:
+def router(region: str, presence: PresenceDirectory, things: Things, health: RegionHealth, access: AdminAccess
+           ) -> APIRouter:
     routes = APIRouter(tags=["presence"], dependencies=access.guard)
 
     @routes.get("/v1/presence")
     async def list_presence(region_filter: Annotated[str | None, Query(alias="region")] = None) -> Json:
         sessions = presence.connected_devices(region_filter, health.down())
-        return {"servedBy": region, "devices": [s.to_json() for s in sessions]}
+        return {"servedBy": region, "devices": [s.to_view() for s in sessions]}
 
     @routes.get("/v1/presence/{device}")
     async def get_presence(device: Device) -> Json:
         found = presence.whereabouts(device, health.down())
         if found.last is None:
+            if not things.exists(device):
+                raise NotFound(f"no such device {device!r}: no thing of that name in the registry")
             raise NotFound(f"device {device!r} has never connected to any region")
         return {**found.to_json(), "servedBy": region}
 
