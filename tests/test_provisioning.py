@@ -199,11 +199,16 @@ def test_factory_and_device_cli_provision_once(pfleet: tuple[Fleet, str], tmp_pa
             "--group", "line-7", "--root-ca", str(fleet.data.root_ca), "--out", str(tmp_path), "--json"]
     first = json.loads(geofleet(*boot, "--bootstrap", "https://127.0.0.1:1", "--bootstrap", eu).stdout)
     assert first["homeRegion"] == "us-east-1", "loopback is no location: the default region"
+    assert first["alreadyProvisioned"] is False
+    assert any(r.startswith("location unknown") for r in first["reasons"]), first["reasons"]
     for suffix in (".key.pem", ".cert.pem", ".json"):
         assert (tmp_path / f"{device_id}{suffix}").stat().st_mode & 0o777 == 0o600
     cert = (tmp_path / f"{device_id}.cert.pem").read_text()
     again = json.loads(geofleet(*boot, "--bootstrap", "https://127.0.0.1:1").stdout)
-    assert again == first, "never provisions twice"
+    assert again == {**first, "alreadyProvisioned": True}, "never provisions twice, and says so"
+    told = geofleet(*boot[:-1], "--bootstrap", "https://127.0.0.1:1").stdout
+    assert "already provisioned" in told
+    assert "location unknown" in told
     assert (tmp_path / f"{device_id}.cert.pem").read_text() == cert, "never provisions twice"
     geofleet("enrollment", "revoke", "line-7", *common)
     wait_for(lambda: _group_revoked(fleet, "eu-west-1", "line-7"), 10, "the revocation in eu-west-1")

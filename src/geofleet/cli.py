@@ -365,9 +365,13 @@ def device_bootstrap(
     check_thing_name(device_id)
     credentials = bootstrap(device_id, enrollment_key, group, bootstrap_url, root_ca, out)
     result = {"deviceId": device_id, "homeRegion": credentials.home_region,
-              "endpoints": [e.to_json() for e in credentials.endpoints],
+              "endpoints": [e.to_json() for e in credentials.endpoints], "reasons": list(credentials.reasons),
+              "alreadyProvisioned": not credentials.fresh,
               "certificate": str(credentials.cert_file), "key": str(credentials.key_file)}
-    _print(result, as_json, f"device {device_id} provisioned; home region {credentials.home_region}; files in {out}")
+    what = "provisioned" if credentials.fresh else f"already provisioned (credentials read from {out})"
+    why = "".join(f"\n  - {reason}" for reason in credentials.reasons)
+    _print(result, as_json, f"device {device_id} {what}; home region {credentials.home_region}"
+           f"{'; because:' if why else ''}{why}\nfiles in {out}")
 
 
 @app.command()

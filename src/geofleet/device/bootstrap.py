@@ -61,6 +61,11 @@ class Credentials:
     ca_file: Path
     endpoints: tuple[Endpoint, ...]
     home_region: str
+    reasons: tuple[str, ...] = ()
+    """Why the fleet chose this home (residency rules, distance, "location unknown"...)."""
+    fresh: bool = True
+    """True when this call provisioned the device; False when it read credentials stored by an
+    earlier call (bootstrap on the same folder provisions only once)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,11 +178,13 @@ def _store(out: Path, device_id: str, answer: dict[str, Any], key_file: Path) ->
     cert_file, ca_file = out / f"{device_id}.cert.pem", out / "root-ca.pem"
     write_private(cert_file, answer["certificatePem"].encode())
     write_private(ca_file, answer["caChain"][-1].encode())
-    state = {"deviceId": device_id, "homeRegion": answer["homeRegion"], "endpoints": answer["endpoints"]}
+    reasons = tuple(str(r) for r in answer.get("reasons") or ())
+    state = {"deviceId": device_id, "homeRegion": answer["homeRegion"], "endpoints": answer["endpoints"],
+             "reasons": list(reasons)}
     write_private(out / f"{device_id}.json", json.dumps(state, indent=2).encode())  # last: marks completion
     (out / f"{device_id}.csr.pem").unlink(missing_ok=True)
     return Credentials(device_id, key_file, cert_file, ca_file, _endpoints(answer["endpoints"]),
-                       answer["homeRegion"])
+                       answer["homeRegion"], reasons)
 
 
 def _load(out: Path, device_id: str) -> Credentials | None:
@@ -186,7 +193,8 @@ def _load(out: Path, device_id: str) -> Credentials | None:
         return None
     state = json.loads(state_file.read_text())
     return Credentials(device_id, out / f"{device_id}.key.pem", out / f"{device_id}.cert.pem", out / "root-ca.pem",
-                       _endpoints(state["endpoints"]), state["homeRegion"])
+                       _endpoints(state["endpoints"]), state["homeRegion"], tuple(state.get("reasons") or ()),
+                       fresh=False)
 
 
 def _endpoints(raw: list[dict[str, Any]]) -> tuple[Endpoint, ...]:
