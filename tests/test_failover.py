@@ -359,6 +359,28 @@ def test_cli_simulate_places_devices_worldwide_and_runs_them(ffleet: Fleet) -> N
     assert set(summary["homes"]) == {A, B}, "devices from the Americas and from Europe got different homes"
     assert summary["connected"] == summary["homes"]
     assert summary["published"] >= 6
+    assert summary["unlocated"] == 0
+    assert "warning" not in result.stderr
+
+
+def test_cli_simulate_warns_when_the_fleet_cannot_locate_and_reruns_cleanly(fleet: Fleet, tmp_path: Path) -> None:
+    """The default fleet does not trust 127.0.0.2 as a proxy: the simulator says so instead of
+    claiming devices from many countries; a new folder gets fresh device ids (no 409 from the
+    devices an earlier, deleted folder provisioned), and reusing a prefix is a clear error."""
+    root = str(fleet.data.root)
+    run = ["simulate", "--devices", "2", "--duration", "0.2", "--interval", "0.5", "--data-dir", root, "--json"]
+    first = geofleet(*run, "--folder", str(tmp_path / "one"), timeout=120)
+    summary = json.loads(first.stdout)
+    assert summary["unlocated"] == 2
+    assert summary["countries"] == 0
+    assert "trusted_proxies" in first.stderr
+    prefix = json.loads((tmp_path / "one" / "enrollment.json").read_text())["prefix"]
+    second = json.loads(geofleet(*run, "--folder", str(tmp_path / "two"), timeout=120).stdout)
+    assert second["published"] >= 2, "a new folder provisions new devices"
+    clash = geofleet(*run, "--folder", str(tmp_path / "three"), "--prefix", prefix, check=False, timeout=120)
+    assert clash.returncode == 1
+    assert "already exists with another key" in clash.stderr
+    assert "--prefix" in clash.stderr
 
 
 @pytest.mark.e2e

@@ -423,16 +423,27 @@ def simulate(
     source_address: Annotated[str, typer.Option(help="Local address to provision from; the fleet must "
                                                      "list it in trusted_proxies to believe the simulated "
                                                      "X-Forwarded-For addresses.")] = "127.0.0.2",
+    prefix: Annotated[str | None, typer.Option(help="Device id prefix (default: a fresh one per folder, "
+                                                    "kept for reruns).")] = None,
+    folder: Annotated[Path | None, typer.Option(help="Where the simulated devices' credentials are kept "
+                                                     "(default DATA_DIR/simulated-devices).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Provision simulated devices from addresses around the world and run them against a running
-    fleet (``geofleet up``): telemetry at QoS 1 and shadow updates, each device with its own key."""
+    fleet (``geofleet up``): telemetry at QoS 1 and shadow updates, each device with its own key.
+    A rerun on the same folder reuses its devices."""
     from geofleet.device import FailoverOptions
     from geofleet.drill import table
     from geofleet.simulation import Simulation, provision
 
-    simulated = provision(data_dir, devices, data_dir / "simulated-devices", source_address=source_address,
-                          progress=_progress)
+    simulated = provision(data_dir, devices, folder or data_dir / "simulated-devices", prefix=prefix,
+                          source_address=source_address, progress=_progress)
+    unlocated = sum(not d.located for d in simulated)
+    if unlocated:
+        _progress(f"warning: the fleet could not locate {unlocated} of {devices} simulated devices and homed them "
+                  f"in its default region: it does not believe X-Forwarded-For from {source_address}. Add "
+                  f'"{source_address}/32" to "trusted_proxies" in {data_dir / "fleet.json"} and restart the '
+                  "regions (geofleet up), then simulate with a new --folder.")
 
     async def run() -> dict[str, Any]:
         sim = Simulation(simulated, FailoverOptions(keepalive_s=10, min_stay_s=30), interval_s=interval,
@@ -444,13 +455,16 @@ def simulate(
         await sim.stop_publishing(flush_timeout=30)
         await sim.stop()
         return {"devices": devices, "homes": dict(sim.homes()), "connected": connected,
-                "countries": len({d.country for d in simulated}), "published": sum(d.sent for d in simulated)}
+                "countries": len({d.country for d in simulated if d.located}), "unlocated": unlocated,
+                "published": sum(d.sent for d in simulated)}
 
     summary = asyncio.run(run())
     rows = [("region", "home of", "connected to")]
     rows += [(r, str(n), str(summary["connected"].get(r, 0))) for r, n in sorted(summary["homes"].items())]
+    placed = (f"placed from addresses in {summary['countries']} countries" if not unlocated
+              else f"{unlocated} of them not located (homed in the default region)")
     _print(summary, as_json, table(rows) + f"\n\n{summary['published']} telemetry messages from {devices} devices "
-           f"in {summary['countries']} countries, all acknowledged")
+           f"({placed}), all acknowledged")
 
 
 @app.command()

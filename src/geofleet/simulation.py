@@ -25,12 +25,13 @@ import iptocc
 
 from geofleet.client import AdminClient
 from geofleet.config import DataDir
-from geofleet.device.bootstrap import Credentials, bootstrap
+from geofleet.device.bootstrap import Credentials, ProvisioningFailed, bootstrap
 from geofleet.device.connection import DeviceClient
 from geofleet.device.shadow import DeviceShadow
 from geofleet.domain.enrollment import decode_key, device_key, encode_key
-from geofleet.domain.errors import NotFound
+from geofleet.domain.errors import InvalidRequest, NotFound
 from geofleet.domain.failover import FailoverOptions
+from geofleet.domain.names import check_thing_name
 from geofleet.pki.files import write_private
 
 COUNTRIES = ("US", "BR", "GB", "DE", "FR", "IN", "JP", "AU", "SG", "ZA", "CA", "MX", "KR", "ES", "IT", "NL",
@@ -81,14 +82,24 @@ class SimulatedDevice:
     def home(self) -> str:
         return self.credentials.home_region
 
+    @property
+    def located(self) -> bool:
+        """Whether the fleet placed the device by its (simulated) address: False when it answered
+        "location unknown" (it did not believe the X-Forwarded-For) and used the default region."""
+        return not any(r.startswith("location unknown") for r in self.credentials.reasons)
 
-def provision(root: Path, count: int, out: Path, *, prefix: str = "sim", progress: Progress | None = None,
+
+def provision(root: Path, count: int, out: Path, *, prefix: str | None = None, progress: Progress | None = None,
               source_address: str = SOURCE_ADDRESS, threads: int = 8) -> list[SimulatedDevice]:
-    """Provision ``count`` devices (or pick up those provisioned before in ``out``)."""
+    """Provision ``count`` devices (or pick up those provisioned before in ``out``).
+
+    Device ids are ``<prefix>-<country>-<n>``. Without ``prefix``, a folder gets a fresh one
+    (``sim-<random>``) the first time and keeps it, so a rerun reuses its devices and a new
+    folder never collides with devices an earlier, deleted folder provisioned."""
     data = DataDir(root)
     config = data.config()
     out.mkdir(parents=True, exist_ok=True)
-    group, group_key = _enrollment(data, out)
+    group, group_key, prefix = _enrollment(data, out, prefix)
     urls = [r.http_url for r in config.regions]
     addresses = sample_addresses(count)
 
@@ -97,8 +108,14 @@ def provision(root: Path, count: int, out: Path, *, prefix: str = "sim", progres
         device_id = f"{prefix}-{country.lower()}-{index:05d}"
         key = encode_key(device_key(decode_key(group_key), device_id))
         bootstrap_urls = urls[index % len(urls):] + urls[:index % len(urls)]  # spread over regions
-        credentials = bootstrap(device_id, key, group, bootstrap_urls, data.root_ca, out,
-                                forwarded_for=address, local_address=source_address)
+        try:
+            credentials = bootstrap(device_id, key, group, bootstrap_urls, data.root_ca, out,
+                                    forwarded_for=address, local_address=source_address)
+        except ProvisioningFailed as error:
+            if "(409)" not in error.message:
+                raise
+            raise ProvisioningFailed(f"simulated device {device_id} already exists with another key (provisioned "
+                                     f"from another folder): choose another prefix (--prefix) or folder") from None
         return SimulatedDevice(credentials, country, address)
 
     devices: list[SimulatedDevice] = []
@@ -110,13 +127,20 @@ def provision(root: Path, count: int, out: Path, *, prefix: str = "sim", progres
     return devices
 
 
-def _enrollment(data: DataDir, out: Path, timeout: float = 10.0) -> tuple[str, str]:
-    """The simulation's enrollment group (name, key): made once, kept with the devices, and
-    waited for in every region (it replicates) before any device asks there."""
+def _enrollment(data: DataDir, out: Path, prefix: str | None, timeout: float = 10.0) -> tuple[str, str, str]:
+    """The simulation's enrollment group (name, key) and device id prefix: made once, kept with
+    the devices, and the group waited for in every region (it replicates) before any device
+    asks there. A ``prefix`` given for a folder that has its own refuses to mix the two."""
     saved = out / "enrollment.json"
     if saved.exists():
         kept = json.loads(saved.read_text())
-        return str(kept["group"]), str(kept["key"])
+        kept_prefix = str(kept.get("prefix", "sim"))
+        if prefix is not None and prefix != kept_prefix:
+            raise InvalidRequest(f"{out} holds simulated devices with prefix {kept_prefix!r}, not {prefix!r}: "
+                                 "use another folder for another prefix")
+        return str(kept["group"]), str(kept["key"]), kept_prefix
+    prefix = prefix or f"sim-{secrets.token_hex(2)}"
+    check_thing_name(f"{prefix}-xx-00000")
     regions = [r.name for r in data.config().regions]
     name = f"simulated-{secrets.token_hex(3)}"
     with AdminClient(data, regions[0]) as api:
@@ -128,8 +152,8 @@ def _enrollment(data: DataDir, out: Path, timeout: float = 10.0) -> tuple[str, s
                 if time.monotonic() > deadline:
                     raise NotFound(f"enrollment group {name} did not reach {region} within {timeout:g} s")
                 time.sleep(0.02)
-    write_private(saved, json.dumps({"group": name, "key": key}).encode())
-    return name, key
+    write_private(saved, json.dumps({"group": name, "key": key, "prefix": prefix}).encode())
+    return name, key, prefix
 
 
 @dataclass
