@@ -23,6 +23,20 @@ def test_init_default_config_has_three_aws_regions_on_loopback(tmp_path: Path) -
     assert "not encrypted" in result.stderr
 
 
+@pytest.mark.e2e
+def test_a_multi_host_config_warns_at_init_and_up_refuses_it_on_one_machine(tmp_path: Path) -> None:
+    regions = [{"name": name, "host": "0.0.0.0", "mqtt_port": 8883, "http_port": 8443, "peer_port": 8643,
+                "hostnames": [f"iot.{name}.acme.example"]} for name in ("us-east-1", "eu-west-1")]
+    (tmp_path / "fleet.json").write_text(json.dumps({"fleet": "acme", "regions": regions}))
+    data = str(tmp_path / "d")
+    init = geofleet("init", "--data-dir", data, "--config", str(tmp_path / "fleet.json"), "--insecure-unencrypted-root")
+    assert "warning: us-east-1 mqtt and eu-west-1 mqtt both listen on port 8883" in init.stderr
+    up = geofleet("up", "--data-dir", data, check=False)
+    assert up.returncode == 2
+    assert "cannot all run on this machine" in up.stderr
+    assert "Traceback" not in up.stderr
+
+
 def test_bad_config_and_unknown_region_exit_2_with_a_message(tmp_path: Path, fleet: Fleet) -> None:
     (tmp_path / "bad.json").write_text('{"regions": [{"name": "mars-1"}]}')
     result = geofleet("init", "--data-dir", str(tmp_path / "d"), "--config", str(tmp_path / "bad.json"), check=False)

@@ -25,6 +25,19 @@ def test_the_readme_example_is_a_valid_multi_host_fleet() -> None:
     assert (us.latitude, us.longitude) == (39.04, -77.49)
 
 
+def test_regions_sharing_a_port_on_overlapping_addresses_are_named_as_clashes() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    multi_host = re.search(r"```json\n(.*?)```", readme, re.S)
+    assert multi_host is not None
+    clashes = FleetConfig.from_json(json.loads(multi_host.group(1))).port_clashes()
+    assert "us-east-1 mqtt and eu-west-1 mqtt both listen on port 8883" in clashes
+    assert len(clashes) == 3, "mqtt, https and peer"
+    assert default_config().port_clashes() == []
+    apart = FleetConfig.from_json({"regions": [
+        {"name": "us-east-1", "host": "10.0.0.1"}, {"name": "eu-west-1", "host": "10.0.0.2"}]})
+    assert apart.port_clashes() == [], "same ports on two addresses of one machine can coexist"
+
+
 @pytest.mark.e2e
 def test_free_ports_are_distinct() -> None:
     regions = default_config(free_ports=True).regions

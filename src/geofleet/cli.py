@@ -103,6 +103,9 @@ def init(
     initialize(DataDir(data_dir), fleet, passphrase.encode() if passphrase else None)
     names = ", ".join(f"{r.name} (mqtts :{r.mqtt_port}, https :{r.http_port})" for r in fleet.regions)
     typer.echo(f"fleet {fleet.fleet!r} created in {data_dir}: {names}")
+    for clash in fleet.port_clashes():
+        _progress(f"warning: {clash}: fine for regions on separate hosts, but they cannot run on one machine "
+                  "(geofleet up refuses); give each region its own ports to run them here")
     if not passphrase:
         typer.echo(f"WARNING: the root CA keys in {DataDir(data_dir).root_key.parent} are not encrypted: anyone "
                    "who reads them can issue certificates for any region; dev use only", err=True)

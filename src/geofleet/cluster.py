@@ -87,6 +87,11 @@ def cluster_description(data: DataDir, processes: dict[str, subprocess.Popen[byt
 def run_fleet(data: DataDir) -> int:
     """Start every region, write cluster.json when all are ready, stop all on SIGINT/SIGTERM."""
     config = data.config()
+    clashes = config.port_clashes()
+    if clashes:
+        raise ConfigError(f"these regions cannot all run on this machine ({'; '.join(clashes)}): give each region "
+                          f"its own ports in {data.config_file}, or run each on its own host with "
+                          "geofleet region run")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

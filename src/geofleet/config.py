@@ -116,6 +116,20 @@ class FleetConfig:
     def home_default(self) -> str:
         return self.default_region or self.regions[0].name
 
+    def port_clashes(self) -> list[str]:
+        """Listeners that cannot run on one machine: two of them (any region, any of MQTT, HTTPS
+        and peer) on the same port where the addresses overlap (equal, or one is a wildcard).
+        Fine for regions on separate hosts; ``geofleet up`` runs them all here, so it refuses."""
+        wildcards = ("0.0.0.0", "::", "")
+        listeners = [(r.name, kind, r.host, port) for r in self.regions
+                     for kind, port in (("mqtt", r.mqtt_port), ("https", r.http_port), ("peer", r.peer_port))]
+        clashes = []
+        for i, (name, kind, host, port) in enumerate(listeners):
+            for other, other_kind, other_host, other_port in listeners[i + 1:]:
+                if port == other_port and (host == other_host or host in wildcards or other_host in wildcards):
+                    clashes.append(f"{name} {kind} and {other} {other_kind} both listen on port {port}")
+        return clashes
+
     def region(self, name: str) -> RegionConfig:
         for region in self.regions:
             if region.name == name:
