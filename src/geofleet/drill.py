@@ -196,15 +196,20 @@ def table(rows: Sequence[tuple[str, ...]]) -> str:
 def summary_table(result: DrillResult) -> str:
     fo, fb = percentiles(result.failover_s), percentiles(result.failback_s)
     regions = sorted(set(result.homes) | set(result.during) | set(result.after))
-    rows = [("region", "home of", "during outage", "after fail-back")]
+    rows = [("region", "devices homed there", "connected there during the outage", "connected there after fail-back")]
     rows += [(r, str(result.homes.get(r, 0)), str(result.during.get(r, 0)), str(result.after.get(r, 0)))
              for r in regions]
-    measures = [("measure", "p50", "p99", "max"),
-                ("failover (s)", str(fo["p50"]), str(fo["p99"]), str(fo["max"])),
-                ("fail-back (s)", str(fb["p50"]), str(fb["p99"]), str(fb["max"]))]
-    counts = Counter({"published": result.published, "received": result.received, "lost": len(result.lost),
-                      "duplicates dropped": result.duplicates_dropped})
-    return "\n\n".join([table(rows), table(measures),
+    measures = [(f"seconds, over the {result.affected} devices of {result.region}", "p50", "p99", "max"),
+                (f"failover: {result.region} {'killed' if result.mode == 'kill' else 'black-holed'} -> first "
+                 "message acknowledged in another region", str(fo["p50"]), str(fo["p99"]), str(fo["max"])),
+                (f"fail-back: {result.region} ready again -> first message acknowledged at home",
+                 str(fb["p50"]), str(fb["p99"]), str(fb["max"]))]
+    counts = Counter({"published by the devices (QoS 1)": result.published,
+                      "received by the application": result.received, "lost": len(result.lost),
+                      "duplicates dropped by the application": result.duplicates_dropped})
+    note = ("A device goes home once its home is healthy and it has stayed away at least min_stay_s, counted "
+            "from its failover, not from the home's return: so fail-back can be shorter than min_stay_s.")
+    return "\n\n".join([table(rows), table(measures), note,
                         table([("messages", "count"), *((k, str(v)) for k, v in counts.items())])])
 
 
