@@ -7,6 +7,7 @@ Every command that prints data takes ``--json``. Errors print one line on stderr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -119,6 +120,9 @@ def region_run(
 ) -> None:
     """Run one region node in the foreground until SIGINT or SIGTERM."""
     from geofleet.region.node import RegionNode
+    from geofleet.supervisor import before_region_run
+
+    before_region_run(DataDir(data_dir), name)
 
     logging.basicConfig(level=log_level.upper(), format=f"%(asctime)s {name} %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per peer call (health polls: every second)
@@ -128,12 +132,37 @@ def region_run(
     asyncio.run(node.run())
 
 
+@region_app.command("restart")
+def region_restart(
+    name: str,
+    data_dir: DataDirOpt,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the region to serve again.")] = 60.0,
+) -> None:
+    """Restart one region of a fleet that 'geofleet up' runs, and wait until it serves again."""
+    from geofleet.supervisor import restart_region
+
+    data = DataDir(data_dir)
+
+    def ready() -> bool:
+        with contextlib.suppress(GeofleetError, OSError), _client(data_dir, name) as api:
+            return api.call("GET", "/health").get("status") in ("ok", "degraded")
+        return False
+
+    pid = restart_region(data, name, ready, timeout)
+    typer.echo(f"region {name} restarted (pid {pid})")
+
+
 @app.command()
-def up(data_dir: DataDirOpt) -> None:
-    """Run every region of the fleet on this machine, each its own process, until SIGINT/SIGTERM."""
+def up(
+    data_dir: DataDirOpt,
+    no_restart: Annotated[bool, typer.Option("--no-restart", help="Leave a region that exits down (drills).")]
+    = False,
+) -> None:
+    """Run every region of the fleet on this machine, each its own process, until SIGINT/SIGTERM;
+    a region that exits is started again (with a backoff if it keeps failing)."""
     from geofleet.cluster import run_fleet
 
-    raise typer.Exit(run_fleet(DataDir(data_dir)))
+    raise typer.Exit(run_fleet(DataDir(data_dir), restart=not no_restart))
 
 
 @device_app.command("create")

@@ -1,7 +1,6 @@
-"""``geofleet up``: every region of a fleet on this machine, each in its own OS process.
-
-A region killed (even with SIGKILL) is not restarted here: that is what drills are for, and
-``geofleet region run`` starts it again by hand.
+"""``geofleet up``: every region of a fleet on this machine, each in its own OS process, kept
+running by ``supervisor.Supervisor``; ``LocalFleet``, the throw-away fleet of tests, demos and
+benchmarks, runs it with ``--no-restart``, since drills kill regions on purpose.
 """
 
 from __future__ import annotations
@@ -20,7 +19,8 @@ import httpx
 
 from geofleet.config import DEFAULT_REGIONS, DataDir, default_config
 from geofleet.domain.errors import ConfigError
-from geofleet.pki.files import private_dir, write_public
+from geofleet.pki.files import private_dir
+from geofleet.supervisor import Supervisor
 
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
@@ -84,8 +84,9 @@ def cluster_description(data: DataDir, processes: dict[str, subprocess.Popen[byt
     }
 
 
-def run_fleet(data: DataDir) -> int:
-    """Start every region, write cluster.json when all are ready, stop all on SIGINT/SIGTERM."""
+def run_fleet(data: DataDir, *, restart: bool = True) -> int:
+    """Start every region, write cluster.json when all are ready, keep them running (see
+    ``supervisor``), stop all on SIGINT/SIGTERM."""
     config = data.config()
     clashes = config.port_clashes()
     if clashes:
@@ -95,23 +96,20 @@ def run_fleet(data: DataDir) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    processes: dict[str, subprocess.Popen[bytes]] = {}
+    supervisor = Supervisor(data, lambda name: spawn_region(data, name), restart=restart,
+                            say=lambda line: print(line, flush=True))
     try:
         for region in config.regions:
-            processes[region.name] = spawn_region(data, region.name)
-        for name, process in processes.items():
-            wait_ready(data, name, process)
-        write_public(data.cluster_file, json.dumps(cluster_description(data, processes), indent=2).encode())
-        print(f"fleet ready: {len(processes)} regions; see {data.cluster_file}", flush=True)
-        exited: set[str] = set()
+            supervisor.start(region.name)
+        for name, child in supervisor.children.items():
+            wait_ready(data, name, child.process)
+        supervisor.write_cluster(cluster_description(data, {n: c.process for n, c in supervisor.children.items()}))
+        print(f"fleet ready: {len(supervisor.children)} regions; see {data.cluster_file}", flush=True)
         while not stop.wait(0.5):
-            for name, process in processes.items():
-                if process.poll() is not None and name not in exited:
-                    print(f"region {name} exited with code {process.returncode}", flush=True)
-                    exited.add(name)
+            supervisor.tend()
         return 0
     finally:
-        _stop_all(processes)
+        _stop_all({n: c.process for n, c in supervisor.children.items()})
         data.cluster_file.unlink(missing_ok=True)
 
 
@@ -146,7 +144,7 @@ class LocalFleet:
         data = DataDir(root)
         initialize(data, default_config(free_ports=True, regions=regions, **(settings or {})))
         log = os.fdopen(os.open(root / "up.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")
-        process = subprocess.Popen([sys.executable, "-m", "geofleet", "up", "--data-dir", str(root)],
+        process = subprocess.Popen([sys.executable, "-m", "geofleet", "up", "--data-dir", str(root), "--no-restart"],
                                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
         deadline = time.monotonic() + timeout
