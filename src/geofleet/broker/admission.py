@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ from amqtt.mqtt.connack import IDENTIFIER_REJECTED, NOT_AUTHORIZED
 
 from geofleet.broker.handler import DeviceHandler
 from geofleet.domain.limits import payload_problem, topic_name_problem
+from geofleet.domain.lru import BoundedCache
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +51,40 @@ async def read_connect(reader: Any, writer: Any, plugins: Any, deadline_s: float
     except TimeoutError:
         log.debug("%s sent no CONNECT within %.0f s: closing", peer, deadline_s)
     except Exception as exc:  # whatever the bytes were, the answer is to close
-        log.debug("%s did not send a valid CONNECT (%s: %s): closing", peer, type(exc).__name__, exc)
+        level = _unsupported_level(exc)
+        if level is not None:
+            _tell_unsupported(peer, level)
+        else:
+            log.debug("%s did not send a valid CONNECT (%s: %s): closing", peer, type(exc).__name__, exc)
     else:
         return ConnectRead(handler, session)
     await close(writer)
     return None
+
+
+_PROTOCOL_LEVEL = re.compile(r"Invalid protocol from .*: (\d+)\Z")
+_told: BoundedCache[str, bool] = BoundedCache(4096)
+"""Client addresses already told, in the log, that their MQTT version is not spoken here."""
+
+
+def _unsupported_level(error: Exception) -> int | None:
+    """The protocol level of a CONNECT that amqtt answered with CONNACK 0x01 (unacceptable
+    protocol version), or None for any other failure."""
+    match = _PROTOCOL_LEVEL.search(str(error))
+    return int(match.group(1)) if match else None
+
+
+def _tell_unsupported(peer: str, level: int) -> None:
+    """One WARNING per client address: an AWS IoT SDK sample built for MQTT 5 only sees "connect
+    failed", so the operator must be able to read why; repeated retries stay quiet."""
+    host = peer.rsplit(":", 1)[0]
+    if _told.get(host):
+        return
+    _told.put(host, True)
+    version = {5: "MQTT 5", 3: "MQTT 3.1"}.get(level, f"protocol level {level}")
+    log.warning("%s connected with %s: refused with CONNACK 0x01 (unacceptable protocol version). geofleet speaks "
+                "MQTT 3.1.1 (QoS 0 and 1): build the client's connection for MQTT 3.1.1 (AWS IoT Device SDK v2: "
+                "awsiot.mqtt_connection_builder, not mqtt5_client_builder)", host, version)
 
 
 def will_problem(session: Any) -> str | None:
