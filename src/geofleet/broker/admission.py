@@ -16,11 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from dataclasses import dataclass
 from typing import Any
 
-from amqtt.mqtt.connack import IDENTIFIER_REJECTED, NOT_AUTHORIZED
+from amqtt.mqtt.connack import IDENTIFIER_REJECTED, NOT_AUTHORIZED, UNACCEPTABLE_PROTOCOL_VERSION
 
 from geofleet.broker.handler import DeviceHandler
 from geofleet.domain.limits import payload_problem, topic_name_problem
@@ -51,27 +50,22 @@ async def read_connect(reader: Any, writer: Any, plugins: Any, deadline_s: float
     except TimeoutError:
         log.debug("%s sent no CONNECT within %.0f s: closing", peer, deadline_s)
     except Exception as exc:  # whatever the bytes were, the answer is to close
-        level = _unsupported_level(exc)
-        if level is not None:
+        level = getattr(reader, "connect_level", None)
+        if level is not None and level != MQTT_311:
             _tell_unsupported(peer, level)
-        else:
-            log.debug("%s did not send a valid CONNECT (%s: %s): closing", peer, type(exc).__name__, exc)
+            await refuse(writer, UNACCEPTABLE_PROTOCOL_VERSION)  # if amqtt's parser failed first, it sent none
+            return None
+        log.debug("%s did not send a valid CONNECT (%s: %s): closing", peer, type(exc).__name__, exc)
     else:
         return ConnectRead(handler, session)
     await close(writer)
     return None
 
 
-_PROTOCOL_LEVEL = re.compile(r"Invalid protocol from .*: (\d+)\Z")
+MQTT_311 = 4
+"""The protocol level of MQTT 3.1.1, the only one spoken here (as amqtt)."""
 _told: BoundedCache[str, bool] = BoundedCache(4096)
 """Client addresses already told, in the log, that their MQTT version is not spoken here."""
-
-
-def _unsupported_level(error: Exception) -> int | None:
-    """The protocol level of a CONNECT that amqtt answered with CONNACK 0x01 (unacceptable
-    protocol version), or None for any other failure."""
-    match = _PROTOCOL_LEVEL.search(str(error))
-    return int(match.group(1)) if match else None
 
 
 def _tell_unsupported(peer: str, level: int) -> None:

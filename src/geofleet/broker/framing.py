@@ -21,6 +21,9 @@ from amqtt.adapters import ReaderAdapter
 
 _HEADER, _LENGTH, _BODY = 0, 1, 2
 _PUBLISH = 3
+_CONNECT = 1
+_CONNECT_LEVEL_AT = 6
+"""Offset of the protocol level in a CONNECT's body: after the protocol name (00 04 "MQTT")."""
 _TOPIC_LENGTH, _TOPIC = 0, 1
 
 
@@ -48,6 +51,10 @@ class BoundedReader(ReaderAdapter):  # type: ignore[misc]
         self._topic_length = 0
         self.violation: str | None = None
         """What the client did wrong, once it did (the broker reports it as CLIENT_ERROR)."""
+        self._packets = 0
+        self._first_type = 0
+        self._first_body = b""
+        """The start of the connection's first packet (its CONNECT): enough for the protocol level."""
 
     async def read(self, n: int = -1) -> bytes:
         if n == 0:  # an empty field (amqtt reads a zero-length will message or password so)
@@ -57,6 +64,8 @@ class BoundedReader(ReaderAdapter):  # type: ignore[misc]
                 self._refuse(FramingViolation(f"a read of {n} bytes runs past the packet's remaining "
                                               f"{self._left} bytes"))
             data = bytes(await self._inner.read(n))
+            if self._packets == 1 and len(self._first_body) < _CONNECT_LEVEL_AT + 1:
+                self._first_body += data[:_CONNECT_LEVEL_AT + 1 - len(self._first_body)]
             self._left -= len(data)
             if self._left <= 0:
                 self._state = _HEADER
@@ -72,6 +81,9 @@ class BoundedReader(ReaderAdapter):  # type: ignore[misc]
 
     def _observe_header_byte(self, byte: int) -> None:
         if self._state == _HEADER:
+            self._packets += 1
+            if self._packets == 1:
+                self._first_type = byte >> 4
             self._state, self._length, self._multiplier = _LENGTH, 0, 1
             self._publish_field = _TOPIC_LENGTH if byte >> 4 == _PUBLISH else None
             return
@@ -83,6 +95,18 @@ class BoundedReader(ReaderAdapter):  # type: ignore[misc]
             self._refuse(PacketTooLarge(f"packet of {self._length} bytes; the limit is {self._max}"))
         self._left = self._length
         self._state = _BODY if self._length else _HEADER
+
+    @property
+    def connect_level(self) -> int | None:
+        """The protocol level the client's CONNECT announced (4 for MQTT 3.1.1, 5 for MQTT 5),
+        once read; None before, or if the first packet was no MQTT CONNECT. Read here because
+        amqtt's parser may fail on an MQTT 5 CONNECT (its properties) before it looks at the level."""
+        head = self._first_body
+        if self._first_type != _CONNECT or len(head) <= _CONNECT_LEVEL_AT:
+            return None
+        if head[:_CONNECT_LEVEL_AT] != b"\x00\x04MQTT":
+            return None
+        return head[_CONNECT_LEVEL_AT]
 
     def _check_publish_field(self, data: bytes) -> None:
         if self._publish_field == _TOPIC_LENGTH:
