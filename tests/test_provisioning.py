@@ -351,3 +351,55 @@ def test_owner_region_down_gives_503_and_never_a_second_certificate(pfleet: tupl
     assert victim in answer.json()["message"]
     with AdminClient(fleet.data, "us-east-1") as api:
         assert not any(t["thingName"] == name for t in api.call("GET", "/things")["things"])
+
+
+def _claim_session(fleet: Fleet, group: str, tmp_path: Path, region: str = "eu-west-1") -> Device:
+    claim_key = new_key()
+    with AdminClient(fleet.data, region) as api:
+        claim = api.call("POST", f"/enrollment-groups/{group}/claim-certificate",
+                         json={"certificateSigningRequest": make_csr(claim_key, "claim").decode()})
+    (tmp_path / f"{group}.claim.pem").write_text(claim["certificatePem"])
+    (tmp_path / f"{group}.claim.key").write_bytes(key_pem(claim_key))
+    session = Device(claim_client_id(claim["certificateId"]), fleet.port(region), fleet.data.root_ca,
+                     tmp_path / f"{group}.claim.pem", tmp_path / f"{group}.claim.key").connect()
+    session.subscribe("$aws/certificates/create/json/accepted", "$aws/certificates/create/json/rejected",
+                      f"$aws/provisioning-templates/{group}/provision/json/accepted",
+                      f"$aws/provisioning-templates/{group}/provision/json/rejected")
+    return session
+
+
+def test_create_keys_and_certificate_as_aws_samples_do_by_default(pfleet: tuple[Fleet, str], tmp_path: Path) -> None:
+    """AWS's fleet-provisioning sample asks the region for a key pair (CreateKeysAndCertificate):
+    the key comes back once, to the claim session, and the device connects with it."""
+    fleet, _ = pfleet
+    session = _claim_session(fleet, "factory", tmp_path)
+    created = session.request("$aws/certificates/create/json", {}).json()
+    assert {"certificateId", "certificatePem", "privateKey", "certificateOwnershipToken"} <= created.keys()
+    with AdminClient(fleet.data, "eu-west-1") as api:
+        stored = api.call("GET", f"/certificates/{created['certificateId']}")
+    assert stored["status"] == "PENDING_ACTIVATION"
+    assert "PRIVATE KEY" not in json.dumps(stored), "the region keeps no copy of the key it made"
+    name = fleet.new_name("keys")
+    provisioned = session.request("$aws/provisioning-templates/factory/provision/json",
+                                  {"certificateOwnershipToken": created["certificateOwnershipToken"],
+                                   "parameters": {"ThingName": name}}).json()
+    assert provisioned["thingName"] == name
+    session.close()
+    (tmp_path / "made.pem").write_text(created["certificatePem"])
+    (tmp_path / "made.key").write_text(created["privateKey"])
+    device = Device(name, fleet.port("eu-west-1"), fleet.data.root_ca, tmp_path / "made.pem", tmp_path / "made.key")
+    wait_for(device.try_connect, 10, f"{name} connects with the key the region made")
+
+
+def test_a_group_that_requires_csrs_rejects_create_keys_without_disconnecting(pfleet: tuple[Fleet, str],
+                                                                             tmp_path: Path) -> None:
+    fleet, _ = pfleet
+    with AdminClient(fleet.data, "eu-west-1") as api:
+        api.call("POST", "/enrollment-groups/csr-only", json={"requireCsr": True})
+    session = _claim_session(fleet, "csr-only", tmp_path)
+    refused = session.request("$aws/certificates/create/json", {})
+    assert refused.topic == "$aws/certificates/create/json/rejected"
+    assert refused.json()["statusCode"] == 400
+    assert "requires a CSR" in refused.json()["errorMessage"]
+    assert not session.disconnects, "a /rejected answer, never a disconnect"
+    session.close()

@@ -328,12 +328,15 @@ def enrollment_create(
     policy: Annotated[str, typer.Option(help="Policy its devices get.")] = DEFAULT_POLICY_NAME,
     allowed_region: Annotated[list[str] | None, typer.Option("--allowed-region", help="Repeatable.")] = None,
     reprovision: Annotated[bool, typer.Option(help="Allow a provisioned device to come back with a new key.")] = False,
+    require_csr: Annotated[bool, typer.Option(help="Devices must bring a CSR: refuse fleet provisioning's "
+                                                   "CreateKeysAndCertificate.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Create an enrollment group; prints its secret key (shown this once)."""
     with _client(data_dir, region) as api:
         group = api.call("POST", f"/enrollment-groups/{name}", json={
-            "policyName": policy, "allowedRegions": allowed_region or None, "reprovision": reprovision})
+            "policyName": policy, "allowedRegions": allowed_region or None, "reprovision": reprovision,
+            "requireCsr": require_csr})
     _print(group, as_json, f"enrollment group {name} created; its key (keep it secret, shown once):\n{group['key']}")
 
 

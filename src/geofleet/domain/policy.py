@@ -226,6 +226,8 @@ as its thing name, so a claim session can never take (and kick) a device's clien
 certificate id in it means one claim certificate cannot take another one's sessions either."""
 
 CREATE_FROM_CSR_TOPIC = "$aws/certificates/create-from-csr/json"
+CREATE_KEYS_TOPIC = "$aws/certificates/create/json"
+"""CreateKeysAndCertificate: the region makes the key (the default flow of AWS's samples)."""
 PROVISION_TOPICS = "$aws/provisioning-templates/*/provision/json"
 """The request topics of AWS fleet provisioning (JSON payloads); ``*`` is the template name."""
 
@@ -249,8 +251,8 @@ def claim_policy() -> dict[str, Any]:
     (a forged answer to another claim session) nor receive requests (which carry ownership
     tokens)."""
     cert = "${" + CERTIFICATE_ID_VARIABLE + "}"
-    answers = [f"{topic}/{outcome}" for topic in (CREATE_FROM_CSR_TOPIC, PROVISION_TOPICS)
-               for outcome in ("accepted", "rejected")]
+    requests = (CREATE_FROM_CSR_TOPIC, CREATE_KEYS_TOPIC, PROVISION_TOPICS)
+    answers = [f"{topic}/{outcome}" for topic in requests for outcome in ("accepted", "rejected")]
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -258,7 +260,7 @@ def claim_policy() -> dict[str, Any]:
              "Resource": [f"arn:aws:iot:*:*:client/{CLAIM_CLIENT_PREFIX}{cert}",
                           f"arn:aws:iot:*:*:client/{CLAIM_CLIENT_PREFIX}{cert}.*"]},
             {"Effect": "Allow", "Action": "iot:Publish",
-             "Resource": [f"arn:aws:iot:*:*:topic/{t}" for t in (CREATE_FROM_CSR_TOPIC, PROVISION_TOPICS)]},
+             "Resource": [f"arn:aws:iot:*:*:topic/{t}" for t in requests]},
             {"Effect": "Allow", "Action": "iot:Receive", "Resource": [f"arn:aws:iot:*:*:topic/{t}" for t in answers]},
             {"Effect": "Allow", "Action": "iot:Subscribe",
              "Resource": [f"arn:aws:iot:*:*:topicfilter/{t}" for t in answers]},

@@ -30,6 +30,8 @@ import re
 import time
 from collections.abc import Callable
 
+from cryptography import x509
+
 from geofleet.broker.base import Broker, Connection
 from geofleet.domain import ownership
 from geofleet.domain.errors import Conflict, GeofleetError, InvalidRequest, NotFound, Unauthorized
@@ -37,10 +39,10 @@ from geofleet.domain.geo import Location
 from geofleet.domain.guard import DEFAULT_STALE_MS
 from geofleet.domain.json_types import Json
 from geofleet.domain.names import check_thing_name
-from geofleet.domain.policy import CREATE_FROM_CSR_TOPIC
+from geofleet.domain.policy import CREATE_FROM_CSR_TOPIC, CREATE_KEYS_TOPIC
 from geofleet.domain.records import CertificateStatus
 from geofleet.domain.throttle import RateLimiter, Throttled
-from geofleet.pki.ca import Authority, certificate_id, csr_common_name, load_csr, sign_csr
+from geofleet.pki.ca import Authority, certificate_id, csr_common_name, issue_leaf, key_pem, load_csr, new_key, sign_csr
 from geofleet.provisioning.service import Provisioner, Unavailable
 from geofleet.services.certificates import Certificates
 from geofleet.services.principals import ThingPrincipals
@@ -49,6 +51,7 @@ from geofleet.store.base import Store
 log = logging.getLogger(__name__)
 
 CREATE_FROM_CSR = CREATE_FROM_CSR_TOPIC
+CREATE_KEYS = CREATE_KEYS_TOPIC
 _PROVISION = re.compile(r"^\$aws/provisioning-templates/(?P<template>[^/]+)/provision/json$")
 _ALREADY_USED = ("certificateOwnershipToken was already used to provision another thing: a token is good for one "
                  "RegisterThing")
@@ -75,7 +78,7 @@ class FleetProvisioning:
         self._collector: asyncio.Task[None] | None = None
 
     def handles(self, topic: str) -> bool:
-        return topic == CREATE_FROM_CSR or _PROVISION.match(topic) is not None
+        return topic in (CREATE_FROM_CSR, CREATE_KEYS) or _PROVISION.match(topic) is not None
 
     async def handle(self, connection: Connection, topic: str, payload: bytes) -> None:
         try:
@@ -84,6 +87,8 @@ class FleetProvisioning:
             request = _json(payload)
             if topic == CREATE_FROM_CSR:
                 answer = self._create_from_csr(connection, group, request)
+            elif topic == CREATE_KEYS:
+                answer = self._create_keys(connection, group)
             else:
                 match = _PROVISION.match(topic)
                 assert match is not None
@@ -112,12 +117,31 @@ class FleetProvisioning:
         parsed = load_csr(csr)
         common_name = csr_common_name(parsed)
         ownership.check_common_name(common_name)
+        self._check_pending(connection)
+        return self._issue(connection, group, sign_csr(self._authority, parsed), common_name)
+
+    def _create_keys(self, connection: Connection, group: str) -> Json:
+        """AWS CreateKeysAndCertificate: the region makes the key pair and returns the private key
+        this once, to the requesting claim session only; it is kept nowhere. A group that requires
+        CSRs refuses it (its devices must make their own keys)."""
+        if self._provisioner.group(group).get("requireCsr"):
+            raise InvalidRequest(f"enrollment group {group!r} requires a CSR: publish the device's own CSR to "
+                                 f"{CREATE_FROM_CSR} (CreateCertificateFromCsr) instead")
+        self._check_pending(connection)
+        key = new_key()
+        answer = self._issue(connection, group, issue_leaf(self._authority, key.public_key(), "geofleet device"), "")
+        return {**answer, "privateKey": key_pem(key).decode()}
+
+    def _check_pending(self, connection: Connection) -> None:
         waiting = self._store.claim_pending_count(connection.certificate_id)
         if waiting >= self._max_pending:
             raise Throttled(f"Rate exceeded: {waiting} certificates made for this claim certificate await "
                             f"RegisterThing (at most {self._max_pending}); provision them, or wait for their "
                             "ownership tokens to expire", float(self._token_ttl_s))
-        signed = sign_csr(self._authority, parsed)
+
+    def _issue(self, connection: Connection, group: str, signed: x509.Certificate, common_name: str) -> Json:
+        """Register a new certificate PENDING_ACTIVATION with its ownership token (bound to
+        ``common_name`` when the CSR named a thing; "" for any)."""
         now = time.time()
         issued = ownership.issue(certificate_id(signed), group, connection.certificate_id, common_name, now,
                                  self._token_ttl_s)

@@ -29,9 +29,11 @@ class Enrollments:
 
     def create(self, name: str, *, policy: str, thing_type: str | None = None,
                attributes: dict[str, str] | None = None, allowed_regions: list[str] | None = None,
-               reprovision: bool = False, individual: bool = False) -> dict[str, Any]:
+               reprovision: bool = False, individual: bool = False, require_csr: bool = False) -> dict[str, Any]:
         """A new group (or, with ``individual``, an allow-list entry whose name is the device id)
-        with a fresh secret key; the answer is the only time the key is shown."""
+        with a fresh secret key; the answer is the only time the key is shown. ``require_csr``:
+        its devices must bring their own key (fleet provisioning's CreateKeysAndCertificate, where
+        the region makes the key, is refused)."""
         kind = Kind.ENROLLMENT if individual else Kind.ENROLLMENT_GROUP
         (check_thing_name if individual else check_type_name)(name)
         if self._ledger.live(kind, name) is not None:
@@ -41,7 +43,8 @@ class Enrollments:
             self._types.check_usable(thing_type)
         body = {"name": name, "key": encode_key(secrets.token_bytes(32)), "policyName": policy,
                 "thingTypeName": thing_type, "attributes": check_attributes(attributes or {}),
-                "allowedRegions": allowed_regions, "reprovision": reprovision, "revoked": False}
+                "allowedRegions": allowed_regions, "reprovision": reprovision, "requireCsr": require_csr,
+                "revoked": False}
         self._ledger.put(kind, name, body)
         return body
 

@@ -20,6 +20,8 @@ class EnrollmentGroupIn(BaseModel):
     attributes: dict[str, str] = Field(default_factory=dict)
     allowedRegions: list[str] | None = None
     reprovision: bool = False
+    requireCsr: bool = False
+    """Refuse AWS fleet provisioning's CreateKeysAndCertificate (the region making the key)."""
 
 
 def router(registry: Registry, access: AdminAccess) -> APIRouter:
@@ -35,7 +37,7 @@ def router(registry: Registry, access: AdminAccess) -> APIRouter:
         body = body or EnrollmentGroupIn()
         return registry.enrollments.create(name, policy=body.policyName, thing_type=body.thingTypeName,
                                            attributes=body.attributes, allowed_regions=body.allowedRegions,
-                                           reprovision=body.reprovision)
+                                           reprovision=body.reprovision, require_csr=body.requireCsr)
 
     @routes.get("/enrollments")
     async def list_enrollments() -> Json:
