@@ -102,6 +102,12 @@ class EmbeddedBroker:
     def port(self) -> int:
         return self._port
 
+    def trust(self, ca_pem: str) -> None:
+        """Trust one more CA for client certificates (a customer CA registered for JITR), at
+        once: the listener's SSLContext is this one object, and OpenSSL reads its store at each
+        handshake. OpenSSL cannot take a CA out again: a CA's status is enforced at admission."""
+        self._tls.load_verify_locations(cadata=ca_pem)
+
     async def start(self, gate: Gate) -> None:
         config: dict[str, Any] = {
             "listeners": {"default": {"type": "tcp", "bind": f"{self._host}:{self._port}", "ssl": True,
