@@ -205,7 +205,8 @@ class JustInTime:
             **registered_event(cert_id, record.ref, self._fleet.account, time.time_ns() // 1_000_000,
                                int(body.get("creationDate", 0))),
             "thingName": default_name, "commonName": common_name(cert), "serialNumber": format(cert.serial_number, "x"),
-            "region": body.get("jitrRegion", self._region), "certificatePem": body["certificatePem"],
+            "region": body.get("jitrRegion", self._region), "validatingRegion": self._region,
+            "certificatePem": body["certificatePem"],
         }
         verdict = await self._hook.decide(request)
         thing = verdict.thing_name or default_name
