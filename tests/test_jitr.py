@@ -312,9 +312,8 @@ def test_a_refused_device_stays_pending_and_registers_only_once(jfleet: Fleet,
     for region in REGIONS:
         wait_for(lambda region=region: device.status(region) == "PENDING_ACTIVATION", 10,  # type: ignore[misc]
                  f"the pending certificate in {region}")
-    with jfleet.admin(A) as api:
-        with pytest.raises(NotFound):
-            api.call("GET", f"/things/{device.name}")
+    with jfleet.admin(A) as api, pytest.raises(NotFound):
+        api.call("GET", f"/things/{device.name}")
 
 
 def test_a_certificate_of_an_unregistered_ca_is_refused_by_tls(jfleet: Fleet) -> None:
@@ -332,7 +331,8 @@ def test_a_ca_without_auto_registration_registers_nothing(jfleet: Fleet) -> None
     device = CustomerDevice(jfleet, ca, jfleet.new_name("ok-manual"))
     assert not device.connects(B)
     assert not device.connects(A)
-    assert device.status(A) is None and device.status(B) is None
+    assert device.status(A) is None
+    assert device.status(B) is None
     with jfleet.admin(B) as api:
         assert api.call("GET", f"/cacertificate/{ca_id}/certificates")["certificates"] == []
 
@@ -381,7 +381,8 @@ def test_the_cli_registers_and_lists_a_ca(jfleet: Fleet, tmp_path: Path) -> None
     write_public(tmp_path / "bad.pem", cert_pem(issue_leaf(ca, new_key().public_key(), "nope")))
     refused = geofleet("ca", "register", str(tmp_path / "ca.pem"), "--verification-cert", str(tmp_path / "bad.pem"),
                        "--data-dir", root, "--region", C, check=False)
-    assert refused.returncode == 2 and "registration code" in refused.stderr
+    assert refused.returncode == 2
+    assert "registration code" in refused.stderr
     out = geofleet("ca", "register", str(tmp_path / "ca.pem"), "--verification-cert", str(tmp_path / "verify.pem"),
                    "--set-active", "--auto-registration", "--data-dir", root, "--region", C, "--json").stdout
     ca_id = json.loads(out)["certificateId"]
@@ -391,4 +392,5 @@ def test_the_cli_registers_and_lists_a_ca(jfleet: Fleet, tmp_path: Path) -> None
     assert "DISABLE" in described
     missing = geofleet("ca", "register", str(tmp_path / "nope.pem"), "--verification-cert",
                        str(tmp_path / "verify.pem"), "--data-dir", root, "--region", C, check=False)
-    assert missing.returncode == 2 and "cannot read" in missing.stderr
+    assert missing.returncode == 2
+    assert "cannot read" in missing.stderr
