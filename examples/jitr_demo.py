@@ -25,6 +25,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
 
 from geofleet.client import AdminClient
 from geofleet.cluster import LocalFleet
@@ -45,7 +46,12 @@ def connects(port: int, root_ca: Path, cert: Path, key: Path) -> bool:
     accepted: list[bool] = []
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=DEVICE)
     client.tls_set(ca_certs=str(root_ca), certfile=str(cert), keyfile=str(key))
-    client.on_connect = lambda c, u, f, rc, p: (accepted.append(not rc.is_failure), answered.set())
+
+    def on_connect(c: mqtt.Client, u: object, f: object, rc: ReasonCode, p: object) -> None:
+        accepted.append(not rc.is_failure)
+        answered.set()
+
+    client.on_connect = on_connect
     client.on_disconnect = lambda c, u, f, rc, p: answered.set()
     try:
         client.connect("localhost", port)
