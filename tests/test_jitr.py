@@ -246,7 +246,7 @@ def test_a_paho_device_registers_in_b_the_hook_runs_in_the_owner_and_it_then_con
         assert thing["attributes"]["geofleet:homeRegion"] == B
         assert thing["attributes"]["source"] == "jitr-test"
         assert api.call("GET", f"/things/{device.name}/principals")["principals"] == [device.cert_id]
-        listed = api.call("GET", f"/cacertificate/{ca_id}/certificates")["certificates"]
+        listed = api.call("GET", f"/certificates-by-ca/{ca_id}")["certificates"]
         assert device.cert_id in [c["certificateId"] for c in listed]
     with jfleet.admin(A) as api:  # revoking a JITR certificate works as for any certificate
         api.call("POST", f"/certificates/{device.cert_id}/revoke")
@@ -334,7 +334,7 @@ def test_a_ca_without_auto_registration_registers_nothing(jfleet: Fleet) -> None
     assert device.status(A) is None
     assert device.status(B) is None
     with jfleet.admin(B) as api:
-        assert api.call("GET", f"/cacertificate/{ca_id}/certificates")["certificates"] == []
+        assert api.call("GET", f"/certificates-by-ca/{ca_id}")["certificates"] == []
 
 
 def test_a_ca_set_inactive_refuses_its_devices_everywhere_and_cuts_their_sessions(jfleet: Fleet) -> None:

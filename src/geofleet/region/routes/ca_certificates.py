@@ -58,7 +58,7 @@ def router(cas: CaCertificates, registration_code: str, access: AdminAccess) -> 
     async def delete_ca(ca_id: str) -> None:
         cas.delete(ca_id)
 
-    @routes.get("/cacertificate/{ca_id}/certificates")
+    @routes.get("/certificates-by-ca/{ca_id}")
     async def certificates_by_ca(ca_id: str) -> Json:
         """AWS ListCertificatesByCA."""
         cas.describe(ca_id)
