@@ -26,7 +26,16 @@ from geofleet.domain.errors import Conflict, InvalidRequest, NotFound
 from geofleet.domain.jitr import GUARD_PREFIX, registered_topic
 from geofleet.domain.placement import owner
 from geofleet.domain.policy import DEFAULT_POLICY_NAME
-from geofleet.pki.ca import Authority, cert_pem, certificate_id, create_root, issue_leaf, key_pem, new_key
+from geofleet.pki.ca import (
+    Authority,
+    cert_pem,
+    certificate_id,
+    create_intermediate,
+    create_root,
+    issue_leaf,
+    key_pem,
+    new_key,
+)
 from geofleet.pki.files import write_private, write_public
 from tests.conftest import REGIONS, Fleet
 from tests.helpers import Device, wait_for
@@ -314,6 +323,17 @@ def test_a_refused_device_stays_pending_and_registers_only_once(jfleet: Fleet,
                  f"the pending certificate in {region}")
     with jfleet.admin(A) as api, pytest.raises(NotFound):
         api.call("GET", f"/things/{device.name}")
+
+
+def test_a_registered_intermediate_ca_anchors_its_devices(jfleet: Fleet) -> None:
+    root = create_root("acme", "offline root")
+    intermediate = create_intermediate(root, "factory-7")
+    register_ca(jfleet, intermediate, C)  # the root itself is never registered
+    device = CustomerDevice(jfleet, intermediate, jfleet.new_name("ok-factory"))
+    # each attempt is refused until the CA has reached A, the certificate is registered there
+    # just in time and the hook has activated it
+    wait_for(lambda: device.connects(A), 30, "the device of the intermediate connecting", interval=0.1)
+    wait_for(lambda: device.status(B) == "ACTIVE", 10, "the activation in B")
 
 
 def test_a_certificate_of_an_unregistered_ca_is_refused_by_tls(jfleet: Fleet) -> None:
