@@ -188,6 +188,7 @@ def test_hook_configurations_parse() -> None:
     ({"hook": "webhook", "url": "http://plain.example.com"}, "https://"),
     ({"hook": "webhook", "url": "https://x", "attempts": 0}, "attempts"),
     ({"hook": "webhook", "url": "https://x", "timeoutS": "5"}, "timeoutS"),
+    ({"hook": "webhook", "url": "https://x", "retryS": 0}, "retryS"),
     ({"hook": "python", "entryPoint": "no_function"}, "module:function"),
 ])
 def test_a_bad_hook_configuration_says_what_to_write(raw: Any, message: str) -> None:

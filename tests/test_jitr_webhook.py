@@ -23,6 +23,7 @@ from tests.test_jitr import CustomerDevice, register_ca
 
 A, B, C = REGIONS
 pytestmark = pytest.mark.e2e
+ATTEMPTS = 3
 
 
 class Webhook:
@@ -47,7 +48,12 @@ class Webhook:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 seen = [r for r in hook.requests if r["certificateId"] == body["certificateId"]]
                 hook.requests.append(body)
-                if not seen:
+                if body["thingName"].startswith("late-"):  # down for a whole round of attempts
+                    if len(seen) < ATTEMPTS:
+                        self._answer(503, {"message": "down"})
+                    else:
+                        self._answer(200, {"allow": True})
+                elif not seen:
                     self._answer(503, {"message": "warming up"})
                 elif body["thingName"].startswith("ok-"):
                     self._answer(200, {"allow": True, "thingName": "hooked-" + body["thingName"][3:],
@@ -83,7 +89,7 @@ def webhook_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Fl
     hook = Webhook(root)
     try:
         running = Fleet.start(root / "fleet", tuple(REGIONS), settings={"jitr": {
-            "hook": "webhook", "url": hook.url, "caFile": str(hook.ca_file), "attempts": 4}})
+            "hook": "webhook", "url": hook.url, "caFile": str(hook.ca_file), "attempts": ATTEMPTS, "retryS": 1}})
         assert isinstance(running, Fleet)
         running.wait_healthy()
         yield running, hook
@@ -121,6 +127,19 @@ def test_a_webhook_refusal_leaves_the_certificate_pending(webhook_fleet: tuple[F
              "the webhook's refusal")
     assert device.status(A) == "PENDING_ACTIVATION"
     assert not device.connects(A)
+
+
+def test_a_webhook_down_for_a_whole_round_is_asked_again(webhook_fleet: tuple[Fleet, Webhook]) -> None:
+    fleet, hook = webhook_fleet
+    ca = create_root("acme", "webhook CA 3")
+    register_ca(fleet, ca, C)
+    wait_for(lambda: _knows_ca(fleet, ca), 15, "the CA in every region")
+    device = CustomerDevice(fleet, ca, fleet.new_name("late-hook"))
+    assert not device.connects(C)
+    wait_for(lambda: device.status(A) == "ACTIVE", 30, "the activation once the webhook is back")
+    calls = [r for r in hook.requests if r["certificateId"] == device.cert_id]
+    assert len(calls) == ATTEMPTS + 1  # a failed round, then one more call after retryS
+    assert device.connects(C)
 
 
 def _knows_ca(fleet: Fleet, ca: Any) -> bool:

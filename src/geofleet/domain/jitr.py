@@ -170,6 +170,7 @@ class HookKind(StrEnum):
 MAX_ALLOW_LIST = 100_000
 DEFAULT_WEBHOOK_ATTEMPTS = 5
 DEFAULT_WEBHOOK_TIMEOUT_S = 5.0
+DEFAULT_RETRY_S = 30.0
 _ENTRY_POINT = re.compile(r"\A[A-Za-z_][\w.]*:[A-Za-z_]\w*\Z")
 
 
@@ -181,9 +182,10 @@ class HookConfig:
       template gives) or serial numbers (lower-case hex);
     - ``{"hook": "enrollment"}``: an individual enrollment (``geofleet enrollment create
       --individual``) named as the thing, not revoked;
-    - ``{"hook": "webhook", "url": "https://...", "caFile"?, "attempts"?, "timeoutS"?}``: an
-      HTTPS POST of the registered event plus the certificate's details; a 2xx JSON answer
-      ``{"allow": bool, "thingName"?, "attributes"?}`` decides;
+    - ``{"hook": "webhook", "url": "https://...", "caFile"?, "attempts"?, "timeoutS"?,
+      "retryS"?}``: an HTTPS POST of the registered event plus the certificate's details; a 2xx
+      JSON answer ``{"allow": bool, "thingName"?, "attributes"?}`` decides; a webhook that fails
+      ``attempts`` times in a row is asked again every ``retryS`` seconds;
     - ``{"hook": "python", "entryPoint": "module:function"}``: the function gets the same JSON
       and returns the same answer.
     """
@@ -195,13 +197,15 @@ class HookConfig:
     attempts: int = DEFAULT_WEBHOOK_ATTEMPTS
     timeout_s: float = DEFAULT_WEBHOOK_TIMEOUT_S
     entry_point: str = ""
+    retry_s: float = DEFAULT_RETRY_S
+    """How often a hook that could not decide (webhook unreachable) is asked again."""
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"hook": self.kind.value}
         if self.kind is HookKind.ALLOW_LIST:
             data["allow"] = sorted(self.allow)
         elif self.kind is HookKind.WEBHOOK:
-            data.update(url=self.url, attempts=self.attempts, timeoutS=self.timeout_s)
+            data.update(url=self.url, attempts=self.attempts, timeoutS=self.timeout_s, retryS=self.retry_s)
             if self.ca_file:
                 data["caFile"] = self.ca_file
         elif self.kind is HookKind.PYTHON:
@@ -222,7 +226,7 @@ def parse_hook(raw: Any) -> HookConfig | None:
         raise ConfigError(f"jitr.hook must be one of {[k.value for k in HookKind]}, not {raw.get('hook')!r}"
                           ) from None
     allowed_keys = {HookKind.ALLOW_LIST: {"allow"}, HookKind.ENROLLMENT: set(),
-                    HookKind.WEBHOOK: {"url", "caFile", "attempts", "timeoutS"},
+                    HookKind.WEBHOOK: {"url", "caFile", "attempts", "timeoutS", "retryS"},
                     HookKind.PYTHON: {"entryPoint"}}[kind] | {"hook"}
     unknown = sorted(set(raw) - allowed_keys)
     if unknown:
@@ -244,10 +248,14 @@ def parse_hook(raw: Any) -> HookConfig | None:
             raise ConfigError(f"jitr.attempts must be a whole number from 1 to 20, not {attempts!r}")
         if not isinstance(timeout, int | float) or isinstance(timeout, bool) or not 0 < timeout <= 60:
             raise ConfigError(f"jitr.timeoutS must be a number of seconds in (0, 60], not {timeout!r}")
+        retry = raw.get("retryS", DEFAULT_RETRY_S)
+        if not isinstance(retry, int | float) or isinstance(retry, bool) or not 1 <= retry <= 3600:
+            raise ConfigError(f"jitr.retryS must be a number of seconds from 1 to 3600, not {retry!r}")
         ca_file = raw.get("caFile", "")
         if not isinstance(ca_file, str):
             raise ConfigError("jitr.caFile must be a path (relative to the data directory)")
-        return HookConfig(kind, url=url, ca_file=ca_file, attempts=attempts, timeout_s=float(timeout))
+        return HookConfig(kind, url=url, ca_file=ca_file, attempts=attempts, timeout_s=float(timeout),
+                          retry_s=float(retry))
     if kind is HookKind.PYTHON:
         entry = raw.get("entryPoint")
         if not isinstance(entry, str) or not _ENTRY_POINT.match(entry):
@@ -266,6 +274,8 @@ class Verdict:
     """Overrides the template's name (webhook / python answers only)."""
     attributes: dict[str, str] = field(default_factory=dict)
     """Added to the template's attributes."""
+    retry: bool = False
+    """The hook could not decide (unreachable, failing): ask again later, unlike a refusal."""
 
 
 def allow_list_verdict(allow: frozenset[str], thing_name: str, serial_number: int) -> Verdict:

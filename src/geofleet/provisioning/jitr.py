@@ -16,7 +16,8 @@ connection, as AWS does, and registers the certificate once for the whole fleet:
    connect succeeds in every region: no second JITR after a failover.
 
 A pending certificate that connects again is refused without a second registration; in the
-owner region it also re-runs a hook that failed earlier (at most every ``RETRY_HOOK_S``).
+owner region it also re-runs a hook that failed earlier (at most every ``RETRY_HOOK_S``), and
+a hook that could not decide (a webhook down) is asked again every ``retry_s``.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from geofleet.domain.jitr import (
     thing_name_for,
 )
 from geofleet.domain.json_types import Json
+from geofleet.domain.lru import BoundedCache
 from geofleet.domain.names import ThingName
 from geofleet.domain.placement import owner
 from geofleet.domain.records import CertificateStatus, Kind, Record
@@ -64,18 +66,25 @@ MAX_IN_FLIGHT = 256
 """First connects registered at once by one region; more are refused quietly (devices retry),
 so a flood of new certificates cannot grow memory or tasks without bound."""
 RETRY_HOOK_S = 30.0
+"""A pending certificate reconnecting in the owner region re-runs the hook at most this often."""
+MAX_TRACKED = 10_000
+"""Certificates whose hook timing and undecided state are remembered (bounded memory; a restart
+re-runs the hook for every pending certificate anyway)."""
 
 
 class JustInTime:
     def __init__(self, fleet: FleetConfig, region: str, registry: Registry, guard: GuardCall, publish: Publish,
-                 trust: Callable[[str], None], hook: Hook | None) -> None:
+                 trust: Callable[[str], None], hook: Hook | None, retry_s: float) -> None:
+        """``retry_s``: how often a hook that could not decide is asked again."""
         self._fleet, self._region, self._registry = fleet, region, registry
         self._cas = registry.ca_certificates
         self._guard, self._publish, self._trust, self._hook = guard, publish, trust, hook
         self._regions = [r.name for r in fleet.regions]
         self._registering: set[str] = set()
         self._validating: set[str] = set()
-        self._hook_tried: dict[str, float] = {}
+        self._hook_tried: BoundedCache[str, float] = BoundedCache(MAX_TRACKED)
+        self._undecided: set[str] = set()
+        self._retry_s = retry_s
         self._tasks: set[asyncio.Task[None]] = set()
         self._trusted: set[str] = set()
         for record in registry.ledger.records(Kind.CA_CERTIFICATE):
@@ -114,7 +123,8 @@ class JustInTime:
     def pending_connect(self, cert_id: str) -> None:
         """A PENDING_ACTIVATION certificate connected again: no second registration; in the
         hook's region, a hook that failed before is tried again (rate-limited)."""
-        if self._owns(cert_id) and time.monotonic() - self._hook_tried.get(cert_id, -RETRY_HOOK_S) >= RETRY_HOOK_S:
+        tried = self._hook_tried.get(cert_id)
+        if self._owns(cert_id) and (tried is None or time.monotonic() - tried >= RETRY_HOOK_S):
             self._validate_later(cert_id)
 
     async def _register(self, cert: x509.Certificate, cert_id: str, ca_id: str) -> None:
@@ -149,6 +159,17 @@ class JustInTime:
             for record in self._cas.certificates_of(ca.key):
                 if self._pending_here(record):
                     self._validate_later(record.key)
+        if self._hook is not None:
+            self._spawn(self._retry_undecided_forever(), lambda: None)
+
+    async def _retry_undecided_forever(self) -> None:
+        """Ask the hook again about certificates it could not decide (a webhook down for longer
+        than its attempts): a device must not stay pending for good because its hook was away."""
+        while True:
+            await asyncio.sleep(self._retry_s)  # a period between rounds, not a wait for state
+            undecided, self._undecided = self._undecided, set()
+            for cert_id in undecided:
+                self._validate_later(cert_id)
 
     async def stop(self) -> None:
         for task in list(self._tasks):
@@ -181,7 +202,7 @@ class JustInTime:
         if self._hook is None or cert_id in self._validating:
             return
         self._validating.add(cert_id)
-        self._hook_tried[cert_id] = time.monotonic()
+        self._hook_tried.put(cert_id, time.monotonic())
         self._spawn(self._validate(cert_id), lambda: self._validating.discard(cert_id))
 
     async def _validate(self, cert_id: str) -> None:
@@ -210,6 +231,8 @@ class JustInTime:
         }
         verdict = await self._hook.decide(request)
         thing = verdict.thing_name or default_name
+        if verdict.retry and len(self._undecided) < MAX_TRACKED:
+            self._undecided.add(cert_id)
         if not verdict.allow or not thing:
             log.warning("JITR: certificate %s stays PENDING_ACTIVATION: %s", cert_id,
                         verdict.reason if not verdict.allow else "no thing name")

@@ -97,7 +97,7 @@ class Webhook:
                              attempt, self._attempts, backoff)
                     await asyncio.sleep(backoff)  # backoff between attempts at a remote call, not a wait for state
                     backoff = min(backoff * 2, MAX_BACKOFF_S)
-        return Verdict(False, f"webhook {self._url} failed {self._attempts} time(s), last: {last}")
+        return Verdict(False, f"webhook {self._url} failed {self._attempts} time(s), last: {last}", retry=True)
 
 
 class PythonHook:
@@ -123,7 +123,7 @@ class PythonHook:
             else:
                 answer = await asyncio.to_thread(function, dict(request))
         except Exception as exc:  # the operator's code: whatever it raised is a refusal, logged
-            return Verdict(False, f"{source} raised {type(exc).__name__}: {exc}")
+            return Verdict(False, f"{source} raised {type(exc).__name__}: {exc}", retry=True)
         return parse_verdict(answer, source)
 
 

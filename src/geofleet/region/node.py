@@ -18,7 +18,7 @@ from geofleet.config import DataDir, FleetConfig, RegionConfig, RegionPaths, tom
 from geofleet.domain.errors import NotFound
 from geofleet.domain.hlc import Clock
 from geofleet.domain.horizon import TombstoneHorizon
-from geofleet.domain.jitr import registration_code
+from geofleet.domain.jitr import DEFAULT_RETRY_S, registration_code
 from geofleet.domain.policy import builtin_policies, builtin_upgrade
 from geofleet.domain.throttle import RateLimiter
 from geofleet.pki.files import private_dir
@@ -108,7 +108,8 @@ class RegionNode:
             token_ttl_s=fleet.claim_token_ttl_s, limiter=RateLimiter(fleet.claim_requests_per_minute),
             max_pending=fleet.claim_max_pending)
         self.jitr = JustInTime(fleet, name, self.registry, self.provisioner.guard, self.broker.publish,
-                               self.broker.trust, build_hook(fleet.jitr, data.root, self.registry.enrollments))
+                               self.broker.trust, build_hook(fleet.jitr, data.root, self.registry.enrollments),
+                               fleet.jitr.retry_s if fleet.jitr is not None else DEFAULT_RETRY_S)
         self._registration_code = registration_code(data.fleet_secret())
         self.gate = RegionGate(self.registry, self.shadows, self.presence, self.broker, [self.fleet_provisioning],
                                probe.identity, name, fleet.account, customer_cas=self.jitr)
