@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import ssl
 import threading
 from collections.abc import Iterator
@@ -49,19 +50,19 @@ def jfleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     root = tmp_path_factory.mktemp("jitr")
     hook_log = root / "hook.jsonl"
     previous = os.environ.get("GEOFLEET_TEST_JITR_LOG")
-    os.environ["GEOFLEET_TEST_JITR_LOG"] = str(hook_log)  # the region processes inherit it
+    os.environ["GEOFLEET_TEST_JITR_LOG"] = str(hook_log)  # the region processes (and restarted ones) inherit it
     try:
         running = Fleet.start(root / "fleet", tuple(REGIONS),
                               settings={"jitr": {"hook": "python", "entryPoint": "tests.jitr_hook:decide"}})
+        assert isinstance(running, Fleet)
+        running.wait_healthy()
+        yield running
+        running.stop()
     finally:
         if previous is None:
             del os.environ["GEOFLEET_TEST_JITR_LOG"]
         else:
             os.environ["GEOFLEET_TEST_JITR_LOG"] = previous
-    assert isinstance(running, Fleet)
-    running.wait_healthy()
-    yield running
-    running.stop()
 
 
 def hook_calls(fleet: Fleet, cert_id: str) -> list[dict[str, Any]]:
@@ -414,3 +415,20 @@ def test_the_cli_registers_and_lists_a_ca(jfleet: Fleet, tmp_path: Path) -> None
                        str(tmp_path / "verify.pem"), "--data-dir", root, "--region", C, check=False)
     assert missing.returncode == 2
     assert "cannot read" in missing.stderr
+
+
+def test_the_owner_region_runs_the_hook_again_after_a_crash(jfleet: Fleet,
+                                                            customer_ca: tuple[Authority, str]) -> None:
+    """The hook cannot decide (``gate-*`` devices: the test hook raises until a flag file
+    exists); the owner region is SIGKILLed and restarted: its start-up runs the hook again for
+    the pending certificate it owns, well before its periodic retry (30 s) would."""
+    ca, _ = customer_ca
+    device = CustomerDevice(jfleet, ca, jfleet.new_name("gate-crash"), guard_owner=A)
+    assert not device.connects(B)
+    wait_for(lambda: hook_calls(jfleet, device.cert_id), 15, "the hook's first (undecided) call in A")
+    (jfleet.data.root.parent / "hook.jsonl.open").touch()
+    jfleet.send_signal(A, signal.SIGKILL)
+    jfleet.restart(A)
+    wait_for(lambda: device.status(A) == "ACTIVE", 20, "the activation by A's start-up")
+    assert [c["validatingRegion"] for c in hook_calls(jfleet, device.cert_id)] == [A, A]
+    wait_for(lambda: device.connects(B), 10, "the device connecting in B")
