@@ -40,7 +40,8 @@ log = common.logger("jitr")
 
 
 def attempt(name: str, certs: Path, port: int) -> bool:
-    """One connect: True if accepted (then disconnected), False if refused or closed."""
+    """One connect: True if accepted (then disconnected), False if refused or closed. paho's
+    network loop runs in this thread, so an attempt costs its TLS handshake and CONNECT only."""
     client = common.device_client(name, certs)
     answered = threading.Event()
     accepted: list[bool] = []
@@ -55,10 +56,10 @@ def attempt(name: str, certs: Path, port: int) -> bool:
         client.connect(common.HOST, port)
     except (ssl.SSLError, OSError):
         return False
-    client.loop_start()
-    answered.wait(5)
+    deadline = time.monotonic() + 5
+    while not answered.is_set() and time.monotonic() < deadline:
+        client.loop(timeout=0.005)  # the loop in this thread: loop_stop would wait out paho's 1 s select
     client.disconnect()
-    client.loop_stop()
     return bool(accepted) and accepted[0]
 
 
