@@ -20,7 +20,6 @@ from typing import Any
 
 import httpx
 import pytest
-from awscrt import mqtt as crt_mqtt
 from awsiot import mqtt_connection_builder
 
 from geofleet.domain.errors import Conflict, InvalidRequest, NotFound
@@ -188,7 +187,6 @@ def test_ca_registration_needs_a_proof_of_possession(jfleet: Fleet) -> None:
     other = create_root("mallory", "CA")
     with jfleet.admin(B) as api:
         code = api.call("GET", "/registrationcode")["registrationCode"]
-        assert all(code == jfleet.admin(r).call("GET", "/registrationcode")["registrationCode"] for r in REGIONS)
         pem = cert_pem(ca.cert).decode()
 
         def register(verification: str | None, ca_pem: str = pem) -> Any:
@@ -213,8 +211,11 @@ def test_ca_registration_needs_a_proof_of_possession(jfleet: Fleet) -> None:
                 "caCertificate": pem, "verificationCertificate": cert_pem(issue_leaf(ca, new_key().public_key(),
                                                                                      code)).decode(),
                 "registrationConfig": {"thingNameFrom": "favouriteColour"}})
-        assert api.call("GET", "/cacertificates")["certificates"] == [] or all(
-            c["certificateId"] != certificate_id(ca.cert) for c in api.call("GET", "/cacertificates")["certificates"])
+        listed = [c["certificateId"] for c in api.call("GET", "/cacertificates")["certificates"]]
+        assert certificate_id(ca.cert) not in listed  # nothing registered by the refused requests
+    for region in REGIONS:  # derived from the fleet secret: the same code in every region
+        with jfleet.admin(region) as api:
+            assert api.call("GET", "/registrationcode")["registrationCode"] == code
     ca_id = register_ca(jfleet, ca, B, active=False)
     with jfleet.admin(B) as api, pytest.raises(Conflict, match="already registered"):
         api.call("POST", "/cacertificate", json={
@@ -285,7 +286,6 @@ def test_an_aws_iot_device_sdk_device_registers_just_in_time(jfleet: Fleet, cust
     wait_for(lambda: aws_sdk_connects(jfleet, device, B), 30, "the SDK device connecting in B", interval=0.2)
     assert aws_sdk_connects(jfleet, device, A)
     assert [c["validatingRegion"] for c in hook_calls(jfleet, device.cert_id)] == [C]
-    assert isinstance(crt_mqtt.QoS.AT_LEAST_ONCE, crt_mqtt.QoS)
 
 
 def test_concurrent_first_connects_in_two_regions_give_one_registration(
