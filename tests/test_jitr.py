@@ -211,6 +211,11 @@ def test_ca_registration_needs_a_proof_of_possession(jfleet: Fleet) -> None:
                 "caCertificate": pem, "verificationCertificate": cert_pem(issue_leaf(ca, new_key().public_key(),
                                                                                      code)).decode(),
                 "registrationConfig": {"thingNameFrom": "favouriteColour"}})
+        with pytest.raises(NotFound, match="policy 'no-such-policy' does not exist"):
+            api.call("POST", "/cacertificate", json={
+                "caCertificate": pem, "verificationCertificate": cert_pem(issue_leaf(ca, new_key().public_key(),
+                                                                                     code)).decode(),
+                "registrationConfig": {"policyName": "no-such-policy"}})
         listed = [c["certificateId"] for c in api.call("GET", "/cacertificates")["certificates"]]
         assert certificate_id(ca.cert) not in listed  # nothing registered by the refused requests
     for region in REGIONS:  # derived from the fleet secret: the same code in every region

@@ -48,6 +48,10 @@ class CaCertificates:
                                  "the registration code with the CA's key (proof of possession)")
         check_proof_of_possession(ca, verification, code)
         template = parse_template(registration_config, self._default_policy)
+        # refused now, with the name, rather than every device of the CA left pending later
+        self._ledger.require(Kind.POLICY, template.policy_name, "registrationConfig policy")
+        if template.thing_type is not None:
+            self._ledger.require(Kind.THING_TYPE, template.thing_type, "registrationConfig thing type")
         ca_id = certificate_id(ca)
         if self._ledger.live(Kind.CA_CERTIFICATE, ca_id) is not None:
             raise Conflict(f"CA certificate {ca_id} is already registered")
