@@ -44,6 +44,8 @@ app.add_typer(cert_app, name="cert")
 app.add_typer(shadow_app, name="shadow")
 app.add_typer(replication_app, name="replication")
 app.add_typer(enrollment_app, name="enrollment")
+ca_app = typer.Typer(no_args_is_help=True, help="Customer CAs for just-in-time registration (JITR).")
+app.add_typer(ca_app, name="ca")
 
 DataDirOpt = Annotated[Path, typer.Option("--data-dir", help="The fleet's data directory.")]
 RegionOpt = Annotated[str, typer.Option("--region", help="Which region to ask.")]
@@ -525,6 +527,95 @@ def drill(
     _print(result.to_json(), as_json, "\n" + summary_table(result))
     if result.lost:
         _fail(f"{len(result.lost)} message(s) lost, e.g. {result.lost[:3]}")
+
+
+def _read_text(path: Path, what: str) -> str:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        _fail(f"cannot read the {what} {path}: {exc}", 2)
+
+
+@ca_app.command("registration-code")
+def ca_registration_code(data_dir: DataDirOpt, region: RegionOpt, as_json: JsonOpt = False) -> None:
+    """The code to sign into a verification certificate's subject CN (the same in every region)."""
+    with _client(data_dir, region) as api:
+        answer = api.call("GET", "/registrationcode")
+    _print(answer, as_json, answer["registrationCode"])
+
+
+@ca_app.command("register")
+def ca_register(
+    ca_cert: Annotated[Path, typer.Argument(help="The CA certificate (PEM).")],
+    data_dir: DataDirOpt,
+    region: RegionOpt,
+    verification_cert: Annotated[Path, typer.Option(
+        "--verification-cert", help="A certificate signed by the CA whose subject CN is the registration code.")],
+    set_active: Annotated[bool, typer.Option("--set-active", help="ACTIVE at once (else INACTIVE).")] = False,
+    auto_registration: Annotated[bool, typer.Option(
+        "--auto-registration", help="Register its devices on first connect (JITR).")] = False,
+    template: Annotated[Path | None, typer.Option(
+        "--template", help="registrationConfig JSON: policyName, thingTypeName, attributes, thingNameFrom.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Register a customer CA (with proof of possession of its key); replicated to every region."""
+    config: Any = None
+    if template is not None:
+        try:
+            config = json.loads(_read_text(template, "template"))
+        except ValueError as exc:
+            _fail(f"the template {template} is not JSON: {exc}", 2)
+    body = {"caCertificate": _read_text(ca_cert, "CA certificate"),
+            "verificationCertificate": _read_text(verification_cert, "verification certificate"),
+            "setAsActive": set_active, "allowAutoRegistration": auto_registration, "registrationConfig": config}
+    with _client(data_dir, region) as api:
+        answer = api.call("POST", "/cacertificate", json=body)
+    _print(answer, as_json, f"registered CA {answer['certificateId']}")
+
+
+@ca_app.command("list")
+def ca_list(data_dir: DataDirOpt, region: RegionOpt, as_json: JsonOpt = False) -> None:
+    """List the registered customer CAs."""
+    with _client(data_dir, region) as api:
+        cas = api.call("GET", "/cacertificates")["certificates"]
+    _print(cas, as_json, "\n".join(f"{c['certificateId']}\t{c['status']}" for c in cas) or "(no CA certificates)")
+
+
+@ca_app.command("describe")
+def ca_describe(ca_id: str, data_dir: DataDirOpt, region: RegionOpt, as_json: JsonOpt = False) -> None:
+    """Show one customer CA: status, auto-registration, template."""
+    with _client(data_dir, region) as api:
+        answer = api.call("GET", f"/cacertificate/{ca_id}")
+    described = answer["certificateDescription"]
+    _print(answer, as_json, f"{ca_id}\t{described['status']}\tauto-registration "
+                            f"{described['autoRegistrationStatus']}\t{json.dumps(answer['registrationConfig'])}")
+
+
+@ca_app.command("update")
+def ca_update(
+    ca_id: str,
+    data_dir: DataDirOpt,
+    region: RegionOpt,
+    status: Annotated[str | None, typer.Option("--status", help="ACTIVE, INACTIVE or REVOKED (final).")] = None,
+    auto_registration: Annotated[str | None, typer.Option("--auto-registration", help="ENABLE or DISABLE.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Change a CA's status or auto-registration; INACTIVE/REVOKED refuse its devices everywhere."""
+    if status is None and auto_registration is None:
+        _fail("give --status and/or --auto-registration", 2)
+    params = {k: v for k, v in (("newStatus", status), ("newAutoRegistrationStatus", auto_registration)) if v}
+    with _client(data_dir, region) as api:
+        answer = api.call("PUT", f"/cacertificate/{ca_id}", params=params)
+    described = answer["certificateDescription"]
+    _print(answer, as_json, f"{ca_id}\t{described['status']}\tauto-registration {described['autoRegistrationStatus']}")
+
+
+@ca_app.command("delete")
+def ca_delete(ca_id: str, data_dir: DataDirOpt, region: RegionOpt) -> None:
+    """Delete an INACTIVE CA with no device certificates left."""
+    with _client(data_dir, region) as api:
+        api.call("DELETE", f"/cacertificate/{ca_id}")
+    typer.echo(f"CA {ca_id} deleted")
 
 
 def main() -> None:

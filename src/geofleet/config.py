@@ -27,6 +27,7 @@ from typing import Any
 from geofleet.domain.endpoints import Endpoint
 from geofleet.domain.errors import ConfigError
 from geofleet.domain.horizon import DEFAULT_GRACE_S
+from geofleet.domain.jitr import HookConfig, parse_hook
 from geofleet.domain.network import parse_networks
 from geofleet.pki.files import write_private
 
@@ -108,6 +109,9 @@ class FleetConfig:
     """Fleet-provisioning requests one claim certificate may make per minute in one region."""
     claim_max_pending: int = 100
     """Certificates one claim certificate may have awaiting RegisterThing in one region."""
+    jitr: HookConfig | None = None
+    """The validation hook of just-in-time registration (fleet.json ``"jitr"``, see
+    ``domain.jitr.HookConfig``); None: JITR certificates wait for an operator."""
     changelog_retention_s: float = DEFAULT_CHANGELOG_RETENTION_S
     """A region's change log is truncated once every peer pulled it, or after this long if a peer
     has not: a peer away longer catches up by anti-entropy (a full digest comparison)."""
@@ -143,6 +147,7 @@ class FleetConfig:
             region["hostnames"] = list(region["hostnames"])
         data["residency"] = {k: list(v) for k, v in self.residency.items()}
         data["trusted_proxies"] = list(self.trusted_proxies)
+        data["jitr"] = self.jitr.to_json() if self.jitr is not None else None
         return data
 
     @classmethod
@@ -184,7 +189,7 @@ class FleetConfig:
             raise ConfigError("changelog_retention_s must be a number of seconds") from None
         return cls(str(data.get("fleet", "geofleet")), regions, str(data.get("account", "000000000000")),
                    default, residency, trusted, str(data.get("geoip_database", "")), mode, standby,
-                   changelog_retention_s=retention,
+                   changelog_retention_s=retention, jitr=parse_hook(data.get("jitr")),
                    claim_token_ttl_s=_positive_int(data.get("claim_token_ttl_s", 3600), "claim_token_ttl_s"),
                    claim_requests_per_minute=_positive_int(data.get("claim_requests_per_minute", 20),
                                                            "claim_requests_per_minute"),

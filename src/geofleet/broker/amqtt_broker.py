@@ -102,6 +102,17 @@ class EmbeddedBroker:
     def port(self) -> int:
         return self._port
 
+    def trust(self, ca_pem: str) -> None:
+        """Trust one more CA for client certificates (a customer CA registered for JITR), at
+        once: the listener's SSLContext is this one object, and OpenSSL reads its store at each
+        handshake. OpenSSL cannot take a CA out again: a CA's status is enforced at admission.
+
+        A registered CA may be an intermediate (AWS registers those too): partial-chain
+        verification lets a trusted intermediate anchor a chain without its root, which changes
+        nothing for the fleet's own certificates (their intermediates are trusted already)."""
+        self._tls.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+        self._tls.load_verify_locations(cadata=ca_pem)
+
     async def start(self, gate: Gate) -> None:
         config: dict[str, Any] = {
             "listeners": {"default": {"type": "tcp", "bind": f"{self._host}:{self._port}", "ssl": True,

@@ -73,6 +73,10 @@ class Broker(Protocol):
 
     async def start(self, gate: Gate) -> None: ...
 
+    def trust(self, ca_pem: str) -> None:
+        """Accept client certificates issued by this CA too, from the next handshake on."""
+        ...
+
     async def stop(self) -> None: ...
 
     async def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:

@@ -28,6 +28,9 @@ class Kind(StrEnum):
     """Who may provision: a group's secret key and what its devices get."""
     ENROLLMENT = "enrollment"
     """An individual enrollment: one device id on the allow-list, with its own key."""
+    CA_CERTIFICATE = "ca-certificate"
+    """A customer CA registered for just-in-time registration; key = its caCertificateId (the
+    hex SHA-256 of its DER). A certificate registered just in time has ``ref`` = that id."""
     PRESENCE = "presence"
     """key ``<device>|<region>``, ref = device: that region's latest session of the device
     (see ``domain.presence``); only that region writes it."""
@@ -60,14 +63,18 @@ def pair_key(left: str, right: str) -> str:
 
 def supersedes(new: Record, old: Record | None) -> bool:
     """Whether ``new`` replaces ``old``: last writer wins on (HLC, region), except that a
-    REVOKED certificate stays revoked whatever the clocks say."""
+    REVOKED certificate (or CA certificate) stays revoked whatever the clocks say."""
     if old is None:
         return True
-    if old.kind is Kind.CERTIFICATE and _revoked(old) and not _revoked(new):
+    if old.kind in _TERMINAL_REVOKED and _revoked(old) and not _revoked(new):
         return False
-    if new.kind is Kind.CERTIFICATE and _revoked(new) and not _revoked(old):
+    if new.kind in _TERMINAL_REVOKED and _revoked(new) and not _revoked(old):
         return True
     return (new.hlc, new.origin) > (old.hlc, old.origin)
+
+
+_TERMINAL_REVOKED = frozenset({Kind.CERTIFICATE, Kind.CA_CERTIFICATE})
+"""Kinds whose REVOKED status is final: a device certificate, and a customer CA."""
 
 
 def _revoked(record: Record) -> bool:
@@ -81,6 +88,8 @@ def dependencies(record: Record) -> list[tuple[Kind, str]]:
         return []
     if record.kind is Kind.THING and body.get("thingTypeName"):
         return [(Kind.THING_TYPE, body["thingTypeName"])]
+    if record.kind is Kind.CERTIFICATE and body.get("caCertificateId"):
+        return [(Kind.CA_CERTIFICATE, body["caCertificateId"])]
     if record.kind is Kind.POLICY_ATTACHMENT:
         return [(Kind.CERTIFICATE, body["certificateId"]), (Kind.POLICY, body["policyName"])]
     if record.kind is Kind.THING_PRINCIPAL:

@@ -4,7 +4,7 @@ happens when devices come, go and publish.
 Policy decisions are cached per (certificate, client, action, topic) in a bounded LRU (a device
 publishing to a new topic each time must not grow memory); any change to a certificate, policy
 or attachment clears the cache, and a certificate that stops being ACTIVE
-has its live sessions closed at once.
+has its live sessions closed at once, as have the devices of a customer CA that stops being ACTIVE.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Protocol
 
 from geofleet.broker.base import Broker, Connection, DisconnectReason
 from geofleet.domain.events import presence_payload, thing_payload
+from geofleet.domain.jitr import CaStatus
 from geofleet.domain.lru import BoundedCache
 from geofleet.domain.names import parse_shadow_request, presence_topic, thing_event_topic
 from geofleet.domain.policy import Action, Principal, is_allowed, is_claim_client_id
@@ -48,13 +49,25 @@ class TopicHandler(Protocol):
     async def handle(self, connection: Connection, topic: str, payload: bytes) -> None: ...
 
 
+class CustomerCas(Protocol):
+    """Just-in-time registration, as admission sees it (``provisioning.jitr.JustInTime``)."""
+
+    def ca_admits(self, ca_id: str) -> bool: ...
+
+    def first_connect(self, der: bytes, client_id: str, ip: str) -> None: ...
+
+    def pending_connect(self, cert_id: str) -> None: ...
+
+
 class RegionGate:
     """Built last of the node's parts, with all of them: the broker calls it only once started
     (``Broker.start(gate)``), so the gate can take the broker itself in its constructor."""
 
     def __init__(self, registry: Registry, shadows: ShadowService, presence: PresenceDirectory, broker: Broker,
                  handlers: Sequence[TopicHandler], probe: ProbeIdentity, region: str, account: str,
-                 decision_cache_entries: int = DECISION_CACHE_ENTRIES) -> None:
+                 decision_cache_entries: int = DECISION_CACHE_ENTRIES, customer_cas: CustomerCas | None = None
+                 ) -> None:
+        """``customer_cas`` None: a gate that knows no customer CAs (the node always passes one)."""
         self._registry = registry
         self._shadows = shadows
         self._directory = presence
@@ -67,6 +80,7 @@ class RegionGate:
             BoundedCache(decision_cache_entries)
         self._version = _now_ms()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._customer_cas = customer_cas
         registry.ledger.observe(self._registry_changed)
 
     @property
@@ -82,10 +96,18 @@ class RegionGate:
         cert_id = hashlib.sha256(certificate_der).hexdigest()
         if (cert_id, client_id) == (self._probe.certificate_id, self._probe.client_id):
             return Connection(client_id, str(uuid.uuid4()), cert_id, None, ip, _now_ms(), internal=True)
-        status = self._registry.certificates.status(cert_id)
+        status, ca_id = self._registry.certificates.admission(cert_id)
         if status is not CertificateStatus.ACTIVE:
             log.info("refused %s from %s: certificate %s is %s", client_id, ip, cert_id,
                      status or "not registered")
+            if self._customer_cas is not None:
+                if status is None:  # TLS passed: issued by the fleet's PKI or a registered customer CA
+                    self._customer_cas.first_connect(certificate_der, client_id, ip)
+                elif status is CertificateStatus.PENDING_ACTIVATION and ca_id:
+                    self._customer_cas.pending_connect(cert_id)
+            return None
+        if ca_id and (self._customer_cas is None or not self._customer_cas.ca_admits(ca_id)):
+            log.info("refused %s from %s: certificate %s's CA %s is not ACTIVE", client_id, ip, cert_id, ca_id)
             return None
         thing = client_id if self._registry.principals.is_attached(client_id, cert_id) else None
         connection = Connection(client_id, str(uuid.uuid4()), cert_id, thing, ip, _now_ms())
@@ -162,11 +184,23 @@ class RegionGate:
             self._spawn(self._cut_certificate(record.key))
         if record.kind is Kind.THING:
             self._spawn(self._thing_event(previous, record))
+        if record.kind is Kind.CA_CERTIFICATE and (record.body or {}).get("status") != CaStatus.ACTIVE:
+            self._spawn(self._cut_ca(record.key))
 
     async def _cut_certificate(self, cert_id: str) -> None:
         closed = await self._broker.disconnect(lambda c: c.certificate_id == cert_id, DisconnectReason.AUTH_ERROR)
         if closed:
             log.info("closed %d session(s) of certificate %s: it is no longer ACTIVE", closed, cert_id)
+
+    async def _cut_ca(self, ca_id: str) -> None:
+        """A customer CA set INACTIVE or REVOKED (here or in another region): its devices'
+        sessions end everywhere, as each region hears of it."""
+        issued = {r.key for r in self._registry.ca_certificates.certificates_of(ca_id)}
+        if not issued:
+            return
+        closed = await self._broker.disconnect(lambda c: c.certificate_id in issued, DisconnectReason.AUTH_ERROR)
+        if closed:
+            log.info("closed %d session(s) of devices of CA %s: it is no longer ACTIVE", closed, ca_id)
 
     async def _thing_event(self, previous: Record | None, record: Record) -> None:
         alive_before = previous is not None and not previous.deleted

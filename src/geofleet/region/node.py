@@ -18,18 +18,22 @@ from geofleet.config import DataDir, FleetConfig, RegionConfig, RegionPaths, tom
 from geofleet.domain.errors import NotFound
 from geofleet.domain.hlc import Clock
 from geofleet.domain.horizon import TombstoneHorizon
+from geofleet.domain.jitr import DEFAULT_RETRY_S, registration_code
 from geofleet.domain.policy import builtin_policies, builtin_upgrade
 from geofleet.domain.throttle import RateLimiter
 from geofleet.pki.files import private_dir
 from geofleet.pki.fleet import region_authority
 from geofleet.provisioning.fleet_mqtt import FleetProvisioning
 from geofleet.provisioning.geolocate import Geolocator
+from geofleet.provisioning.jitr import JustInTime
+from geofleet.provisioning.jitr_hooks import build_hook
 from geofleet.provisioning.service import Provisioner
 from geofleet.region.api import create_app
 from geofleet.region.concierge import Concierge
 from geofleet.region.gate import RegionGate
 from geofleet.region.health import BrokerProbe, Health
 from geofleet.region.instance_lock import InstanceLock
+from geofleet.region.routes import ca_certificates as ca_certificates_routes
 from geofleet.region.routes import certificates as certificates_routes
 from geofleet.region.routes import concierge as concierge_routes
 from geofleet.region.routes import delivery as delivery_routes
@@ -103,8 +107,12 @@ class RegionNode:
             locator.locate,
             token_ttl_s=fleet.claim_token_ttl_s, limiter=RateLimiter(fleet.claim_requests_per_minute),
             max_pending=fleet.claim_max_pending)
+        self.jitr = JustInTime(fleet, name, self.registry, self.provisioner.guard, self.broker.publish,
+                               self.broker.trust, build_hook(fleet.jitr, data.root, self.registry.enrollments),
+                               fleet.jitr.retry_s if fleet.jitr is not None else DEFAULT_RETRY_S)
+        self._registration_code = registration_code(data.fleet_secret())
         self.gate = RegionGate(self.registry, self.shadows, self.presence, self.broker, [self.fleet_provisioning],
-                               probe.identity, name, fleet.account)
+                               probe.identity, name, fleet.account, customer_cas=self.jitr)
         access = AdminAccess(data.token())
         app = create_app(name, access, self._routers(name, access))
         self._http = EmbeddedServer(uvicorn.Config(
@@ -125,6 +133,7 @@ class RegionNode:
             things_routes.router(self.registry, access),
             thing_types_routes.router(self.registry, access),
             certificates_routes.router(self.registry, access),
+            ca_certificates_routes.router(self.registry.ca_certificates, self._registration_code, access),
             policies_routes.router(self.registry, access),
             shadows_routes.router(self.shadows, access),
             provisioning_routes.router(self.provisioner, access),
@@ -157,10 +166,12 @@ class RegionNode:
         await self.replication.start()
         await self.health.start()
         self.fleet_provisioning.start()
+        self.jitr.start()
         http = asyncio.create_task(self._http.serve())
         while not self._http.started and not http.done():
             await asyncio.sleep(0.01)
         if http.done():
+            await self.jitr.stop()
             await self.fleet_provisioning.stop()
             await self.health.stop()
             await self.replication.stop()
@@ -173,6 +184,7 @@ class RegionNode:
         finally:
             self._http.should_exit = True
             await http
+            await self.jitr.stop()
             await self.fleet_provisioning.stop()
             await self.health.stop()
             await self.replication.stop()

@@ -26,8 +26,8 @@ MAX_BATCH = 1000
 MAX_WAIT_S = 30.0
 MAX_PEER_BODY_BYTES = 1024 * 1024
 """Peer requests carry guard actions (a provisioning answer: a few KB); anything far larger is refused while read."""
-PRIORITY_KINDS = ("certificate",)
-"""Certificate status changes (revocations) travel on a stream of their own."""
+PRIORITY_KINDS = ("certificate", "ca-certificate")
+"""Certificate and customer CA status changes (revocations) travel on a stream of their own."""
 
 
 class ChangeFeed:

@@ -9,6 +9,7 @@ from typing import Any
 
 from geofleet.domain.errors import GeofleetError
 from geofleet.domain.hlc import HLC
+from geofleet.domain.jitr import CaStatus
 from geofleet.domain.presence import Session, entry_key
 from geofleet.domain.records import CertificateStatus, Kind, Record
 from geofleet.store.base import SHADOW_KIND, Change
@@ -101,6 +102,7 @@ _REQUIRED = {
     Kind.ENROLLMENT_GROUP: ("name", "key", "policyName"),
     Kind.ENROLLMENT: ("name", "key", "policyName"),
     Kind.PRESENCE: ("device", "region", "sessionId", "connectedAt"),
+    Kind.CA_CERTIFICATE: ("certificateId", "certificatePem", "status", "autoRegistrationStatus"),
 }
 
 
@@ -110,6 +112,8 @@ def _check_body(kind: Kind, body: dict[str, Any], where: str, key: str, origin: 
         raise BatchError(f"{where}: a {kind.value} needs string fields {missing}")
     if kind is Kind.CERTIFICATE and body["status"] not in {s.value for s in CertificateStatus}:
         raise BatchError(f"{where}: unknown certificate status {body['status']!r}")
+    if kind is Kind.CA_CERTIFICATE and body["status"] not in {s.value for s in CaStatus}:
+        raise BatchError(f"{where}: unknown CA certificate status {body['status']!r}")
     if kind is Kind.PRESENCE:
         try:
             session = Session.from_json(body)

@@ -29,16 +29,17 @@ class Certificates:
         return self.register(sign_csr(self._authority, csr), status, extra)
 
     def register(self, cert: x509.Certificate, status: CertificateStatus,
-                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                 extra: dict[str, Any] | None = None, ref: str = "") -> dict[str, Any]:
         """Register a certificate: one this region just signed, or one issued by the fleet's PKI
         elsewhere (another region's CA). The caller parsed it where it arrived; ``extra`` fields
-        go into its record (fleet provisioning keeps its ownership token there)."""
+        go into its record (fleet provisioning keeps its ownership token there); ``ref`` is the
+        customer CA of a certificate registered just in time."""
         cert_id = certificate_id(cert)
         if self._ledger.live(Kind.CERTIFICATE, cert_id) is not None:
             raise Conflict(f"certificate {cert_id} is already registered")
         body = {"certificateId": cert_id, "certificatePem": cert_pem(cert).decode(), "status": status.value,
                 "issuer": cert.issuer.rfc4514_string(), "creationDate": int(time.time()), **(extra or {})}
-        self._ledger.put(Kind.CERTIFICATE, cert_id, body)
+        self._ledger.put(Kind.CERTIFICATE, cert_id, body, ref=ref)
         return {"certificateId": cert_id, "certificateArn": self._arn(cert_id),
                 "certificatePem": body["certificatePem"]}
 
@@ -51,16 +52,25 @@ class Certificates:
         return [{k: v for k, v in (r.body or {}).items() if k != "certificatePem"}
                 for r in self._ledger.listed(Kind.CERTIFICATE, after, limit)]
 
+    def admission(self, cert_id: str) -> tuple[CertificateStatus | None, str]:
+        """What admission needs in one read: the status (None: not registered) and the customer
+        CA the certificate was registered under just in time ("" for the fleet's own)."""
+        record = self._ledger.live(Kind.CERTIFICATE, cert_id)
+        if record is None:
+            return None, ""
+        return CertificateStatus((record.body or {})["status"]), record.ref
+
     def status(self, cert_id: str) -> CertificateStatus | None:
         record = self._ledger.live(Kind.CERTIFICATE, cert_id)
         return None if record is None else CertificateStatus((record.body or {})["status"])
 
     def update(self, cert_id: str, status: CertificateStatus) -> dict[str, Any]:
-        body = dict(self._ledger.require(Kind.CERTIFICATE, cert_id, "certificate").body or {})
+        record = self._ledger.require(Kind.CERTIFICATE, cert_id, "certificate")
+        body = dict(record.body or {})
         check_status_change(cert_id, body["status"], status)
         if body["status"] != status:
             body["status"] = status.value
-            self._ledger.put(Kind.CERTIFICATE, cert_id, body)
+            self._ledger.put(Kind.CERTIFICATE, cert_id, body, ref=record.ref)
         return self.describe(cert_id)
 
     def delete(self, cert_id: str) -> None:

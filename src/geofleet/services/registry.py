@@ -8,7 +8,9 @@ needs (``registry.things``, ``registry.certificates``...).
 from __future__ import annotations
 
 from geofleet.domain.hlc import Clock
+from geofleet.domain.policy import DEFAULT_POLICY_NAME
 from geofleet.pki.ca import Authority
+from geofleet.services.ca_certificates import CaCertificates
 from geofleet.services.certificates import Certificates
 from geofleet.services.enrollment import Enrollments
 from geofleet.services.ledger import Ledger
@@ -27,4 +29,5 @@ class Registry:
         self.certificates = Certificates(self.ledger, account, authority)
         self.policies = Policies(self.ledger, account)
         self.principals = ThingPrincipals(self.ledger)
+        self.ca_certificates = CaCertificates(self.ledger, account, DEFAULT_POLICY_NAME)
         self.enrollments = Enrollments(self.ledger, self.certificates, self.policies, self.thing_types)
