@@ -28,7 +28,10 @@ from geofleet.region.gate import RegionGate
 from geofleet.region.health import ProbeIdentity
 from geofleet.services.presence import PresenceDirectory
 from geofleet.services.registry import Registry
+from geofleet.services.rules.actions import builtin_kinds
+from geofleet.services.rules.engine import RulesEngine
 from geofleet.services.shadows import ShadowService
+from geofleet.store.rules_sqlite import RulesStore
 from geofleet.store.sqlite import SqliteStore
 from tests.helpers import Device, wait_for
 from tests.mqtt_wire import RawClient, connect_packet
@@ -152,8 +155,9 @@ def test_the_policy_decision_cache_is_bounded(tmp_path: Path) -> None:
     broker = EmbeddedBroker("127.0.0.1", _free_port(), files["server"], files["server_key"], files["ca"])
     presence = PresenceDirectory(store, registry.ledger, clock, "r1", broker)
     probe = ProbeIdentity("probe-cert", "probe", "$geofleet/probe/r1")
+    rules = RulesEngine(registry.ledger, RulesStore(":memory:"), broker, builtin_kinds())
     gate = RegionGate(registry, shadows, presence, broker, [], probe, "r1", "000000000000",
-                      decision_cache_entries=1000)
+                      decision_cache_entries=1000, rules=rules)
     connection = Connection("device", "s", "cert", "device", "127.0.0.1", 0)
     for n in range(5000):  # a device publishing to a new topic each time
         gate.authorize(connection, Action.PUBLISH, f"dt/device/{n}")

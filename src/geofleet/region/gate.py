@@ -48,18 +48,25 @@ class TopicHandler(Protocol):
     async def handle(self, connection: Connection, topic: str, payload: bytes) -> None: ...
 
 
+class MessageRules(Protocol):
+    """The rules engine, which sees every accepted device publish before it is acknowledged."""
+
+    async def on_device_message(self, client_id: str, principal: str, topic: str, payload: bytes) -> None: ...
+
+
 class RegionGate:
     """Built last of the node's parts, with all of them: the broker calls it only once started
     (``Broker.start(gate)``), so the gate can take the broker itself in its constructor."""
 
     def __init__(self, registry: Registry, shadows: ShadowService, presence: PresenceDirectory, broker: Broker,
                  handlers: Sequence[TopicHandler], probe: ProbeIdentity, region: str, account: str,
-                 decision_cache_entries: int = DECISION_CACHE_ENTRIES) -> None:
+                 decision_cache_entries: int = DECISION_CACHE_ENTRIES, *, rules: MessageRules) -> None:
         self._registry = registry
         self._shadows = shadows
         self._directory = presence
         self._broker = broker
         self._handlers = tuple(handlers)
+        self._rules = rules
         self._probe = probe
         self._region = region
         self._account = account
@@ -122,6 +129,9 @@ class RegionGate:
         await self._presence("disconnected", connection)
 
     async def message(self, connection: Connection, topic: str, payload: bytes) -> None:
+        if not connection.internal:
+            # before the PUBACK: durable rule actions are committed by the time this returns
+            await self._rules.on_device_message(connection.client_id, connection.certificate_id, topic, payload)
         if topic.startswith("$aws/things/"):
             request = parse_shadow_request(topic)
             if request is not None:
