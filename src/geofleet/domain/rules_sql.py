@@ -13,7 +13,8 @@ The subset:
   ``timestamp()`` (ms since the epoch) and ``principal()`` (the certificate id);
 - ``FROM 'topic/filter'`` with ``+`` and ``#``;
 - ``WHERE`` with ``= <> != < <= > >=``, ``AND``, ``OR``, ``NOT``, parentheses, string
-  (``'...'``, ``''`` escapes a quote), number and boolean literals, fields and functions.
+  (``'...'``, ``''`` escapes a quote), number (``-`` for a negative one) and boolean literals,
+  fields and functions. No arithmetic, no other functions, no ``CASE``/``IN``/``LIKE``.
 
 Evaluation follows AWS's semantics: a field the payload does not have is *Undefined*; a
 comparison with Undefined (or between values of different types) is Undefined; ``WHERE`` passes
@@ -75,7 +76,7 @@ _TOKEN = re.compile(r"""
   | (?P<number>\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)
   | (?P<ident>[A-Za-z_][A-Za-z0-9_]*)
   | (?P<string>'(?:[^']|'')*')
-  | (?P<op><>|!=|<=|>=|[=<>(),.*])
+  | (?P<op><>|!=|<=|>=|[=<>(),.*-])
 """, re.VERBOSE)
 
 
@@ -296,6 +297,11 @@ class _Parser:
         if token.kind in ("string", "number"):
             self._take()
             return Literal(token.value)
+        if token.kind == "op" and token.text == "-":
+            self._take()
+            if not self._is("number"):
+                self._fail("a number after '-' (the subset has no arithmetic)")
+            return Literal(-self._take().value)
         if token.kind == "keyword" and token.text in ("true", "false"):
             self._take()
             return Literal(token.text == "true")
