@@ -101,6 +101,7 @@ _REQUIRED = {
     Kind.ENROLLMENT_GROUP: ("name", "key", "policyName"),
     Kind.ENROLLMENT: ("name", "key", "policyName"),
     Kind.PRESENCE: ("device", "region", "sessionId", "connectedAt"),
+    Kind.TOPIC_RULE: ("ruleName", "sql"),
 }
 
 
