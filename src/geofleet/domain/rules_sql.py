@@ -378,12 +378,15 @@ def fields_of(payload: bytes) -> Mapping[str, Any] | None:
     return decoded if isinstance(decoded, dict) else None
 
 
-def evaluate(statement: Statement, message: Message) -> dict[str, Any] | bytes | None:
+def evaluate(statement: Statement, message: Message, fields: Mapping[str, Any] | None | _UndefinedType = Undefined
+             ) -> dict[str, Any] | bytes | None:
     """What the rule sends for ``message`` (a JSON object, or the raw payload for ``SELECT *``
-    of a payload that is not a JSON object), or None when ``WHERE`` is not true.
+    of a payload that is not a JSON object), or None when ``WHERE`` is not true. ``fields`` is
+    ``fields_of(message.payload)`` when the caller has it already (decoded once for every rule).
 
     The caller has already matched the topic against ``statement.topic_filter``."""
-    fields = fields_of(message.payload)
+    if isinstance(fields, _UndefinedType):
+        fields = fields_of(message.payload)
     if statement.where is not None and _value(statement.where, fields, message) is not True:
         return None
     if fields is None and statement.selects_all and len(statement.columns) == 1:

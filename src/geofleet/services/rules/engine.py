@@ -23,7 +23,7 @@ from geofleet.broker.base import Broker
 from geofleet.domain.errors import GeofleetError
 from geofleet.domain.records import Kind, Record
 from geofleet.domain.rules import action_kind, error_payload, failure
-from geofleet.domain.rules_sql import Message, Statement, evaluate, parse
+from geofleet.domain.rules_sql import Message, Statement, evaluate, fields_of, parse
 from geofleet.domain.topics import TopicFilterIndex
 from geofleet.services.ledger import Ledger
 from geofleet.services.rules.actions import MAX_REPUBLISH_HOPS, ActionKind, Matched, encode_output
@@ -105,11 +105,13 @@ class RulesEngine:
         if not self._rules:
             return
         matched: list[tuple[CompiledRule, Matched]] = []
-        for topic_filter in self._index.match(message.topic):
+        filters = self._index.match(message.topic)
+        fields = fields_of(message.payload) if filters else None  # decoded once for every rule
+        for topic_filter in filters:
             for rule in self._by_filter.get(topic_filter, ()):
                 self.counters["evaluated"] += 1
                 try:
-                    output = evaluate(rule.statement, message)
+                    output = evaluate(rule.statement, message, fields)
                 except Exception:  # a bug in one rule's evaluation must not stop the message
                     log.exception("rule %s could not evaluate a message on %s", rule.name, message.topic)
                     continue
