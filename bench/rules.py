@@ -17,7 +17,8 @@ What is measured, on a throw-away two-region fleet (A = us-east-1, B = eu-west-1
    and over a burst of the same number;
 3. loss across a SIGKILL of B: a rule in A forwards ``dt/bench-pub/loss`` to B, and a rule in B
    sends each forwarded message to a webhook in this process (the http action's outbox is
-   durable, so what B acknowledged to A must reach the webhook even if B dies right after).
+   durable, so what B acknowledged to A must reach the webhook even if B dies right after; the
+   forward publishes on ``forwarded/...``, which only forwards reach: rules run in every region).
    The device publishes ``--loss-messages`` messages in three equal parts: B is SIGKILLed after
    the first part (forwards in flight), restarted after the second. Lost = published and
    acknowledged by A but never received by the webhook (must be 0); duplicates are counted.
@@ -175,11 +176,12 @@ def loss_across_sigkill(fleet: LocalFleet, pub: Device, messages: int) -> dict[s
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         with _admin(fleet, A) as api:
-            api.call("POST", "/rules/bench_loss_out", json={"sql": "SELECT * FROM 'dt/+/loss'",
-                                                            "actions": [{"forward": {"region": B, "qos": 1}}]})
+            api.call("POST", "/rules/bench_loss_out", json={
+                "sql": "SELECT * FROM 'dt/+/loss'",
+                "actions": [{"forward": {"region": B, "topic": "forwarded/${topic(2)}/loss", "qos": 1}}]})
         with _admin(fleet, B) as api:
             api.call("POST", "/rules/bench_loss_in", json={
-                "sql": "SELECT n FROM 'dt/+/loss'",
+                "sql": "SELECT n FROM 'forwarded/+/loss'",  # rules run in every region: only forwards match
                 "actions": [{"http": {"url": f"http://{HOST}:{server.server_address[1]}/loss"}}]})
         topic = f"dt/{PUB}/loss"
         third = messages // 3

@@ -378,7 +378,7 @@ def fields_of(payload: bytes) -> Mapping[str, Any] | None:
     return decoded if isinstance(decoded, dict) else None
 
 
-def evaluate(statement: Statement, message: Message, fields: Mapping[str, Any] | None | _UndefinedType = Undefined
+def evaluate(statement: Statement, message: Message, fields: Mapping[str, Any] | _UndefinedType | None = Undefined
              ) -> dict[str, Any] | bytes | None:
     """What the rule sends for ``message`` (a JSON object, or the raw payload for ``SELECT *``
     of a payload that is not a JSON object), or None when ``WHERE`` is not true. ``fields`` is

@@ -5,6 +5,10 @@ The gate calls ``on_device_message`` for every publish the broker accepted (live
 *before* the device's PUBACK: the outbox rows of every durable action of every matching rule
 are committed in one transaction first, so an acknowledged message is never lost by a crash.
 
+Rule records are replicated, so every region runs every rule on the messages *its* devices
+publish (as one would deploy the same rule in each AWS region); in the region a forward names,
+that forward does nothing (the message is already there).
+
 Rules are compiled once (SQL parsed, FROM filters in a topic trie) and again when a rule record
 changes, here or by replication: a message costs one trie lookup, whatever the number of rules
 that do not match it. A rule whose record cannot be compiled (written by a newer version, or for
@@ -45,7 +49,9 @@ class CompiledRule:
 
 
 class RulesEngine:
-    def __init__(self, ledger: Ledger, store: RulesStore, broker: Broker, kinds: Mapping[str, ActionKind]) -> None:
+    def __init__(self, ledger: Ledger, store: RulesStore, broker: Broker, kinds: Mapping[str, ActionKind],
+                 region: str) -> None:
+        self._region = region
         self._ledger = ledger
         self._store = store
         self._broker = broker
@@ -128,8 +134,10 @@ class RulesEngine:
             for rule, match in matched:
                 for action in rule.actions:
                     kind_name, fields = action_kind(action)
-                    if forwarded and kind_name == "forward":
-                        continue  # a forwarded message is never forwarded again: no loops between regions
+                    if kind_name == "forward" and (forwarded or fields.get("region") == self._region):
+                        # a forwarded message is never forwarded again (no loops between regions),
+                        # and a rule (replicated everywhere) forwarding to this region is already here
+                        continue
                     kind = self._kinds.get(kind_name)
                     try:
                         if kind is None:
