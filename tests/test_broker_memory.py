@@ -155,7 +155,7 @@ def test_the_policy_decision_cache_is_bounded(tmp_path: Path) -> None:
     broker = EmbeddedBroker("127.0.0.1", _free_port(), files["server"], files["server_key"], files["ca"])
     presence = PresenceDirectory(store, registry.ledger, clock, "r1", broker)
     probe = ProbeIdentity("probe-cert", "probe", "$geofleet/probe/r1")
-    rules = RulesEngine(registry.ledger, RulesStore(":memory:"), broker, builtin_kinds(), "r1")
+    rules = RulesEngine(registry.ledger, RulesStore(":memory:"), broker, builtin_kinds(frozenset({"r1"})), "r1")
     gate = RegionGate(registry, shadows, presence, broker, [], probe, "r1", "000000000000",
                       decision_cache_entries=1000, rules=rules)
     connection = Connection("device", "s", "cert", "device", "127.0.0.1", 0)

@@ -97,8 +97,9 @@ class RegionNode:
             log.info("region %s: %d device session(s) ended with the previous process", name, ended)
         probe = BrokerProbe(authority, self.config, data.trust_bundle, paths.root)
         self.rules_store = RulesStore(paths.root / "rules.db")
-        self.rules = RulesEngine(self.registry.ledger, self.rules_store, self.broker, builtin_kinds(), name)
-        self.rule_admin = RuleAdmin(self.registry.ledger, FleetContext(frozenset(r.name for r in fleet.regions), name))
+        regions = frozenset(r.name for r in fleet.regions)
+        self.rules = RulesEngine(self.registry.ledger, self.rules_store, self.broker, builtin_kinds(regions), name)
+        self.rule_admin = RuleAdmin(self.registry.ledger, FleetContext(regions, name))
         forward_inbox = ForwardInbox(self.rules_store, self.broker, self.rules)
         self.replication = Replication(data, fleet, name, self.store, self.registry.ledger, self.shadows,
                                        lambda: self.health.local(), horizon, forward_inbox)

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from geofleet.domain.errors import InvalidRequest
 from geofleet.domain.rules_sql import Message, substitute
 
 MAX_REPUBLISH_HOPS = 4
@@ -74,10 +75,15 @@ class Republish:
 class Forward:
     kind = "forward"
 
+    def __init__(self, regions: frozenset[str]) -> None:
+        self._regions = regions
+
     def channel(self, fields: Mapping[str, Any]) -> str | None:
         return f"forward:{fields['region']}"
 
     def prepare(self, fields: Mapping[str, Any], matched: Matched) -> dict[str, Any]:
+        if fields.get("region") not in self._regions:  # a rule replicated from a region configured otherwise
+            raise InvalidRequest(f"{fields.get('region')!r} is not a region this node forwards to")
         message = matched.message
         topic = substitute(str(fields["topic"]), message) if fields.get("topic") else message.topic
         return {"rule": matched.rule, "topic": topic, "qos": int(fields.get("qos", 0)),
@@ -98,6 +104,7 @@ class Http:
                 "original": b64(message.payload), "errorAction": matched.error_action}
 
 
-def builtin_kinds() -> dict[str, ActionKind]:
-    kinds: list[ActionKind] = [Republish(), Forward(), Http()]
+def builtin_kinds(regions: frozenset[str]) -> dict[str, ActionKind]:
+    """Every action kind of a node whose fleet has ``regions``."""
+    kinds: list[ActionKind] = [Republish(), Forward(regions), Http()]
     return {k.kind: k for k in kinds}
