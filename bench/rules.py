@@ -68,6 +68,10 @@ class _Webhook(BaseHTTPRequestHandler):
         return None
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128  # the region's webhook sender opens up to 16 connections at once (default backlog: 5)
+
+
 def _device(fleet: LocalFleet, name: str, region: str) -> Device:
     certs = common.devices_dir(fleet)
     return Device(name, common.region_int(fleet, region, "mqtt_port"), certs / "root-ca.pem",
@@ -172,7 +176,7 @@ def forward_lag(fleet: LocalFleet, pub: Device, watcher: Device, count: int) -> 
 
 def loss_across_sigkill(fleet: LocalFleet, pub: Device, messages: int) -> dict[str, Any]:
     _Webhook.received = []
-    server = ThreadingHTTPServer((HOST, 0), _Webhook)
+    server = _Server((HOST, 0), _Webhook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         with _admin(fleet, A) as api:

@@ -139,6 +139,7 @@ class HttpSender(_Wakeable):
         self._policy = policy
         self._client = httpx.AsyncClient(timeout=policy.timeout_s, follow_redirects=False)
         self.delivered = 0
+        self.retried = 0
         self.dead = 0
 
     async def close(self) -> None:
@@ -173,6 +174,7 @@ class HttpSender(_Wakeable):
             return
         attempts = row.attempts + 1
         if attempts < self._policy.attempts:
+            self.retried += 1
             delay = min(self._policy.backoff_max_s, self._policy.backoff_s * 2 ** (attempts - 1))
             with self._store.atomic():
                 self._store.retry_later(row.id, attempts, now_ms() + int(delay * random.uniform(0.75, 1.0) * 1000))
@@ -224,7 +226,8 @@ class RuleSenders:
     def status(self) -> dict[str, Any]:
         return {"rules": self._engine.active(), "counters": dict(self._engine.counters),
                 "outbox": self._store.depth(), "forwards": [s.status() for s in self.forwards.values()],
-                "http": {"delivered": self.http.delivered, "deadLettered": self.http.dead}}
+                "http": {"delivered": self.http.delivered, "retried": self.http.retried,
+                         "deadLettered": self.http.dead}}
 
 
 async def _guarded(run: Callable[[], Awaitable[None]], name: str) -> None:
