@@ -5,6 +5,7 @@ letter and errorAction), rule records replicating, and bad input refused with a 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -20,6 +21,9 @@ import pytest
 from geofleet.domain.errors import Conflict, InvalidRequest
 from tests.conftest import REGIONS, Fleet
 from tests.helpers import Device, geofleet, wait_for
+from tests.mqtt_wire import connect_packet
+from tests.test_broker_hardening import ACCEPTED, raw
+from tests.test_http_hardening import peer_http
 
 A, B, C = REGIONS  # us-east-1, eu-west-1, ap-southeast-1
 HTTP_ENV = {"GEOFLEET_RULES_HTTP_ATTEMPTS": "3", "GEOFLEET_RULES_HTTP_TIMEOUT_S": "1",
@@ -270,3 +274,52 @@ def test_rule_records_replicate_and_bad_rules_are_refused(rfleet: Fleet) -> None
     geofleet("rule", "delete", "everywhere", "--data-dir", root, "--region", C)
     wait_for(lambda: not any(r["ruleName"] == "everywhere" for r in json.loads(geofleet(
         "rule", "list", "--json", "--data-dir", root, "--region", A).stdout)), 10, "the delete replicated to A")
+
+
+def test_a_last_will_goes_through_the_rules(rfleet: Fleet) -> None:
+    name = rfleet.create_device(region=A)
+    with observer(rfleet, A, "gone/#") as watcher:
+        create_rule(rfleet, A, "wills", f"SELECT *, clientid() AS who FROM 'dt/{name}/will'",
+                    {"republish": {"topic": "gone/${clientid()}"}})
+        client = raw(rfleet, name, A)
+        assert client.connect(connect_packet(name, will=(f"dt/{name}/will", b'{"online":false}', False))) == ACCEPTED
+        client.close()  # no DISCONNECT: the broker publishes the Last Will
+        got = wait_for(lambda: payloads(watcher, f"gone/{name}"), 10, "the Last Will through the rule")
+        assert got == [{"online": False, "who": name}]
+
+
+def test_an_action_that_cannot_run_runs_the_error_action_at_once(rfleet: Fleet) -> None:
+    with observer(rfleet, A, "failed/#", "never/#") as watcher, device_in(rfleet, A) as sensor:
+        name = sensor.client_id
+        create_rule(rfleet, A, "holey", f"SELECT * FROM 'dt/{name}/holey'",
+                    {"republish": {"topic": "never/${topic(5)}"}}, errorAction={"republish": {"topic": "failed/holey"}})
+        sensor.publish(f"dt/{name}/holey", {"x": 1})
+        error = wait_for(lambda: payloads(watcher, "failed/holey"), 10, "the errorAction")[0]
+        assert error["failures"][0]["failedAction"] == "RepublishAction"
+        assert "no value for ${topic(5)}" in error["failures"][0]["errorMessage"]
+        assert not [m for m in watcher.messages if m.topic.startswith("never/")]
+
+
+def test_the_forward_route_takes_only_well_formed_batches_from_its_peers(rfleet: Fleet) -> None:
+    with observer(rfleet, A, "spoof/#", "$aws/things/+/shadow/#") as watcher:
+        with peer_http(rfleet, A, as_region=B) as peer:
+            wrong = peer.post("/v1/forward", params={"peer": C}, json={"epoch": "e", "items": []})
+            assert wrong.status_code == 403  # B's certificate cannot speak for C
+            assert peer.post("/v1/forward", params={"peer": B}, json={"epoch": "", "items": []}).status_code == 400
+            assert peer.post("/v1/forward", params={"peer": B},
+                             json={"epoch": "e", "items": [{"seq": 2}, {"seq": 1}]}).status_code == 400
+            item = {"payload": base64.b64encode(b"{}").decode(), "clientId": "x", "principal": "", "timestamp": 0}
+            answer = peer.post("/v1/forward", params={"peer": B}, json={"epoch": "hostile", "items": [
+                {"seq": 1, "topic": "$aws/things/x/shadow/update/accepted", **item},
+                {"seq": 2, "topic": "spoof/+", **item},
+                {"seq": 3, "topic": "spoof/ok", **item},
+                {"seq": 4, "topic": "spoof/ok", **item, "payload": "not base64!"}]})
+            assert answer.status_code == 200
+            body = answer.json()
+            assert body["through"] == 4
+            assert [r["seq"] for r in body["refused"]] == [1, 2, 4]
+            again = peer.post("/v1/forward", params={"peer": B}, json={"epoch": "hostile", "items": [
+                {"seq": 3, "topic": "spoof/ok", **item}]}).json()
+            assert again == {"region": A, "through": 3, "refused": []}  # seen: taken, not published again
+        wait_for(lambda: payloads(watcher, "spoof/ok"), 10, "the one valid item")
+        assert [m.topic for m in watcher.messages] == ["spoof/ok"]
