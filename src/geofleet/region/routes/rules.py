@@ -45,7 +45,7 @@ def router(rules: RuleAdmin, senders: RuleSenders, store: RulesStore, access: Ad
         if region not in senders.forwards:
             raise NotFound(f"{region!r} is not another region of this fleet")
         if state not in ("pause", "resume"):
-            raise NotFound("use /pause or /resume")
+            raise InvalidRequest(f"unknown state {state!r}: use /pause or /resume")
         senders.pause(region, state == "pause")
         return senders.forwards[region].status()
 

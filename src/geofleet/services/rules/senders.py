@@ -85,8 +85,6 @@ class ForwardSender(_Wakeable):
         self.paused = False
         self.sent = 0
         self.last_error: str | None = None
-        self.lags_ms: list[int] = []
-        """Enqueue-to-acknowledged of the last forwarded messages (bounded), for bench and status."""
 
     async def run(self) -> None:
         failures = 0
@@ -123,7 +121,6 @@ class ForwardSender(_Wakeable):
             with self._store.atomic():
                 self._store.remove(self.channel, [row.id for row in done if row.id not in refused])
             self.sent += len(done) - len(refused)
-            self.lags_ms = (self.lags_ms + [now - row.created_ms for row in done])[-10_000:]
 
     def status(self) -> dict[str, Any]:
         return {"target": self.target, "paused": self.paused, "sent": self.sent, "lastError": self.last_error}
