@@ -25,9 +25,10 @@ JSON object has no fields; ``SELECT *`` then passes its bytes on unchanged, as A
 from __future__ import annotations
 
 import json
+import operator
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from geofleet.domain.errors import InvalidRequest
@@ -141,6 +142,8 @@ class Logical:
 
 
 Expr = Literal | Field | Call | Compare | Logical
+Evaluator = Callable[["Mapping[str, Any] | None", "Message"], Any]
+"""A compiled expression: its value for (the payload's fields, the message)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +162,10 @@ class Statement:
     columns: tuple[Column | Star, ...]
     topic_filter: str
     where: Expr | None
+    compiled_where: Evaluator | None = field(default=None, compare=False, repr=False)
+    compiled_columns: tuple[tuple[str, Evaluator] | None, ...] = field(default=(), compare=False, repr=False)
+    """The expressions as closures (``compile_expr``), made once by ``parse``: a rule runs on
+    every matching message, and walking the tree with type checks cost several times more."""
 
     @property
     def selects_all(self) -> bool:
@@ -236,7 +243,9 @@ class _Parser:
         duplicate = next((n for n in names if names.count(n) > 1), None)
         if duplicate is not None:
             raise InvalidRequest(f"SQL: the output field {duplicate!r} is selected twice; give one an alias (AS)")
-        return Statement(tuple(columns), topic_filter, where)
+        return Statement(tuple(columns), topic_filter, where,
+                         None if where is None else compile_expr(where),
+                         tuple(None if isinstance(c, Star) else (c.name, compile_expr(c.expr)) for c in columns))
 
     def _column(self) -> Column | Star:
         if self._is("op", "*"):
@@ -387,47 +396,72 @@ def evaluate(statement: Statement, message: Message, fields: Mapping[str, Any] |
     The caller has already matched the topic against ``statement.topic_filter``."""
     if isinstance(fields, _UndefinedType):
         fields = fields_of(message.payload)
-    if statement.where is not None and _value(statement.where, fields, message) is not True:
+    where = statement.compiled_where
+    if where is not None and where(fields, message) is not True:
         return None
     if fields is None and statement.selects_all and len(statement.columns) == 1:
         return message.payload
     output: dict[str, Any] = {}
-    for column in statement.columns:
-        if isinstance(column, Star):
+    for column in statement.compiled_columns:
+        if column is None:
             output.update(fields or {})
             continue
-        value = _value(column.expr, fields, message)
+        value = column[1](fields, message)
         if value is not Undefined:
-            output[column.name] = value
+            output[column[0]] = value
     return output
 
 
-def _value(expr: Expr, fields: Mapping[str, Any] | None, message: Message) -> Any:
+def compile_expr(expr: Expr) -> Evaluator:
+    """``expr`` as a closure: a field is Undefined unless every level of its path is there; a
+    comparison follows ``_compare``; AND, OR and NOT are three-valued (Undefined unless the
+    known operands decide)."""
     if isinstance(expr, Literal):
-        return expr.value
+        constant = expr.value
+        return lambda fields, message: constant
     if isinstance(expr, Field):
-        current: Any = fields
-        for name in expr.path:
-            if not isinstance(current, Mapping) or name not in current:
-                return Undefined
-            current = current[name]
-        return current
+        path = expr.path
+
+        def lookup(fields: Mapping[str, Any] | None, message: Message) -> Any:
+            current: Any = fields
+            for name in path:
+                if not isinstance(current, Mapping) or name not in current:
+                    return Undefined
+                current = current[name]
+            return current
+
+        return lookup
     if isinstance(expr, Call):
-        return call(expr, message)
+        function = expr
+        return lambda fields, message: call(function, message)
     if isinstance(expr, Compare):
-        return _compare(expr.op, _value(expr.left, fields, message), _value(expr.right, fields, message))
-    left = _truth(_value(expr.left, fields, message))
+        op, left, right = expr.op, compile_expr(expr.left), compile_expr(expr.right)
+        return lambda fields, message: _compare(op, left(fields, message), right(fields, message))
+    first = compile_expr(expr.left)
     if expr.op == "not":
-        return Undefined if left is Undefined else not left
+        def negate(fields: Mapping[str, Any] | None, message: Message) -> Any:
+            value = _truth(first(fields, message))
+            return Undefined if value is Undefined else not value
+
+        return negate
     assert expr.right is not None
-    right = _truth(_value(expr.right, fields, message))
+    second = compile_expr(expr.right)
     if expr.op == "and":
-        if left is False or right is False:
-            return False
-        return True if left is True and right is True else Undefined
-    if left is True or right is True:
-        return True
-    return False if left is False and right is False else Undefined
+        def both(fields: Mapping[str, Any] | None, message: Message) -> Any:
+            a, b = _truth(first(fields, message)), _truth(second(fields, message))
+            if a is False or b is False:
+                return False
+            return True if a is True and b is True else Undefined
+
+        return both
+
+    def either(fields: Mapping[str, Any] | None, message: Message) -> Any:
+        a, b = _truth(first(fields, message)), _truth(second(fields, message))
+        if a is True or b is True:
+            return True
+        return False if a is False and b is False else Undefined
+
+    return either
 
 
 def call(expr: Call, message: Message) -> Any:
@@ -448,37 +482,21 @@ def _truth(value: Any) -> Any:
     return value if isinstance(value, bool) else Undefined
 
 
-def _kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if value is None:
-        return "null"
-    return "object" if isinstance(value, dict) else "array"
+_OPERATORS: Final = {"=": operator.eq, "<>": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt,
+                     ">=": operator.ge}
+_KINDS: Final = {bool: "bool", int: "number", float: "number", str: "string", type(None): "null", dict: "object",
+                 list: "array"}
 
 
 def _compare(op: str, left: Any, right: Any) -> Any:
-    if left is Undefined or right is Undefined:
+    """AWS's comparison: Undefined with an Undefined operand or operands of different types;
+    only numbers and strings are ordered."""
+    kind = _KINDS.get(type(left))
+    if kind is None or kind != _KINDS.get(type(right)):
+        return Undefined  # Undefined, or different types
+    if op not in ("=", "<>") and kind not in ("number", "string"):
         return Undefined
-    kind = _kind(left)
-    if kind != _kind(right):
-        return Undefined
-    if op == "=":
-        return bool(left == right)
-    if op == "<>":
-        return bool(left != right)
-    if kind not in ("number", "string"):
-        return Undefined
-    if op == "<":
-        return bool(left < right)
-    if op == "<=":
-        return bool(left <= right)
-    if op == ">":
-        return bool(left > right)
-    return bool(left >= right)
+    return bool(_OPERATORS[op](left, right))
 
 
 def substitute(template: str, message: Message) -> str:
