@@ -35,6 +35,8 @@ from geofleet.store.rules_sqlite import RulesStore
 
 log = logging.getLogger(__name__)
 
+FAILURE_LOG_INTERVAL_S = 10.0
+
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
@@ -61,6 +63,7 @@ class RulesEngine:
         self._index = TopicFilterIndex()
         self._stale = True
         self._wakers: dict[str, list[Any]] = {}
+        self._failure_log: dict[str, tuple[float, int]] = {}
         self.counters = {"evaluated": 0, "matched": 0, "actionsFailed": 0, "republishHopLimit": 0}
         ledger.observe(self._changed)
 
@@ -162,10 +165,21 @@ class RulesEngine:
         for rule_name, failed in failures.items():
             self.counters["actionsFailed"] += len(failed)
             failed_rule = self._rules.get(rule_name)
-            log.warning("rule %s: %d action(s) failed for %s: %s", rule_name, len(failed), message.topic,
-                        "; ".join(f["errorMessage"] for f in failed))
+            self._log_failure(rule_name, message.topic, "; ".join(f["errorMessage"] for f in failed))
             if failed_rule is not None and failed_rule.error_action is not None:
                 await self.run_error_action(rule_name, failed_rule.error_action, message, failed)
+
+    def _log_failure(self, rule: str, topic: str, problem: str) -> None:
+        """At most one line per rule every ``FAILURE_LOG_INTERVAL_S`` (a device publishing fast
+        into a failing rule must not flood the log); the lines say how many were not logged."""
+        now = time.monotonic()
+        last, skipped = self._failure_log.get(rule, (0.0, 0))
+        if now - last < FAILURE_LOG_INTERVAL_S:
+            self._failure_log[rule] = (last, skipped + 1)
+            return
+        self._failure_log[rule] = (now, 0)
+        more = f" ({skipped} more failure(s) since the last line)" if skipped else ""
+        log.warning("rule %s: action(s) failed for %s: %s%s", rule, topic, problem, more)
 
     async def _run_immediate(self, kind: str, prepared: dict[str, Any], match: Matched) -> None:
         if kind != "republish":
