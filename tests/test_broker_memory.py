@@ -19,16 +19,24 @@ from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 
 from geofleet.broker.amqtt_broker import EmbeddedBroker
 from geofleet.broker.base import Connection
+from geofleet.config import default_config
 from geofleet.domain.hlc import Clock
 from geofleet.domain.horizon import DEFAULT_GRACE_S, TombstoneHorizon
+from geofleet.domain.jitr import DEFAULT_RETRY_S
+from geofleet.domain.json_types import Json
 from geofleet.domain.lru import BoundedCache
 from geofleet.domain.policy import Action
 from geofleet.pki.ca import cert_pem, create_root, issue_leaf, key_pem, new_key
+from geofleet.provisioning.jitr import JustInTime
 from geofleet.region.gate import RegionGate
 from geofleet.region.health import ProbeIdentity
+from geofleet.services.guard import guard_action
 from geofleet.services.presence import PresenceDirectory
 from geofleet.services.registry import Registry
+from geofleet.services.rules.actions import builtin_kinds
+from geofleet.services.rules.engine import RulesEngine
 from geofleet.services.shadows import ShadowService
+from geofleet.store.rules_sqlite import RulesStore
 from geofleet.store.sqlite import SqliteStore
 from tests.helpers import Device, wait_for
 from tests.mqtt_wire import RawClient, connect_packet
@@ -152,8 +160,14 @@ def test_the_policy_decision_cache_is_bounded(tmp_path: Path) -> None:
     broker = EmbeddedBroker("127.0.0.1", _free_port(), files["server"], files["server_key"], files["ca"])
     presence = PresenceDirectory(store, registry.ledger, clock, "r1", broker)
     probe = ProbeIdentity("probe-cert", "probe", "$geofleet/probe/r1")
+    rules = RulesEngine(registry.ledger, RulesStore(":memory:"), broker, builtin_kinds(frozenset({"r1"})), "r1")
+
+    async def guard(_key: str, action: str, body: Json) -> Json:  # the region owns every key here
+        return guard_action(store, action, body)
+
+    jitr = JustInTime(default_config(), "r1", registry, guard, publish, broker.trust, None, DEFAULT_RETRY_S)
     gate = RegionGate(registry, shadows, presence, broker, [], probe, "r1", "000000000000",
-                      decision_cache_entries=1000)
+                      decision_cache_entries=1000, customer_cas=jitr, rules=rules)
     connection = Connection("device", "s", "cert", "device", "127.0.0.1", 0)
     for n in range(5000):  # a device publishing to a new topic each time
         gate.authorize(connection, Action.PUBLISH, f"dt/device/{n}")

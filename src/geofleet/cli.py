@@ -37,6 +37,7 @@ cert_app = typer.Typer(no_args_is_help=True, help="Manage certificates.")
 shadow_app = typer.Typer(no_args_is_help=True, help="Read and update device shadows.")
 replication_app = typer.Typer(no_args_is_help=True, help="Watch replication between regions.")
 enrollment_app = typer.Typer(no_args_is_help=True, help="Who may provision devices: enrollment groups.")
+rule_app = typer.Typer(no_args_is_help=True, help="Topic rules: republish, forward, webhooks.")
 app.add_typer(region_app, name="region")
 app.add_typer(device_app, name="device")
 app.add_typer(thing_app, name="thing")
@@ -46,6 +47,7 @@ app.add_typer(replication_app, name="replication")
 app.add_typer(enrollment_app, name="enrollment")
 ca_app = typer.Typer(no_args_is_help=True, help="Customer CAs for just-in-time registration (JITR).")
 app.add_typer(ca_app, name="ca")
+app.add_typer(rule_app, name="rule")
 
 DataDirOpt = Annotated[Path, typer.Option("--data-dir", help="The fleet's data directory.")]
 RegionOpt = Annotated[str, typer.Option("--region", help="Which region to ask.")]
@@ -616,6 +618,105 @@ def ca_delete(ca_id: str, data_dir: DataDirOpt, region: RegionOpt) -> None:
     with _client(data_dir, region) as api:
         api.call("DELETE", f"/cacertificate/{ca_id}")
     typer.echo(f"CA {ca_id} deleted")
+
+
+def _json_arg(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as error:
+        _fail(f"{what} is not valid JSON: {error}", 2)
+
+
+@rule_app.command("create")
+def rule_create(
+    name: str,
+    data_dir: DataDirOpt,
+    region: RegionOpt,
+    sql: Annotated[str | None, typer.Option("--sql", help="e.g. SELECT * FROM 'dt/+/telemetry' WHERE temp > 30")]
+    = None,
+    action: Annotated[list[str] | None, typer.Option("--action", help='JSON, repeatable: {"forward": '
+                                                     '{"region": "eu-west-1"}}')] = None,
+    error_action: Annotated[str | None, typer.Option("--error-action", help="JSON, as --action.")] = None,
+    description: Annotated[str, typer.Option(help="What the rule is for.")] = "",
+    disabled: Annotated[bool, typer.Option("--disabled", help="Create it disabled.")] = False,
+    file: Annotated[Path | None, typer.Option("--file", help="A TopicRulePayload as JSON, instead of the above.")]
+    = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a topic rule (replicated to every region)."""
+    if file is not None:
+        if sql or action or error_action:
+            _fail("give either --file or --sql/--action, not both", 2)
+        try:
+            payload = _json_arg(file.read_text(), str(file))
+        except OSError as error:
+            _fail(f"cannot read {file}: {error.strerror}", 2)
+    else:
+        if not sql or not action:
+            _fail("a rule needs --sql and at least one --action (or --file rule.json)", 2)
+        payload = {"sql": sql, "actions": [_json_arg(a, "--action") for a in action], "description": description,
+                   "ruleDisabled": disabled}
+        if error_action:
+            payload["errorAction"] = _json_arg(error_action, "--error-action")
+    if not isinstance(payload, dict):
+        _fail("the rule must be a JSON object (a TopicRulePayload)", 2)
+    with _client(data_dir, region) as api:
+        rule = api.call("POST", f"/rules/{name}", json=payload)["rule"]
+    _print(rule, as_json, f"rule {name} created")
+
+
+@rule_app.command("list")
+def rule_list(data_dir: DataDirOpt, region: RegionOpt, as_json: JsonOpt = False) -> None:
+    """List topic rules."""
+    with _client(data_dir, region) as api:
+        rules = api.call("GET", "/rules")["rules"]
+    lines = [f"{r['ruleName']}\t{r['topicPattern']}\t{'disabled' if r['ruleDisabled'] else 'enabled'}" for r in rules]
+    _print(rules, as_json, "\n".join(lines) or "(no rules)")
+
+
+@rule_app.command("get")
+def rule_get(name: str, data_dir: DataDirOpt, region: RegionOpt) -> None:
+    """Show a topic rule (JSON)."""
+    with _client(data_dir, region) as api:
+        _print(api.call("GET", f"/rules/{name}")["rule"], True)
+
+
+@rule_app.command("delete")
+def rule_delete(name: str, data_dir: DataDirOpt, region: RegionOpt) -> None:
+    """Delete a topic rule everywhere."""
+    with _client(data_dir, region) as api:
+        api.call("DELETE", f"/rules/{name}")
+    typer.echo(f"rule {name} deleted")
+
+
+@rule_app.command("enable")
+def rule_enable(name: str, data_dir: DataDirOpt, region: RegionOpt) -> None:
+    """Enable a topic rule."""
+    with _client(data_dir, region) as api:
+        api.call("POST", f"/rules/{name}/enable")
+    typer.echo(f"rule {name} enabled")
+
+
+@rule_app.command("disable")
+def rule_disable(name: str, data_dir: DataDirOpt, region: RegionOpt) -> None:
+    """Disable a topic rule: it does nothing until enabled again."""
+    with _client(data_dir, region) as api:
+        api.call("POST", f"/rules/{name}/disable")
+    typer.echo(f"rule {name} disabled")
+
+
+@rule_app.command("outbox")
+def rule_outbox(data_dir: DataDirOpt, region: RegionOpt, as_json: JsonOpt = False,
+                dead_letters: Annotated[bool, typer.Option("--dead-letters", help="List the dead letters.")] = False
+                ) -> None:
+    """What the region's rules still have to deliver (or, with --dead-letters, gave up on)."""
+    with _client(data_dir, region) as api:
+        if dead_letters:
+            letters = api.call("GET", "/rules-outbox/dead-letters")["deadLetters"]
+            lines = [f"{d['failedAt']}\t{d['ruleName']}\t{d['errorMessage']}" for d in letters]
+            _print(letters, as_json, "\n".join(lines) or "(no dead letters)")
+            return
+        _print(api.call("GET", "/rules-outbox"), True)
 
 
 def main() -> None:

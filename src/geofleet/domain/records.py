@@ -34,6 +34,8 @@ class Kind(StrEnum):
     PRESENCE = "presence"
     """key ``<device>|<region>``, ref = device: that region's latest session of the device
     (see ``domain.presence``); only that region writes it."""
+    TOPIC_RULE = "topic-rule"
+    """key = rule name: AWS's TopicRulePayload (see ``domain.rules``)."""
 
 
 class CertificateStatus(StrEnum):

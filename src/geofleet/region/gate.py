@@ -59,20 +59,26 @@ class CustomerCas(Protocol):
     def pending_connect(self, cert_id: str) -> None: ...
 
 
+class MessageRules(Protocol):
+    """The rules engine, which sees every accepted device publish before it is acknowledged."""
+
+    async def on_device_message(self, client_id: str, principal: str, topic: str, payload: bytes) -> None: ...
+
+
 class RegionGate:
     """Built last of the node's parts, with all of them: the broker calls it only once started
     (``Broker.start(gate)``), so the gate can take the broker itself in its constructor."""
 
     def __init__(self, registry: Registry, shadows: ShadowService, presence: PresenceDirectory, broker: Broker,
                  handlers: Sequence[TopicHandler], probe: ProbeIdentity, region: str, account: str,
-                 decision_cache_entries: int = DECISION_CACHE_ENTRIES, customer_cas: CustomerCas | None = None
-                 ) -> None:
-        """``customer_cas`` None: a gate that knows no customer CAs (the node always passes one)."""
+                 decision_cache_entries: int = DECISION_CACHE_ENTRIES, *, customer_cas: CustomerCas,
+                 rules: MessageRules) -> None:
         self._registry = registry
         self._shadows = shadows
         self._directory = presence
         self._broker = broker
         self._handlers = tuple(handlers)
+        self._rules = rules
         self._probe = probe
         self._region = region
         self._account = account
@@ -100,13 +106,12 @@ class RegionGate:
         if status is not CertificateStatus.ACTIVE:
             log.info("refused %s from %s: certificate %s is %s", client_id, ip, cert_id,
                      status or "not registered")
-            if self._customer_cas is not None:
-                if status is None:  # TLS passed: issued by the fleet's PKI or a registered customer CA
-                    self._customer_cas.first_connect(certificate_der, client_id, ip)
-                elif status is CertificateStatus.PENDING_ACTIVATION and ca_id:
-                    self._customer_cas.pending_connect(cert_id)
+            if status is None:  # TLS passed: issued by the fleet's PKI or a registered customer CA
+                self._customer_cas.first_connect(certificate_der, client_id, ip)
+            elif status is CertificateStatus.PENDING_ACTIVATION and ca_id:
+                self._customer_cas.pending_connect(cert_id)
             return None
-        if ca_id and (self._customer_cas is None or not self._customer_cas.ca_admits(ca_id)):
+        if ca_id and not self._customer_cas.ca_admits(ca_id):
             log.info("refused %s from %s: certificate %s's CA %s is not ACTIVE", client_id, ip, cert_id, ca_id)
             return None
         thing = client_id if self._registry.principals.is_attached(client_id, cert_id) else None
@@ -144,6 +149,9 @@ class RegionGate:
         await self._presence("disconnected", connection)
 
     async def message(self, connection: Connection, topic: str, payload: bytes) -> None:
+        if not connection.internal:
+            # before the PUBACK: durable rule actions are committed by the time this returns
+            await self._rules.on_device_message(connection.client_id, connection.certificate_id, topic, payload)
         if topic.startswith("$aws/things/"):
             request = parse_shadow_request(topic)
             if request is not None:

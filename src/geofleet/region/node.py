@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 from typing import Any
 
@@ -20,6 +21,7 @@ from geofleet.domain.hlc import Clock
 from geofleet.domain.horizon import TombstoneHorizon
 from geofleet.domain.jitr import DEFAULT_RETRY_S, registration_code
 from geofleet.domain.policy import builtin_policies, builtin_upgrade
+from geofleet.domain.rules import FleetContext
 from geofleet.domain.throttle import RateLimiter
 from geofleet.pki.files import private_dir
 from geofleet.pki.fleet import region_authority
@@ -43,6 +45,7 @@ from geofleet.region.routes import policies as policies_routes
 from geofleet.region.routes import presence as presence_routes
 from geofleet.region.routes import provisioning as provisioning_routes
 from geofleet.region.routes import replication as replication_routes
+from geofleet.region.routes import rules as rules_routes
 from geofleet.region.routes import shadows as shadows_routes
 from geofleet.region.routes import stream as stream_routes
 from geofleet.region.routes import thing_types as thing_types_routes
@@ -51,7 +54,13 @@ from geofleet.region.routes.access import AdminAccess
 from geofleet.replication.service import Replication
 from geofleet.services.presence import PresenceDirectory
 from geofleet.services.registry import Registry
+from geofleet.services.rules.actions import builtin_kinds
+from geofleet.services.rules.admin import RuleAdmin
+from geofleet.services.rules.engine import RulesEngine
+from geofleet.services.rules.inbox import ForwardInbox
+from geofleet.services.rules.senders import HttpPolicy, RuleSenders
 from geofleet.services.shadows import ShadowService
+from geofleet.store.rules_sqlite import RulesStore
 from geofleet.store.sealing import Sealer
 from geofleet.store.sqlite import SqliteStore
 from geofleet.web import EmbeddedServer
@@ -91,8 +100,15 @@ class RegionNode:
         if ended:
             log.info("region %s: %d device session(s) ended with the previous process", name, ended)
         probe = BrokerProbe(authority, self.config, data.trust_bundle, paths.root)
+        self.rules_store = RulesStore(paths.root / "rules.db")
+        regions = frozenset(r.name for r in fleet.regions)
+        self.rules = RulesEngine(self.registry.ledger, self.rules_store, self.broker, builtin_kinds(regions), name)
+        self.rule_admin = RuleAdmin(self.registry.ledger, FleetContext(regions, name))
+        forward_inbox = ForwardInbox(self.rules_store, self.broker, self.rules)
         self.replication = Replication(data, fleet, name, self.store, self.registry.ledger, self.shadows,
-                                       lambda: self.health.local(), horizon)
+                                       lambda: self.health.local(), horizon, forward_inbox)
+        self.rule_senders = RuleSenders(sorted(self.replication.peers), self.rules_store, self.rules,
+                                        self.replication.call_peer, HttpPolicy.from_env(os.environ))
         self.health = Health(name, self.store, self.broker, probe, list(self.replication.peers),
                              self.replication.get_peer, self.replication.failing_links)
         self.concierge = Concierge(fleet, name, self.registry.things, self.health)
@@ -112,7 +128,7 @@ class RegionNode:
                                fleet.jitr.retry_s if fleet.jitr is not None else DEFAULT_RETRY_S)
         self._registration_code = registration_code(data.fleet_secret())
         self.gate = RegionGate(self.registry, self.shadows, self.presence, self.broker, [self.fleet_provisioning],
-                               probe.identity, name, fleet.account, customer_cas=self.jitr)
+                               probe.identity, name, fleet.account, customer_cas=self.jitr, rules=self.rules)
         access = AdminAccess(data.token())
         app = create_app(name, access, self._routers(name, access))
         self._http = EmbeddedServer(uvicorn.Config(
@@ -139,6 +155,7 @@ class RegionNode:
             provisioning_routes.router(self.provisioner, access),
             enrollment_routes.router(self.registry, access),
             replication_routes.router(self.replication, access),
+            rules_routes.router(self.rule_admin, self.rule_senders, self.rules_store, access),
         ]
 
     async def _guard(self, owner: str, action: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -167,11 +184,13 @@ class RegionNode:
         await self.health.start()
         self.fleet_provisioning.start()
         self.jitr.start()
+        self.rule_senders.start()
         http = asyncio.create_task(self._http.serve())
         while not self._http.started and not http.done():
             await asyncio.sleep(0.01)
         if http.done():
             await self.jitr.stop()
+            await self.rule_senders.stop()
             await self.fleet_provisioning.stop()
             await self.health.stop()
             await self.replication.stop()
@@ -185,11 +204,13 @@ class RegionNode:
             self._http.should_exit = True
             await http
             await self.jitr.stop()
+            await self.rule_senders.stop()
             await self.fleet_provisioning.stop()
             await self.health.stop()
             await self.replication.stop()
             await self.broker.stop()
             self.store.close()
+            self.rules_store.close()
             log.info("region %s stopped", self.config.name)
             self._lock.release()
 

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse
@@ -51,6 +51,12 @@ class ChangeFeed:
             await asyncio.wait_for(self._event.wait(), timeout)
 
 
+class ForwardReceiver(Protocol):
+    """Takes the messages another region's rules forward here (``services.rules.inbox``)."""
+
+    async def receive(self, origin: str, body: dict[str, Any]) -> dict[str, Any]: ...
+
+
 class UnknownPeer(GeofleetError):
     status = 403
     code = "UnknownPeer"
@@ -65,9 +71,11 @@ class PeerIdentityMismatch(GeofleetError):
 
 def create_peer_app(region: str, peers: set[str], store: Store, feed: ChangeFeed,
                     acknowledged: dict[str, int], health: Callable[[], Awaitable[dict[str, Any]]],
-                    on_acknowledged: Callable[[], object] = lambda: None) -> FastAPI:
+                    on_acknowledged: Callable[[], object] = lambda: None,
+                    forwards: ForwardReceiver | None = None) -> FastAPI:
     """``acknowledged`` (peer -> how far it has pulled) is kept current here; ``on_acknowledged``
-    runs when a peer's position moves (the log may be truncated then)."""
+    runs when a peer's position moves (the log may be truncated then); ``forwards`` takes what
+    peers' rules forward here."""
     app = FastAPI(title=f"geofleet replication {region}", openapi_url=None, docs_url=None, redoc_url=None)
     install_error_shape(app)
     app.add_middleware(BodyLimit, limit=MAX_PEER_BODY_BYTES)
@@ -116,6 +124,14 @@ def create_peer_app(region: str, peers: set[str], store: Store, feed: ChangeFeed
         """The provision-once guard of device ids this region owns (see provisioning)."""
         check(peer, request)
         return {"region": region, **guard_action(store, action, body)}
+
+    @app.post("/v1/forward")
+    async def forward(request: Request, peer: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Messages the peer's rules forward to this region (see ``services.rules.inbox``)."""
+        check(peer, request)
+        if forwards is None:
+            raise GeofleetError(f"region {region} takes no forwarded messages")
+        return {"region": region, **await forwards.receive(peer, body)}
 
     @app.get("/v1/health")
     async def peer_health(request: Request, peer: str) -> dict[str, Any]:

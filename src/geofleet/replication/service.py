@@ -25,7 +25,7 @@ from geofleet.replication.antientropy import differing
 from geofleet.replication.apply import Applier
 from geofleet.replication.link import Link, LinkStatus
 from geofleet.replication.peer_identity import PeerIdentityProtocol, check_served_by
-from geofleet.replication.server import ChangeFeed, create_peer_app
+from geofleet.replication.server import ChangeFeed, ForwardReceiver, create_peer_app
 from geofleet.replication.wire import BatchError, check_leaves, parse_hlc, parse_record
 from geofleet.services.ledger import RecordMerger
 from geofleet.services.shadows import ShadowService
@@ -42,7 +42,7 @@ TRUNCATE_INTERVAL_S = 2.0
 class Replication:
     def __init__(self, data: DataDir, fleet: FleetConfig, region: str, store: Store, records: RecordMerger,
                  shadows: ShadowService, health: Callable[[], Awaitable[dict[str, Any]]],
-                 horizon: TombstoneHorizon) -> None:
+                 horizon: TombstoneHorizon, forwards: ForwardReceiver | None = None) -> None:
         self.region = region
         self._store = store
         self._retention_s = fleet.changelog_retention_s
@@ -61,7 +61,7 @@ class Replication:
         me = fleet.region(region)
         self._server = EmbeddedServer(uvicorn.Config(
             create_peer_app(region, set(self.peers), store, self.feed, self.acknowledged, health,
-                            lambda: self.truncate(expired=False)),
+                            lambda: self.truncate(expired=False), forwards),
             host=me.host, port=me.peer_port, log_level="warning", lifespan="off", access_log=False,
             ssl_certfile=str(paths.peer_cert), ssl_keyfile=str(paths.peer_key), ssl_ca_certs=str(data.peer_ca),
             ssl_cert_reqs=ssl.CERT_REQUIRED, timeout_graceful_shutdown=2, proxy_headers=False,

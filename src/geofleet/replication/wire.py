@@ -103,6 +103,7 @@ _REQUIRED = {
     Kind.ENROLLMENT: ("name", "key", "policyName"),
     Kind.PRESENCE: ("device", "region", "sessionId", "connectedAt"),
     Kind.CA_CERTIFICATE: ("certificateId", "certificatePem", "status", "autoRegistrationStatus"),
+    Kind.TOPIC_RULE: ("ruleName", "sql"),
 }
 
 

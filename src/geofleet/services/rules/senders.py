@@ -1,0 +1,242 @@
+"""The senders that drain the rules outbox: one per target region for ``forward``, one for the
+``http`` webhooks.
+
+A forward sender pushes its channel's rows in order, in batches, over the peer channel
+(``POST /v1/forward``); the receiver answers how far it has taken them, and only then are those
+rows deleted. A region that is down simply leaves the rows in place: the sender retries with
+jittered backoff (at most ``FORWARD_BACKOFF_MAX_S`` apart) and empties the backlog when the
+region is back; nothing is sent twice except a batch whose answer was lost, which the receiver
+recognises (its position per origin and epoch).
+
+The webhook sender POSTs each row's payload; a failure (connection error, timeout, a status
+other than 2xx) is retried with exponential backoff; after ``HttpPolicy.attempts`` tries the row
+moves to the dead letters and the rule's errorAction runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from geofleet.domain.rules import failure
+from geofleet.domain.rules_sql import Message
+from geofleet.services.rules.engine import RulesEngine, now_ms
+from geofleet.store.rules_sqlite import OutboxRow, RulesStore
+
+log = logging.getLogger(__name__)
+
+FORWARD_BATCH = 200
+FORWARD_BATCH_BYTES = 512 * 1024
+"""Under the peer API's 1 MB body limit, base64 and JSON included."""
+FORWARD_BACKOFF_MAX_S = 5.0
+IDLE_CHECK_S = 5.0
+"""A sender with nothing to do looks at its channel again after this long even if not woken."""
+
+PostToPeer = Callable[[str, str, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True, slots=True)
+class HttpPolicy:
+    """How hard the webhook sender tries. Tests and drills shorten it through the environment."""
+
+    attempts: int = 5
+    timeout_s: float = 5.0
+    backoff_s: float = 0.5
+    backoff_max_s: float = 60.0
+    concurrency: int = 16
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> HttpPolicy:
+        """``GEOFLEET_RULES_HTTP_ATTEMPTS``, ``..._TIMEOUT_S``, ``..._BACKOFF_S`` override the defaults."""
+        default = cls()
+        return cls(attempts=max(1, int(environ.get("GEOFLEET_RULES_HTTP_ATTEMPTS", default.attempts))),
+                   timeout_s=float(environ.get("GEOFLEET_RULES_HTTP_TIMEOUT_S", default.timeout_s)),
+                   backoff_s=float(environ.get("GEOFLEET_RULES_HTTP_BACKOFF_S", default.backoff_s)))
+
+
+class _Wakeable:
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def wake(self) -> None:
+        self._event.set()
+
+    async def idle(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), timeout)
+        self._event.clear()
+
+
+class ForwardSender(_Wakeable):
+    def __init__(self, target: str, store: RulesStore, post: PostToPeer) -> None:
+        super().__init__()
+        self.target = target
+        self.channel = f"forward:{target}"
+        self._store = store
+        self._post = post
+        self.paused = False
+        self.sent = 0
+        self.last_error: str | None = None
+
+    async def run(self) -> None:
+        failures = 0
+        while True:
+            rows = [] if self.paused else self._store.batch(self.channel, FORWARD_BATCH, FORWARD_BATCH_BYTES)
+            if not rows:
+                await self.idle(IDLE_CHECK_S)
+                continue
+            try:
+                answer = await self._post(self.target, "/v1/forward", {
+                    "epoch": self._store.epoch,
+                    "items": [{"seq": row.id, **row.body} for row in rows]})
+                through = int(answer.get("through", 0))
+            except Exception as error:  # any failure of the peer or the channel: keep the rows, retry
+                failures += 1
+                self.last_error = f"{type(error).__name__}: {error}"[:300]
+                delay = min(FORWARD_BACKOFF_MAX_S, 0.1 * 2 ** min(failures, 10)) * random.uniform(0.5, 1.0)
+                log.info("forward to %s failed (%s); %d message(s) wait, retry in %.1f s", self.target,
+                         self.last_error, len(rows), delay)
+                await self.idle(delay)
+                continue
+            failures = 0
+            self.last_error = None
+            refused = {int(r["seq"]): str(r.get("errorMessage", "")) for r in answer.get("refused") or ()
+                       if isinstance(r, dict) and isinstance(r.get("seq"), int)}
+            done = [row for row in rows if row.id <= through]
+            now = now_ms()
+            for row in done:
+                if row.id in refused:
+                    log.warning("forward to %s refused message %d of rule %s: %s", self.target, row.id,
+                                row.body.get("rule"), refused[row.id])
+                    self._store.dead_letter(self.channel, row, str(row.body.get("rule", "")),
+                                            {"forward": {"region": self.target}}, refused[row.id], now)
+            with self._store.atomic():
+                self._store.remove(self.channel, [row.id for row in done if row.id not in refused])
+            self.sent += len(done) - len(refused)
+
+    def status(self) -> dict[str, Any]:
+        return {"target": self.target, "paused": self.paused, "sent": self.sent, "lastError": self.last_error}
+
+
+class HttpSender(_Wakeable):
+    channel = "http"
+
+    def __init__(self, store: RulesStore, engine: RulesEngine, policy: HttpPolicy) -> None:
+        super().__init__()
+        self._store = store
+        self._engine = engine
+        self._policy = policy
+        self._client = httpx.AsyncClient(timeout=policy.timeout_s, follow_redirects=False)
+        self.delivered = 0
+        self.retried = 0
+        self.dead = 0
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def run(self) -> None:
+        while True:
+            now = now_ms()
+            rows = self._store.batch(self.channel, self._policy.concurrency, FORWARD_BATCH_BYTES, due_by_ms=now)
+            if not rows:
+                due = self._store.next_due_ms(self.channel)
+                await self.idle(IDLE_CHECK_S if due is None else max(0.0, min(IDLE_CHECK_S, (due - now) / 1000)))
+                continue
+            await asyncio.gather(*(self._deliver(row) for row in rows))
+
+    async def _deliver(self, row: OutboxRow) -> None:
+        body = row.body
+        headers = {h["key"]: h["value"] for h in body.get("headers") or ()}
+        headers.setdefault("content-type", "application/json")
+        try:
+            # streamed and not read: a webhook's answer is its status alone, whatever it sends back
+            async with self._client.stream("POST", str(body["url"]), content=base64.b64decode(body["payload"]),
+                                           headers=headers) as response:
+                status = response.status_code
+            problem = None if 200 <= status < 300 else f"the webhook answered HTTP {status}"
+        except httpx.HTTPError as error:
+            problem = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        if problem is None:
+            with self._store.atomic():
+                self._store.remove(self.channel, [row.id])
+            self.delivered += 1
+            return
+        attempts = row.attempts + 1
+        if attempts < self._policy.attempts:
+            self.retried += 1
+            delay = min(self._policy.backoff_max_s, self._policy.backoff_s * 2 ** (attempts - 1))
+            with self._store.atomic():
+                self._store.retry_later(row.id, attempts, now_ms() + int(delay * random.uniform(0.75, 1.0) * 1000))
+            return
+        message = f"{problem} (gave up after {attempts} attempts)"
+        rule = str(body.get("rule", ""))
+        self._store.dead_letter(self.channel, OutboxRow(row.id, body, attempts, row.created_ms), rule,
+                                {"http": {"url": body["url"]}}, message, now_ms())
+        self.dead += 1
+        log.warning("rule %s: webhook %s dead-lettered: %s", rule, body["url"], message)
+        error_action = body.get("errorAction")
+        if error_action:
+            original = Message(str(body.get("topic", "")), base64.b64decode(body.get("original", "")),
+                               str(body.get("clientId", "")), "", row.created_ms)
+            await self._engine.run_error_action(rule, error_action, original,
+                                                [failure("http", str(body["url"]), message)])
+
+
+class RuleSenders:
+    """Every sender of a region, started and stopped together."""
+
+    def __init__(self, targets: list[str], store: RulesStore, engine: RulesEngine, post: PostToPeer,
+                 policy: HttpPolicy) -> None:
+        self.forwards = {target: ForwardSender(target, store, post) for target in targets}
+        self.http = HttpSender(store, engine, policy)
+        self._store = store
+        self._engine = engine
+        for sender in self.forwards.values():
+            engine.on_wake(sender.channel, sender.wake)
+        engine.on_wake(self.http.channel, self.http.wake)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        senders: list[ForwardSender | HttpSender] = [*self.forwards.values(), self.http]
+        self._tasks = [asyncio.create_task(_guarded(s.run, type(s).__name__)) for s in senders]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.http.close()
+
+    def pause(self, target: str, paused: bool) -> None:
+        self.forwards[target].paused = paused
+        self.forwards[target].wake()
+
+    def status(self) -> dict[str, Any]:
+        return {"rules": self._engine.active(), "counters": dict(self._engine.counters),
+                "outbox": self._store.depth(), "forwards": [s.status() for s in self.forwards.values()],
+                "http": {"delivered": self.http.delivered, "retried": self.http.retried,
+                         "deadLettered": self.http.dead}}
+
+
+async def _guarded(run: Callable[[], Awaitable[None]], name: str) -> None:
+    """A sender outlives any one bad round (it logs and starts again after a pause)."""
+    while True:
+        try:
+            await run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s failed; restarting it", name)
+            await asyncio.sleep(1.0 + random.random())
+        else:
+            return
+
