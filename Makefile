@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py --data-dir $(DEMO_DIR)
 	$(BIN)/python examples/jitr_demo.py --data-dir $(DEMO_DIR)/jitr
+	$(BIN)/python examples/rules_demo.py --data-dir $(DEMO_DIR)/rules
 
 # Everything: lint, the pure tests and the end-to-end ones (real fleets in subprocesses, ~8 min).
 test: lint
