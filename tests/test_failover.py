@@ -465,7 +465,9 @@ def test_sdk_forms_bootstrap_async_messages_and_shadow_context(ffleet: Fleet, tm
     async def scenario() -> None:
         credentials = await bootstrap_async(name, key, "sdk-forms", [url], ffleet.data.root_ca, tmp_path)
         assert credentials.endpoints[0].region == credentials.home_region
-        assert await bootstrap_async(name, key, "sdk-forms", [url], ffleet.data.root_ca, tmp_path) == credentials
+        again = await bootstrap_async(name, key, "sdk-forms", [url], ffleet.data.root_ca, tmp_path)
+        assert again == credentials
+        assert (credentials.fresh, again.fresh) == (True, False)
         deltas: list[dict[str, Any]] = []
         async with fleet_app(ffleet.data.root) as app, \
                 DeviceClient.from_credentials(credentials, options=FAST) as device:

@@ -17,7 +17,7 @@ import asyncio
 import json
 import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +63,10 @@ class Credentials:
     home_region: str
     reasons: tuple[str, ...] = ()
     """Why the fleet chose this home (residency rules, distance, "location unknown"...)."""
-    fresh: bool = True
+    fresh: bool = field(default=True, compare=False)
     """True when this call provisioned the device; False when it read credentials stored by an
-    earlier call (bootstrap on the same folder provisions only once)."""
+    earlier call (bootstrap on the same folder provisions only once). Not part of equality: the
+    credentials are the same either way."""
 
 
 @dataclass(frozen=True, slots=True)
