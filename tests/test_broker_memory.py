@@ -152,7 +152,7 @@ def test_the_policy_decision_cache_is_bounded(tmp_path: Path) -> None:
     broker = EmbeddedBroker("127.0.0.1", _free_port(), files["server"], files["server_key"], files["ca"])
     presence = PresenceDirectory(store, registry.ledger, clock, "r1", broker)
     probe = ProbeIdentity("probe-cert", "probe", "$geofleet/probe/r1")
-    gate = RegionGate(registry, shadows, presence, broker, [], probe, "r1", "000000000000",
+    gate = RegionGate(registry, shadows, presence, broker, [], [], probe, "r1", "000000000000",
                       decision_cache_entries=1000)
     connection = Connection("device", "s", "cert", "device", "127.0.0.1", 0)
     for n in range(5000):  # a device publishing to a new topic each time

@@ -31,6 +31,9 @@ class Kind(StrEnum):
     PRESENCE = "presence"
     """key ``<device>|<region>``, ref = device: that region's latest session of the device
     (see ``domain.presence``); only that region writes it."""
+    CONSUMER = "consumer"
+    """A durable application consumer: its name and topic filters (``domain.consumers``); every
+    region journals what matches them."""
 
 
 class CertificateStatus(StrEnum):

@@ -48,18 +48,26 @@ class TopicHandler(Protocol):
     async def handle(self, connection: Connection, topic: str, payload: bytes) -> None: ...
 
 
+class PublishRecorder(Protocol):
+    """Keeps devices' accepted publishes durably (the consumer journal): called before the
+    PUBACK, so what it keeps is kept for every message a device saw acknowledged."""
+
+    def record(self, client_id: str, topic: str, payload: bytes) -> object: ...
+
+
 class RegionGate:
     """Built last of the node's parts, with all of them: the broker calls it only once started
     (``Broker.start(gate)``), so the gate can take the broker itself in its constructor."""
 
     def __init__(self, registry: Registry, shadows: ShadowService, presence: PresenceDirectory, broker: Broker,
-                 handlers: Sequence[TopicHandler], probe: ProbeIdentity, region: str, account: str,
-                 decision_cache_entries: int = DECISION_CACHE_ENTRIES) -> None:
+                 handlers: Sequence[TopicHandler], recorders: Sequence[PublishRecorder], probe: ProbeIdentity,
+                 region: str, account: str, decision_cache_entries: int = DECISION_CACHE_ENTRIES) -> None:
         self._registry = registry
         self._shadows = shadows
         self._directory = presence
         self._broker = broker
         self._handlers = tuple(handlers)
+        self._recorders = tuple(recorders)
         self._probe = probe
         self._region = region
         self._account = account
@@ -122,6 +130,9 @@ class RegionGate:
         await self._presence("disconnected", connection)
 
     async def message(self, connection: Connection, topic: str, payload: bytes) -> None:
+        if not connection.internal:  # the health probe's publishes are nobody's data
+            for recorder in self._recorders:
+                recorder.record(connection.client_id, topic, payload)
         if topic.startswith("$aws/things/"):
             request = parse_shadow_request(topic)
             if request is not None:

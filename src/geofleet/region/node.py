@@ -32,6 +32,7 @@ from geofleet.region.health import BrokerProbe, Health
 from geofleet.region.instance_lock import InstanceLock
 from geofleet.region.routes import certificates as certificates_routes
 from geofleet.region.routes import concierge as concierge_routes
+from geofleet.region.routes import consumers as consumers_routes
 from geofleet.region.routes import delivery as delivery_routes
 from geofleet.region.routes import enrollment as enrollment_routes
 from geofleet.region.routes import health as health_routes
@@ -45,9 +46,11 @@ from geofleet.region.routes import thing_types as thing_types_routes
 from geofleet.region.routes import things as things_routes
 from geofleet.region.routes.access import AdminAccess
 from geofleet.replication.service import Replication
+from geofleet.services.journal import Journal
 from geofleet.services.presence import PresenceDirectory
 from geofleet.services.registry import Registry
 from geofleet.services.shadows import ShadowService
+from geofleet.store.journal import SqliteJournal
 from geofleet.store.sealing import Sealer
 from geofleet.store.sqlite import SqliteStore
 from geofleet.web import EmbeddedServer
@@ -76,6 +79,7 @@ class RegionNode:
         self.clock = Clock(start=self.store.last_hlc())
         authority = region_authority(data, name)
         self.registry = Registry(self.store, self.clock, name, fleet.account, authority)
+        self.journal = Journal(SqliteJournal(paths.journal, name), self.registry.ledger)
         self.broker = EmbeddedBroker(
             self.config.host, self.config.mqtt_port, paths.server_chain, paths.server_key, data.trust_bundle
         )
@@ -104,7 +108,7 @@ class RegionNode:
             token_ttl_s=fleet.claim_token_ttl_s, limiter=RateLimiter(fleet.claim_requests_per_minute),
             max_pending=fleet.claim_max_pending)
         self.gate = RegionGate(self.registry, self.shadows, self.presence, self.broker, [self.fleet_provisioning],
-                               probe.identity, name, fleet.account)
+                               [self.journal], probe.identity, name, fleet.account)
         access = AdminAccess(data.token())
         app = create_app(name, access, self._routers(name, access))
         self._http = EmbeddedServer(uvicorn.Config(
@@ -129,7 +133,8 @@ class RegionNode:
             shadows_routes.router(self.shadows, access),
             provisioning_routes.router(self.provisioner, access),
             enrollment_routes.router(self.registry, access),
-            replication_routes.router(self.replication, access),
+            replication_routes.router(self.replication, access, [self.journal.metrics]),
+            consumers_routes.router(name, self.registry.consumers, self.journal, access),
         ]
 
     async def _guard(self, owner: str, action: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -156,11 +161,13 @@ class RegionNode:
         await self.broker.start(self.gate)
         await self.replication.start()
         await self.health.start()
+        await self.journal.start()
         self.fleet_provisioning.start()
         http = asyncio.create_task(self._http.serve())
         while not self._http.started and not http.done():
             await asyncio.sleep(0.01)
         if http.done():
+            await self.journal.stop()
             await self.fleet_provisioning.stop()
             await self.health.stop()
             await self.replication.stop()
@@ -172,12 +179,14 @@ class RegionNode:
             await self._stop.wait()
         finally:
             self._http.should_exit = True
+            await self.journal.stop()
             await http
             await self.fleet_provisioning.stop()
             await self.health.stop()
             await self.replication.stop()
             await self.broker.stop()
             self.store.close()
+            self.journal.close()
             log.info("region %s stopped", self.config.name)
             self._lock.release()
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from geofleet.domain.errors import GeofleetError
+from geofleet.domain.consumers import check_filters
+from geofleet.domain.errors import GeofleetError, InvalidRequest
 from geofleet.domain.hlc import HLC
 from geofleet.domain.presence import Session, entry_key
 from geofleet.domain.records import CertificateStatus, Kind, Record
@@ -101,6 +102,7 @@ _REQUIRED = {
     Kind.ENROLLMENT_GROUP: ("name", "key", "policyName"),
     Kind.ENROLLMENT: ("name", "key", "policyName"),
     Kind.PRESENCE: ("device", "region", "sessionId", "connectedAt"),
+    Kind.CONSUMER: ("consumerName",),
 }
 
 
@@ -110,6 +112,11 @@ def _check_body(kind: Kind, body: dict[str, Any], where: str, key: str, origin: 
         raise BatchError(f"{where}: a {kind.value} needs string fields {missing}")
     if kind is Kind.CERTIFICATE and body["status"] not in {s.value for s in CertificateStatus}:
         raise BatchError(f"{where}: unknown certificate status {body['status']!r}")
+    if kind is Kind.CONSUMER:
+        try:
+            check_filters(body.get("filters"))
+        except InvalidRequest as exc:
+            raise BatchError(f"{where}: invalid consumer ({exc.message})") from None
     if kind is Kind.PRESENCE:
         try:
             session = Session.from_json(body)

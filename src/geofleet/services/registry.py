@@ -10,6 +10,7 @@ from __future__ import annotations
 from geofleet.domain.hlc import Clock
 from geofleet.pki.ca import Authority
 from geofleet.services.certificates import Certificates
+from geofleet.services.consumers import Consumers
 from geofleet.services.enrollment import Enrollments
 from geofleet.services.ledger import Ledger
 from geofleet.services.policies import Policies
@@ -28,3 +29,4 @@ class Registry:
         self.policies = Policies(self.ledger, account)
         self.principals = ThingPrincipals(self.ledger)
         self.enrollments = Enrollments(self.ledger, self.certificates, self.policies, self.thing_types)
+        self.consumers = Consumers(self.ledger)
