@@ -14,6 +14,7 @@ Everything here is pure: the services and routes apply these rules, the SDK read
 from __future__ import annotations
 
 import base64
+import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -127,7 +128,14 @@ class FilterSet:
 
 @dataclass(frozen=True, slots=True)
 class JournalEntry:
-    """One device publish a region accepted and journaled."""
+    """One device publish a region accepted and journaled (what a durable consumer yields).
+
+    Example::
+
+        async with app.consumer("billing", filters=["dt/+/usage"]) as consumer:
+            async for message in consumer:
+                print(message.id, message.client_id, message.topic, message.json())
+    """
 
     region: str
     seq: int
@@ -140,6 +148,10 @@ class JournalEntry:
     def id(self) -> str:
         """Unique in the fleet: the region and its sequence number."""
         return f"{self.region}:{self.seq}"
+
+    def json(self) -> Any:
+        """The payload, parsed as JSON."""
+        return json.loads(self.payload)
 
     def to_json(self) -> Json:
         """The wire form: the payload as text when it is UTF-8 (JSON payloads stay readable),
