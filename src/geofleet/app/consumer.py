@@ -8,12 +8,12 @@ polls (no busy polling); a region that does not answer is retried with backoff (
 most ``RETRY_MAX_S``) and read on from where this consumer was when it answers again.
 
 Commits (the choice, and why): a message counts as processed when the loop asks for the next
-one (the ``async for`` body finished with it), or when the application calls ``commit()``
-during its body (then the current one counts too). Processed positions are committed to each
-region every ``commit_interval`` seconds, by ``commit()``, and when the block is left. So a
-crash, a ``break`` or an exception in the body never commits the message being processed: it
-comes again after the restart (at-least-once), and the only duplicates are messages processed
-after the last commit. A region's messages come in that region's order; regions interleave.
+one (the ``async for`` body finished with it), when the application calls ``commit()`` during
+its body, or when the ``async with`` block ends without an exception (a ``break`` once the work
+is done). Processed positions are committed to each region every ``commit_interval`` seconds,
+by ``commit()``, and when the block is left. So a crash or an exception in the body never
+commits the message being processed: it comes again after the restart (at-least-once), and the
+only duplicates are messages processed after the last commit. A region's messages come in that region's order; regions interleave.
 Messages carry ``id`` (``<region>:<seq>``) for an application that wants to drop duplicates
 (a device's QoS 1 resend that reached two regions is two journal entries, one per region).
 """
@@ -118,7 +118,9 @@ class Consumer:
                                     ) from None
         return self
 
-    async def __aexit__(self, *_: object) -> None:
+    async def __aexit__(self, error_type: type[BaseException] | None, *_: object) -> None:
+        if error_type is None:  # the block ended normally (a break after the work): the current one is done
+            self._finish_current()
         await self.aclose()
 
     async def aclose(self) -> None:
