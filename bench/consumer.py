@@ -5,12 +5,13 @@ What is measured, on a throw-away one-region fleet (``geofleet up`` on loopback)
 publishing device (paho, mutual TLS, QoS 1, ``--inflight`` messages in flight) and the
 application SDK's ``FleetApp.consumer`` reading in this process:
 
-1. throughput with no consumer (``none``: nothing matches, nothing is journaled) and with one
-   consumer whose filter matches every message (``consumer``: each message is appended to the
-   journal before its PUBACK, and read by the attached consumer), in alternating rounds
-   (none, consumer, consumer, none, ...) of ``--messages`` messages, so background load hits
-   both alike. The rate is publish of the first to PUBACK of the last; the median over rounds is
-   reported, and the journal's cost per message is ``1/rate(consumer) - 1/rate(none)``;
+1. throughput with no consumer (``none``: nothing matches, nothing is journaled), with a
+   consumer record whose filter matches every message but no reader (``journal``: each message
+   is appended to the journal before its PUBACK) and with the SDK's consumer attached too
+   (``consumer``: appended and read), in alternating rounds (none, journal, consumer, consumer,
+   journal, none, ...) of ``--messages`` messages, so background load hits all alike. The rate
+   is publish of the first to PUBACK of the last; the median over rounds is reported, and the
+   cost per message of ``X`` is ``1/rate(X) - 1/rate(none)``;
 2. consumer lag under that load: publish call to the SDK's yield, per message (mostly
    queueing behind the window), and unloaded: ``--lag-messages`` sent one at a time, each when
    the previous one was yielded (the long poll's wake-up, the read and the hand-over);
@@ -38,6 +39,8 @@ REGION = "us-east-1"
 DEVICE = "bench-pub"
 TOPIC = f"dt/{DEVICE}/usage"
 log = common.logger("consumer")
+KINDS = ("none", "journal", "consumer")
+"""Rounds: nothing journaled; journaled (a consumer exists) but nobody reads; journaled and read."""
 
 
 class Publisher:
@@ -99,18 +102,22 @@ class Reader:
 
 async def run(args: argparse.Namespace, fleet: Any) -> dict[str, Any]:
     publisher = await asyncio.to_thread(Publisher, fleet, args.inflight)
-    rates: dict[str, list[float]] = {"none": [], "consumer": []}
+    rates: dict[str, list[float]] = {kind: [] for kind in KINDS}
     loaded_lag: list[float] = []
     lost = 0
     n = 0
     async with fleet_app(fleet.data.root) as app:
         await asyncio.to_thread(publisher.batch, n, 200)  # warm-up: TLS session, caches
         n += 200
-        for i in range(args.rounds * 2):
-            kind = "none" if i % 4 in (0, 3) else "consumer"
+        order = [kind for r in range(args.rounds) for kind in (KINDS if r % 2 == 0 else KINDS[::-1])]
+        for i, kind in enumerate(order):
             numbers = range(n, n + args.messages)
             if kind == "none":
                 seconds = await asyncio.to_thread(publisher.batch, n, args.messages)
+            elif kind == "journal":
+                await app.create_consumer(f"bench-{i}", [f"dt/{DEVICE}/#"])
+                seconds = await asyncio.to_thread(publisher.batch, n, args.messages)
+                await app.delete_consumer(f"bench-{i}")
             else:
                 async with app.consumer(f"bench-{i}", filters=[f"dt/{DEVICE}/#"]) as consumer:
                     reader = Reader(consumer)
@@ -121,16 +128,17 @@ async def run(args: argparse.Namespace, fleet: Any) -> dict[str, Any]:
                 loaded_lag += [reader.lag_ms[k] for k in numbers if k in reader.lag_ms]
                 lost += sum(1 for k in numbers if k not in reader.lag_ms)
             rates[kind].append(args.messages / seconds)
-            log(f"round {i + 1}/{args.rounds * 2} {kind}: {args.messages / seconds:.0f} msgs/s")
+            log(f"round {i + 1}/{len(order)} {kind}: {args.messages / seconds:.0f} msgs/s")
             n += args.messages
         unloaded = await unloaded_lag(app, publisher, n, args.lag_messages, args.drain)
     publisher.session.stop()
-    none, with_consumer = statistics.median(rates["none"]), statistics.median(rates["consumer"])
+    median = {kind: statistics.median(rates[kind]) for kind in KINDS}
     return {
-        "throughput_msgs_per_s": {"none": round(none), "consumer": round(with_consumer),
+        "throughput_msgs_per_s": {**{k: round(v) for k, v in median.items()},
                                   "rounds": {k: [round(r) for r in v] for k, v in rates.items()}},
-        "journal_cost_us_per_message": round((1 / with_consumer - 1 / none) * 1e6, 1),
-        "throughput_change": round(with_consumer / none - 1, 3),
+        "cost_us_per_message": {kind: round((1 / median[kind] - 1 / median["none"]) * 1e6, 1)
+                                for kind in KINDS[1:]},
+        "throughput_change": {kind: round(median[kind] / median["none"] - 1, 3) for kind in KINDS[1:]},
         "lag_under_load_ms": common.distribution(loaded_lag, digits=2, count=True),
         "lag_unloaded_ms": common.distribution(unloaded, digits=2, count=True),
         "lost": lost,

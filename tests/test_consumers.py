@@ -233,3 +233,17 @@ def test_a_reader_behind_retention_is_told_what_it_lost(tmp_path: Path) -> None:
     assert [e.seq for e in page.entries] == [8, 9, 10]
     assert b"geofleet_journal_dropped_total" in journal.metrics()
     assert journal.report()["dropped"] == 7
+
+
+def test_a_new_consumer_starts_at_the_head_of_the_journal(tmp_path: Path) -> None:
+    """Entries kept for other consumers before it existed are not its history."""
+    journal, consumers, _ = _service(tmp_path)
+    consumers.put("first", ["a/#"])
+    journal.record("d", "a/1", b"")
+    consumers.put("second", ["a/#"])
+    journal.record("d", "a/2", b"")
+    assert (journal.offset("first"), journal.offset("second")) == (0, 1)
+    consumers.put("second", ["a/+"])  # new filters: same consumer, same offset
+    assert journal.offset("second") == 1
+    page = asyncio.run(journal.read("second", journal.offset("second"), 10, 0))
+    assert [e.topic for e in page.entries] == ["a/2"]

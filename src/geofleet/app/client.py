@@ -227,6 +227,11 @@ class FleetApp:
         return Consumer(self._http, self.regions, self._nearest, self.rank, name, filters, ready_timeout,
                         commit_interval)
 
+    async def create_consumer(self, name: str, filters: Sequence[str]) -> Json:
+        """Create a durable consumer (or replace its filters) without reading it yet: every region
+        journals what matches from when it learns of it."""
+        return dict(await self._nearest("PUT", f"/v1/consumers/{name}", json={"filters": list(filters)}))
+
     async def delete_consumer(self, name: str) -> None:
         """Delete a durable consumer (every region stops journaling for it, its offsets go)."""
         await self._nearest("DELETE", f"/v1/consumers/{name}")

@@ -13,7 +13,8 @@ its body, or when the ``async with`` block ends without an exception (a ``break`
 is done). Processed positions are committed to each region every ``commit_interval`` seconds,
 by ``commit()``, and when the block is left. So a crash or an exception in the body never
 commits the message being processed: it comes again after the restart (at-least-once), and the
-only duplicates are messages processed after the last commit. A region's messages come in that region's order; regions interleave.
+only duplicates are messages processed after the last commit. A region's messages come in that
+region's order; regions interleave.
 Messages carry ``id`` (``<region>:<seq>``) for an application that wants to drop duplicates
 (a device's QoS 1 resend that reached two regions is two journal entries, one per region).
 """

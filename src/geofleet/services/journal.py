@@ -10,7 +10,9 @@ changes (they replicate), so a consumer created in A is journaled for in B as so
 
 Reading: ``read`` answers the entries after a position that match one consumer's filters, and
 waits (bounded) for new ones when there are none, so consumers long-poll instead of
-busy-polling. Offsets are stored per consumer in this region's journal file.
+busy-polling. Offsets are stored per consumer in this region's journal file; a consumer this
+region has just learned of starts at the journal's head (what was kept before was kept for
+other consumers), so a consumer sees what was published after every region knew it.
 
 Retention: every ``PRUNE_EVERY_S`` the entries older than ``retention_s`` and beyond the newest
 ``retention_rows`` go, oldest first; the count is kept (``dropped``, in ``/metrics``), and a
@@ -44,6 +46,10 @@ from geofleet.store.journal import SqliteJournal
 log = logging.getLogger(__name__)
 
 PRUNE_EVERY_S = 60.0
+LINGER_S = 0.01
+"""A long poll woken by an append waits this long before it reads, so that a busy topic is read
+in batches (one request per ~10 ms per consumer and region) rather than one request per
+message, which would cost the region more than the messages themselves."""
 
 
 def _now_ms() -> int:
@@ -93,6 +99,10 @@ class Journal:
         self._filters = self._all_filters()
         if record.deleted:
             self._store.forget(record.key)
+        elif previous is None or previous.deleted:
+            # A new consumer starts where this region's journal is now: the entries before were
+            # kept for other consumers, and only some of those would match its filters.
+            self._store.start_offset(record.key, self._store.head(), _now_ms())
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -120,6 +130,7 @@ class Journal:
                 return ReadPage(entries, position if last is None else last, self._store.head(), dropped)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(appended.wait(), max(0.0, deadline - time.monotonic()))
+                await asyncio.sleep(min(LINGER_S, max(0.0, deadline - time.monotonic())))
 
     def offset(self, consumer: str) -> int:
         self._ledger.require(Kind.CONSUMER, check_consumer_name(consumer), "consumer")

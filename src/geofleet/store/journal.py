@@ -113,5 +113,10 @@ class SqliteJournal:
                          "ON CONFLICT (consumer) DO UPDATE SET seq = excluded.seq, updated_ms = excluded.updated_ms",
                          (consumer, seq, now_ms))
 
+    def start_offset(self, consumer: str, seq: int, now_ms: int) -> None:
+        """Set the consumer's offset unless it has one."""
+        self._db.execute("INSERT OR IGNORE INTO offsets (consumer, seq, updated_ms) VALUES (?, ?, ?)",
+                         (consumer, seq, now_ms))
+
     def forget(self, consumer: str) -> None:
         self._db.execute("DELETE FROM offsets WHERE consumer = ?", (consumer,))
