@@ -108,7 +108,7 @@ def test_sequence_survives_pruning_and_reopening(tmp_path: Path) -> None:
     journal = SqliteJournal(tmp_path / "journal.db", "r1")
     seqs = [journal.append("a/b", "dev", 1000 + i, b"p") for i in range(10)]
     assert seqs == list(range(1, 11))
-    assert journal.prune(older_than_ms=0, keep_rows=4) == 6
+    assert journal.prune(older_than_ms=0, keep_rows=4, keep_bytes=10**9) == 6
     journal.close()
     journal = SqliteJournal(tmp_path / "journal.db", "r1")
     assert journal.first() == 7
@@ -122,10 +122,25 @@ def test_retention_drops_by_age_oldest_first(tmp_path: Path) -> None:
     journal = SqliteJournal(tmp_path / "journal.db", "r1")
     for ts in [100, 200, 300, 400]:
         journal.append("a/b", "dev", ts, b"p")
-    assert journal.prune(older_than_ms=300, keep_rows=1000) == 2
+    assert journal.prune(older_than_ms=300, keep_rows=1000, keep_bytes=10**9) == 2
     assert [e.seq for e in journal.entries(0, 10)] == [3, 4]
-    assert journal.prune(older_than_ms=10_000, keep_rows=1000) == 2
+    assert journal.prune(older_than_ms=10_000, keep_rows=1000, keep_bytes=10**9) == 2
     assert journal.first() == journal.head() + 1 == 5
+
+
+def test_retention_bounds_the_payload_bytes_held(tmp_path: Path) -> None:
+    journal = SqliteJournal(tmp_path / "journal.db", "r1")
+    for size in [100, 200, 300, 400]:
+        journal.append("a/b", "dev", 1, b"x" * size)
+    assert journal.held_bytes() == 1000
+    assert journal.prune(older_than_ms=0, keep_rows=1000, keep_bytes=750) == 2, "the oldest two go"
+    assert journal.held_bytes() == 700
+    journal.close()
+    journal = SqliteJournal(tmp_path / "journal.db", "r1")  # the running sum survives a restart
+    journal.append("a/b", "dev", 1, b"x" * 50)
+    assert journal.held_bytes() == 750
+    assert journal.prune(older_than_ms=0, keep_rows=1000, keep_bytes=0) == 3
+    assert journal.held_bytes() == 0
 
 
 def test_offsets_are_per_consumer(tmp_path: Path) -> None:

@@ -52,8 +52,10 @@ RETENTION_S = 24 * 3600
 """Journal entries older than this are dropped (counted, and reported to a reader that had not
 reached them): a consumer away for longer than a day loses what it did not read."""
 RETENTION_ROWS = 1_000_000
-"""Journal entries a region keeps at most (oldest dropped first): ~130 GB of 128 KB payloads
-would be too much, but ~1 M entries of a few hundred bytes are a few hundred MB."""
+"""Journal entries a region keeps at most (oldest dropped first)."""
+RETENTION_BYTES = 1024**3
+"""Payload bytes a region's journal keeps at most (oldest dropped first): a million 128 KB
+payloads would be 128 GB; 1 GiB is a day of ~12 messages/s of 1 KB, or ~8,000 of the largest."""
 
 
 def check_consumer_name(name: str) -> str:

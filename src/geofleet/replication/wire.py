@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from geofleet.domain.consumers import check_filters
+from geofleet.domain.consumers import check_consumer_name, check_filters
 from geofleet.domain.errors import GeofleetError, InvalidRequest
 from geofleet.domain.hlc import HLC
 from geofleet.domain.presence import Session, entry_key
@@ -113,7 +113,10 @@ def _check_body(kind: Kind, body: dict[str, Any], where: str, key: str, origin: 
     if kind is Kind.CERTIFICATE and body["status"] not in {s.value for s in CertificateStatus}:
         raise BatchError(f"{where}: unknown certificate status {body['status']!r}")
     if kind is Kind.CONSUMER:
+        if body["consumerName"] != key:
+            raise BatchError(f"{where}: a consumer's name must be its key")
         try:
+            check_consumer_name(key)
             check_filters(body.get("filters"))
         except InvalidRequest as exc:
             raise BatchError(f"{where}: invalid consumer ({exc.message})") from None

@@ -14,9 +14,10 @@ busy-polling. Offsets are stored per consumer in this region's journal file; a c
 region has just learned of starts at the journal's head (what was kept before was kept for
 other consumers), so a consumer sees what was published after every region knew it.
 
-Retention: every ``PRUNE_EVERY_S`` the entries older than ``retention_s`` and beyond the newest
-``retention_rows`` go, oldest first; the count is kept (``dropped``, in ``/metrics``), and a
-reader whose position is before the oldest entry left is told how many it missed.
+Retention: every ``PRUNE_EVERY_S`` the entries older than ``retention_s``, beyond the newest
+``retention_rows`` or beyond ``retention_bytes`` of payload go, oldest first; the count is kept
+(``dropped``, in ``/metrics``), and a reader whose position is before the oldest entry left is
+told how many it missed.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from geofleet.domain.consumers import (
     READ_SCAN_MAX,
+    RETENTION_BYTES,
     RETENTION_ROWS,
     RETENTION_S,
     FilterSet,
@@ -58,12 +60,13 @@ def _now_ms() -> int:
 
 class Journal:
     def __init__(self, store: SqliteJournal, ledger: Ledger, retention_s: float = RETENTION_S,
-                 retention_rows: int = RETENTION_ROWS) -> None:
+                 retention_rows: int = RETENTION_ROWS, retention_bytes: int = RETENTION_BYTES) -> None:
         self._store = store
         self._ledger = ledger
         self.region = store.region
         self._retention_s = retention_s
         self._retention_rows = retention_rows
+        self._retention_bytes = retention_bytes
         self._filters = self._all_filters()
         self._appended = asyncio.Event()
         """Set (and replaced) on every append: what long-polling readers wait on."""
@@ -75,6 +78,8 @@ class Journal:
                               registry=self._metrics)
         self._head = Gauge("geofleet_journal_head", "The journal's last sequence number", ["region"],
                            registry=self._metrics)
+        self._bytes = Gauge("geofleet_journal_bytes", "Payload bytes in the region's consumer journal", ["region"],
+                            registry=self._metrics)
         self._dropped = Gauge("geofleet_journal_dropped_total", "Journal entries dropped by retention (age or "
                               "row bound) since the journal was created", ["region"], registry=self._metrics)
 
@@ -148,10 +153,11 @@ class Journal:
     # -- retention -------------------------------------------------------------------------
 
     def prune(self) -> int:
-        dropped = self._store.prune(_now_ms() - int(self._retention_s * 1000), self._retention_rows)
+        dropped = self._store.prune(_now_ms() - int(self._retention_s * 1000), self._retention_rows,
+                                    self._retention_bytes)
         if dropped:
-            log.info("region %s: retention dropped %d journal entries (older than %g s or beyond %d rows)",
-                     self.region, dropped, self._retention_s, self._retention_rows)
+            log.info("region %s: retention dropped %d journal entries (older than %g s, or beyond %d rows or "
+                     "%d bytes)", self.region, dropped, self._retention_s, self._retention_rows, self._retention_bytes)
         return dropped
 
     async def start(self) -> None:
@@ -177,10 +183,11 @@ class Journal:
 
     def report(self) -> dict[str, int]:
         return {"head": self._store.head(), "first": self._store.first(), "entries": self._store.size(),
-                "dropped": self._store.dropped()}
+                "bytes": self._store.held_bytes(), "dropped": self._store.dropped()}
 
     def metrics(self) -> bytes:
         self._entries.labels(self.region).set(self._store.size())
         self._head.labels(self.region).set(self._store.head())
+        self._bytes.labels(self.region).set(self._store.held_bytes())
         self._dropped.labels(self.region).set(self._store.dropped())
         return bytes(generate_latest(self._metrics))

@@ -22,7 +22,8 @@ from geofleet.domain.consumers import JournalEntry
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS journal (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    topic TEXT NOT NULL, client_id TEXT NOT NULL, timestamp_ms INTEGER NOT NULL, payload BLOB NOT NULL
+    topic TEXT NOT NULL, client_id TEXT NOT NULL, timestamp_ms INTEGER NOT NULL, payload BLOB NOT NULL,
+    total_bytes INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS offsets (
     consumer TEXT PRIMARY KEY, seq INTEGER NOT NULL, updated_ms INTEGER NOT NULL
@@ -44,6 +45,10 @@ class SqliteJournal:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
+        row = self._db.execute("SELECT total_bytes FROM journal ORDER BY seq DESC LIMIT 1").fetchone()
+        self._total = int(row[0]) if row else 0
+        """Payload bytes ever appended (as of the newest entry held): ``total_bytes`` of a row is
+        this running sum, so the bytes held from a row on are a difference, never a scan."""
 
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
@@ -53,9 +58,11 @@ class SqliteJournal:
 
     def append(self, topic: str, client_id: str, timestamp_ms: int, payload: bytes) -> int:
         """Journal one message (committed when this returns); its sequence number."""
+        total = self._total + len(payload)
         cursor = self._db.execute(
-            "INSERT INTO journal (topic, client_id, timestamp_ms, payload) VALUES (?, ?, ?, ?)",
-            (topic, client_id, timestamp_ms, payload))
+            "INSERT INTO journal (topic, client_id, timestamp_ms, payload, total_bytes) VALUES (?, ?, ?, ?, ?)",
+            (topic, client_id, timestamp_ms, payload, total))
+        self._total = total
         return int(cursor.lastrowid or 0)
 
     def entries(self, after: int, limit: int) -> list[JournalEntry]:
@@ -79,15 +86,25 @@ class SqliteJournal:
     def size(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM journal").fetchone()[0])
 
-    def prune(self, older_than_ms: int, keep_rows: int) -> int:
-        """Drop the entries older than ``older_than_ms`` and all but the newest ``keep_rows``,
-        oldest first; count them as dropped; returns how many went."""
+    def held_bytes(self) -> int:
+        """Payload bytes of the entries held."""
+        row = self._db.execute("SELECT total_bytes - length(payload) FROM journal ORDER BY seq LIMIT 1").fetchone()
+        return self._total - int(row[0]) if row else 0
+
+    def prune(self, older_than_ms: int, keep_rows: int, keep_bytes: int) -> int:
+        """Drop the entries older than ``older_than_ms``, all but the newest ``keep_rows`` and
+        the oldest beyond ``keep_bytes`` of payload, oldest first; count them as dropped;
+        returns how many went."""
         head = self.head()
+        # the first entry within the byte bound: every entry from it on holds at most keep_bytes
+        row = self._db.execute("SELECT seq FROM journal WHERE total_bytes - length(payload) >= ? ORDER BY seq LIMIT 1",
+                               (self._total - keep_bytes,)).fetchone()
+        within_bytes = int(row[0]) if row is not None else head + 1
         # the first entry young enough: found from the oldest end, so it stops early
         row = self._db.execute("SELECT seq FROM journal WHERE timestamp_ms >= ? ORDER BY seq LIMIT 1",
                                (older_than_ms,)).fetchone()
         young_from = int(row[0]) if row is not None else head + 1
-        through = max(young_from - 1, head - keep_rows)
+        through = max(young_from - 1, head - keep_rows, within_bytes - 1)
         self._db.execute("BEGIN IMMEDIATE")
         try:
             dropped = self._db.execute("DELETE FROM journal WHERE seq <= ?", (through,)).rowcount
