@@ -244,5 +244,18 @@ def test_sigkill_of_a_region_loses_nothing_it_acknowledged(tmp_path: Path) -> No
         assert len(acked) >= 100, f"B acknowledged only {len(acked)} messages before its SIGKILL"
         assert {int(m.json()["n"]) for m in received} >= set(acked)
         assert {m.region for m in received} == {B}
+        # and independently of what the consumer read before the kill: B's journal, as B holds
+        # it after the restart, has every message B acknowledged
+        with fleet.admin(B) as api:
+            journaled: set[int] = set()
+            after = 0
+            while True:
+                page = api.call("GET", f"/v1/consumers/{name}/messages",
+                                params={"after": after, "limit": 1000, "wait": 0})
+                journaled |= {int(json.loads(m["payload"])["n"]) for m in page["messages"]}
+                if page["next"] == after:
+                    break
+                after = page["next"]
+        assert journaled >= set(acked), f"B's journal lacks {sorted(set(acked) - journaled)[:10]}"
     finally:
         fleet.stop()
