@@ -15,7 +15,9 @@ application SDK's ``FleetApp.consumer`` reading in this process:
 2. consumer lag under that load: publish call to the SDK's yield, per message (mostly
    queueing behind the window), and unloaded: ``--lag-messages`` sent one at a time, each when
    the previous one was yielded (the long poll's wake-up, the read and the hand-over);
-3. loss: messages of a consumer round not yielded within ``--drain`` seconds (must be 0).
+3. the rate at which a consumer that was away reads the backlog a ``journal`` round left
+   (``backlog_read_msgs_per_s``, nothing being published meanwhile);
+4. loss: messages of a consumer round not yielded within ``--drain`` seconds (must be 0).
 
 The device and the consumer share the machine's CPUs with the region. Prints one JSON object on
 stdout; progress goes to stderr.
@@ -28,6 +30,7 @@ import asyncio
 import json
 import statistics
 import time
+from collections import deque
 from typing import Any
 
 import common
@@ -47,16 +50,23 @@ class Publisher:
     """The device: QoS 1 publishes carrying their number and the publish time."""
 
     def __init__(self, fleet: Any, inflight: int) -> None:
+        self.inflight = inflight
         self.session = common.Session(DEVICE, common.devices_dir(fleet))
         self.session.client.max_inflight_messages_set(inflight)
         self.session.start(common.region_int(fleet, REGION, "mqtt_port"))
         self.session.wait_connected(10)
 
     def batch(self, first: int, count: int) -> float:
-        """Publish ``count`` messages; seconds from the first publish to the last PUBACK."""
+        """Publish ``count`` messages, at most ``inflight`` unacknowledged (so a message's
+        timestamp is taken when it can be sent, not while it waits in paho's queue); seconds from
+        the first publish to the last PUBACK."""
         started = time.perf_counter()
-        infos = [self.one(first + i) for i in range(count)]
-        for info in infos:
+        pending: deque[Any] = deque()
+        for i in range(count):
+            if len(pending) >= self.inflight:
+                pending.popleft().wait_for_publish(30)
+            pending.append(self.one(first + i))
+        for info in pending:
             info.wait_for_publish(30)
         return time.perf_counter() - started
 
@@ -104,6 +114,7 @@ async def run(args: argparse.Namespace, fleet: Any) -> dict[str, Any]:
     publisher = await asyncio.to_thread(Publisher, fleet, args.inflight)
     rates: dict[str, list[float]] = {kind: [] for kind in KINDS}
     loaded_lag: list[float] = []
+    backlog_rates: list[float] = []
     lost = 0
     n = 0
     async with fleet_app(fleet.data.root) as app:
@@ -117,6 +128,14 @@ async def run(args: argparse.Namespace, fleet: Any) -> dict[str, Any]:
             elif kind == "journal":
                 await app.create_consumer(f"bench-{i}", [f"dt/{DEVICE}/#"])
                 seconds = await asyncio.to_thread(publisher.batch, n, args.messages)
+                # then the backlog the round left, read by a consumer that was away
+                async with app.consumer(f"bench-{i}") as consumer:
+                    reader = Reader(consumer)
+                    started = time.perf_counter()
+                    await reader.wait_for(numbers, args.drain)
+                    read = sum(1 for k in numbers if k in reader.lag_ms)
+                    backlog_rates.append(read / (time.perf_counter() - started))
+                    await reader.close()
                 await app.delete_consumer(f"bench-{i}")
             else:
                 async with app.consumer(f"bench-{i}", filters=[f"dt/{DEVICE}/#"]) as consumer:
@@ -139,6 +158,7 @@ async def run(args: argparse.Namespace, fleet: Any) -> dict[str, Any]:
         "cost_us_per_message": {kind: round((1 / median[kind] - 1 / median["none"]) * 1e6, 1)
                                 for kind in KINDS[1:]},
         "throughput_change": {kind: round(median[kind] / median["none"] - 1, 3) for kind in KINDS[1:]},
+        "backlog_read_msgs_per_s": round(statistics.median(backlog_rates)),
         "lag_under_load_ms": common.distribution(loaded_lag, digits=2, count=True),
         "lag_unloaded_ms": common.distribution(unloaded, digits=2, count=True),
         "lost": lost,
