@@ -11,7 +11,11 @@ application SDK's ``FleetApp.consumer`` reading in this process:
    (``consumer``: appended and read), in alternating rounds (none, journal, consumer, consumer,
    journal, none, ...) of ``--messages`` messages, so background load hits all alike. The rate
    is publish of the first to PUBACK of the last; the median over rounds is reported, and the
-   cost per message of ``X`` is ``1/rate(X) - 1/rate(none)``;
+   cost per message of ``X`` is ``1/rate(X) - 1/rate(none)``. The region process's CPU time per
+   message of each kind is reported too (``region_cpu_us_per_message``, from /proc at clock-tick
+   resolution; a ``journal`` round's figure includes reading its backlog afterwards): the
+   consumer runs in this process, next to the publishing device, so the ``consumer`` rate also
+   pays for the client's CPU on a small machine;
 2. consumer lag under that load: publish call to the SDK's yield, per message (mostly
    queueing behind the window), and unloaded: ``--lag-messages`` sent one at a time, each when
    the previous one was yielded (the long poll's wake-up, the read and the hand-over);
@@ -113,6 +117,8 @@ class Reader:
 async def run(args: argparse.Namespace, fleet: Any) -> dict[str, Any]:
     publisher = await asyncio.to_thread(Publisher, fleet, args.inflight)
     rates: dict[str, list[float]] = {kind: [] for kind in KINDS}
+    region_cpu: dict[str, list[float]] = {kind: [] for kind in KINDS}
+    pid = common.region_int(fleet, REGION, "pid")
     loaded_lag: list[float] = []
     backlog_rates: list[float] = []
     lost = 0
@@ -123,6 +129,7 @@ async def run(args: argparse.Namespace, fleet: Any) -> dict[str, Any]:
         order = [kind for r in range(args.rounds) for kind in (KINDS if r % 2 == 0 else KINDS[::-1])]
         for i, kind in enumerate(order):
             numbers = range(n, n + args.messages)
+            cpu_before = common.process_cpu_seconds(pid) or 0.0
             if kind == "none":
                 seconds = await asyncio.to_thread(publisher.batch, n, args.messages)
             elif kind == "journal":
@@ -147,6 +154,7 @@ async def run(args: argparse.Namespace, fleet: Any) -> dict[str, Any]:
                 loaded_lag += [reader.lag_ms[k] for k in numbers if k in reader.lag_ms]
                 lost += sum(1 for k in numbers if k not in reader.lag_ms)
             rates[kind].append(args.messages / seconds)
+            region_cpu[kind].append(((common.process_cpu_seconds(pid) or 0.0) - cpu_before) / args.messages)
             log(f"round {i + 1}/{len(order)} {kind}: {args.messages / seconds:.0f} msgs/s")
             n += args.messages
         unloaded = await unloaded_lag(app, publisher, n, args.lag_messages, args.drain)
@@ -158,6 +166,7 @@ async def run(args: argparse.Namespace, fleet: Any) -> dict[str, Any]:
         "cost_us_per_message": {kind: round((1 / median[kind] - 1 / median["none"]) * 1e6, 1)
                                 for kind in KINDS[1:]},
         "throughput_change": {kind: round(median[kind] / median["none"] - 1, 3) for kind in KINDS[1:]},
+        "region_cpu_us_per_message": {kind: round(statistics.median(v) * 1e6, 1) for kind, v in region_cpu.items()},
         "backlog_read_msgs_per_s": round(statistics.median(backlog_rates)),
         "lag_under_load_ms": common.distribution(loaded_lag, digits=2, count=True),
         "lag_unloaded_ms": common.distribution(unloaded, digits=2, count=True),

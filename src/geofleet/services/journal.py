@@ -128,7 +128,8 @@ class Journal:
             first = self._store.first()
             dropped = max(0, first - 1 - position)
             position = max(position, first - 1)
-            entries, last = select(self._store.entries(position, READ_SCAN_MAX), filters, limit)
+            with contextlib.closing(self._store.entries(position, READ_SCAN_MAX)) as rows:
+                entries, last = select(rows, filters, limit)
             # rows looked at (matching or not) move the position on; an answer then, even an
             # empty one, keeps one request from scanning a long run of rows it does not want
             if entries or dropped or last is not None or self._closed or time.monotonic() >= deadline:
