@@ -23,6 +23,8 @@ from geofleet.client import fleet_app
 from geofleet.domain.errors import InvalidRequest, NotFound, Unauthorized
 from tests.conftest import REGIONS, Fleet, start_fleet
 from tests.helpers import Device, geofleet, wait_for
+from tests.mqtt_wire import connect_packet
+from tests.test_broker_hardening import ACCEPTED, raw
 
 A, B, C = REGIONS
 T = TypeVar("T")
@@ -146,6 +148,14 @@ def test_only_what_matches_a_consumer_is_journaled(fleet: Fleet) -> None:
             [(f"dt/{device_name}/kept", device_name, {"x": 2})]
     finally:
         device.client.disconnect()
+    # a Last Will is a publish of the device too: journaled when its connection drops
+    client = raw(fleet, device_name, A)
+    assert client.connect(connect_packet(device_name, will=(f"dt/{device_name}/kept", b"gone", False))) \
+        == ACCEPTED
+    client.close()
+    with fleet.admin(A) as api:
+        page = api.call("GET", f"/v1/consumers/{name}/messages", params={"after": before + 1, "wait": 10})
+    assert [(m["topic"], m["payload"]) for m in page["messages"]] == [(f"dt/{device_name}/kept", "gone")]
     geofleet("consumer", "delete", name, "--data-dir", str(fleet.data.root), "--region", B)
 
 
