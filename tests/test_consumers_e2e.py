@@ -201,6 +201,18 @@ def test_bad_consumers_and_reads_are_clear_errors(fleet: Fleet) -> None:
     assert gone.returncode == 2
 
 
+def test_a_consumer_deleted_while_it_reads_ends_its_loop_with_not_found(fleet: Fleet) -> None:
+    name = fleet.new_name("doomed")
+
+    async def scenario() -> None:
+        async with fleet_app(fleet.data.root) as app, app.consumer(name, filters=["x/#"]) as consumer:
+            await app.delete_consumer(name)
+            with pytest.raises(NotFound, match="was deleted"):
+                await take(consumer, 1)
+
+    run(scenario)
+
+
 @pytest.mark.e2e
 def test_sigkill_of_a_region_loses_nothing_it_acknowledged(tmp_path: Path) -> None:
     """Devices publish to B; B is SIGKILLed in the middle; every message B acknowledged (PUBACK

@@ -32,7 +32,7 @@ import httpx
 
 from geofleet.app.stream import Region
 from geofleet.domain.consumers import READ_LIMIT_DEFAULT, WAIT_DEFAULT_S, JournalEntry, check_consumer_name
-from geofleet.domain.errors import GeofleetError, InvalidRequest, RegionUnreachable, answer
+from geofleet.domain.errors import GeofleetError, InvalidRequest, NotFound, RegionUnreachable, answer
 
 Message = JournalEntry
 """One journaled device publish: ``id``, ``region``, ``seq``, ``topic``, ``client_id``,
@@ -52,6 +52,13 @@ class _Read:
 
     region: str
     seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Gone:
+    """A region that knew the consumer says it does not exist any more: it was deleted."""
+
+    error: NotFound
 
 
 class Consumer:
@@ -80,7 +87,7 @@ class Consumer:
         self._commit_interval = commit_interval
         self._batch = batch
         self._wait = wait
-        self._queue: asyncio.Queue[JournalEntry | _Read] = asyncio.Queue(QUEUE_ENTRIES)
+        self._queue: asyncio.Queue[JournalEntry | _Read | _Gone] = asyncio.Queue(QUEUE_ENTRIES)
         self._tasks: list[asyncio.Task[None]] = []
         self._current: JournalEntry | None = None
         self._processed: dict[str, int] = {}
@@ -101,6 +108,8 @@ class Consumer:
         return dict(self._processed)
 
     async def __aenter__(self) -> Consumer:
+        """Create the consumer (with filters) or check it exists (NotFound), then wait until every
+        healthy region answered its offset. Reading raises NotFound if it is deleted meanwhile."""
         if self._filters is not None:
             await self._nearest("PUT", f"/v1/consumers/{self.name}", json={"filters": self._filters})
         else:
@@ -143,6 +152,8 @@ class Consumer:
         while True:
             self._finish_current()  # the loop asked for the next one: the last is processed
             item = await self._queue.get()
+            if isinstance(item, _Gone):
+                raise item.error
             if isinstance(item, _Read):
                 self._processed[item.region] = max(self._processed.get(item.region, 0), item.seq)
                 continue
@@ -208,6 +219,11 @@ class Consumer:
                 continue
             except InvalidRequest:
                 position = None  # the region's journal does not know our position: ask it again
+            except NotFound as exc:
+                if position is not None:  # it knew the consumer: deleted (before, not replicated yet)
+                    await self._queue.put(_Gone(NotFound(f"consumer {self.name} was deleted ({region.name}: "
+                                                         f"{exc.message})")))
+                    return
             except (httpx.HTTPError, ValueError, KeyError, TypeError, GeofleetError):
                 pass
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))

@@ -91,9 +91,12 @@ class Journal:
         if not self._filters or not self._filters.matches(topic):
             return None
         seq = self._store.append(topic, client_id, _now_ms(), payload)
+        self._wake()
+        return seq
+
+    def _wake(self) -> None:
         woken, self._appended = self._appended, asyncio.Event()
         woken.set()
-        return seq
 
     def _all_filters(self) -> FilterSet:
         return FilterSet.of_consumers(r.body or {} for r in self._ledger.records(Kind.CONSUMER))
@@ -104,6 +107,7 @@ class Journal:
         self._filters = self._all_filters()
         if record.deleted:
             self._store.forget(record.key)
+            self._wake()  # its long polls answer NotFound now, not at their deadline
         elif previous is None or previous.deleted:
             # A new consumer starts where this region's journal is now: the entries before were
             # kept for other consumers, and only some of those would match its filters.
@@ -115,8 +119,7 @@ class Journal:
         """The entries after ``after`` that match ``consumer``'s filters; with none yet, waits
         up to ``wait_s`` for some. NotFound for an unknown consumer."""
         check_read(after, limit, wait_s)
-        body = self._ledger.require(Kind.CONSUMER, check_consumer_name(consumer), "consumer").body or {}
-        filters = FilterSet(body.get("filters") or ())
+        check_consumer_name(consumer)
         head = self._store.head()
         if after > head:
             raise InvalidRequest(f"after={after} is beyond the journal of {self.region} (its head is {head}): "
@@ -125,6 +128,8 @@ class Journal:
         position = after
         while True:
             appended = self._appended  # taken before reading: an append after the read wakes us
+            body = self._ledger.require(Kind.CONSUMER, consumer, "consumer").body or {}
+            filters = FilterSet(body.get("filters") or ())
             first = self._store.first()
             dropped = max(0, first - 1 - position)
             position = max(position, first - 1)
