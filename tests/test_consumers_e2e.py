@@ -126,7 +126,7 @@ def test_every_region_reaches_the_consumer_and_a_restart_resumes_from_the_commit
         run(scenario)
     finally:
         for device in things.values():
-            device.client.disconnect()
+            device.close()
 
 
 def test_only_what_matches_a_consumer_is_journaled(fleet: Fleet) -> None:
@@ -147,7 +147,7 @@ def test_only_what_matches_a_consumer_is_journaled(fleet: Fleet) -> None:
         assert [(m["topic"], m["clientId"], json.loads(m["payload"])) for m in page["messages"]] == \
             [(f"dt/{device_name}/kept", device_name, {"x": 2})]
     finally:
-        device.client.disconnect()
+        device.close()
     # a Last Will is a publish of the device too: journaled when its connection drops
     client = raw(fleet, device_name, A)
     assert client.connect(connect_packet(device_name, will=(f"dt/{device_name}/kept", b"gone", False))) \
@@ -225,20 +225,18 @@ def test_sigkill_of_a_region_loses_nothing_it_acknowledged(tmp_path: Path) -> No
         device_name = fleet.create_device(region=B)
 
         def publish_then_kill() -> None:
-            device = fleet.device(device_name, B).connect()
-            for n in range(200):
-                info = device.client.publish(f"dt/{device_name}/usage", json.dumps({"n": n}), qos=1)
-                if n == 120:
-                    os.kill(fleet.pid(B), signal.SIGKILL)
-                try:
-                    info.wait_for_publish(2)
-                except (RuntimeError, ValueError):
-                    break  # the connection is gone: not acknowledged
-                if not info.is_published():
-                    break
-                acked.append(n)
-            device.client.disconnect()
-            device.client.loop_stop()
+            with fleet.device(device_name, B).connect() as device:  # closed (no reconnects left behind)
+                for n in range(200):
+                    info = device.client.publish(f"dt/{device_name}/usage", json.dumps({"n": n}), qos=1)
+                    if n == 120:
+                        os.kill(fleet.pid(B), signal.SIGKILL)
+                    try:
+                        info.wait_for_publish(2)
+                    except (RuntimeError, ValueError):
+                        break  # the connection is gone: not acknowledged
+                    if not info.is_published():
+                        break
+                    acked.append(n)
 
         async def scenario(app: FleetApp) -> list[Message]:
             received: list[Message] = []
