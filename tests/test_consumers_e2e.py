@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import ssl
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
@@ -238,29 +239,45 @@ def test_sigkill_of_a_region_loses_nothing_it_acknowledged(tmp_path: Path) -> No
                         break
                     acked.append(n)
 
-        async def scenario(app: FleetApp) -> list[Message]:
-            received: list[Message] = []
-            async with app.consumer(name, filters=["dt/+/usage"]) as consumer:
+        # The consumer runs in a thread of its own, so that this (main) thread restarts B: a
+        # region started by a thread dies with that thread (PR_SET_PDEATHSIG), and asyncio's
+        # worker threads end with their loop.
+        received: list[Message] = []
+        following, finished = threading.Event(), threading.Event()
+        failures: list[BaseException] = []
+
+        async def follow() -> None:
+            async with fleet_app(fleet.data.root) as app, app.consumer(name, filters=["dt/+/usage"]) as consumer:
+                following.set()
+
                 async def collect() -> None:
                     async for message in consumer:
                         received.append(message)
 
                 collector = asyncio.create_task(collect())
-                await asyncio.to_thread(publish_then_kill)
-                await asyncio.to_thread(fleet.restart, B)
-                deadline = asyncio.get_running_loop().time() + 60
-                while not set(acked) <= {int(m.json()["n"]) for m in received}:
-                    assert asyncio.get_running_loop().time() < deadline, \
-                        f"missing {sorted(set(acked) - {int(m.json()['n']) for m in received})[:10]}"
-                    await asyncio.sleep(0.05)
+                await asyncio.to_thread(finished.wait, 170)
                 collector.cancel()
-            return received
 
-        async def with_app() -> list[Message]:
-            async with fleet_app(fleet.data.root) as app:
-                return await scenario(app)
+        def consumer_thread() -> None:
+            try:
+                run(follow, 180)
+            except BaseException as exc:  # reported by the test below
+                failures.append(exc)
+                following.set()
 
-        received = run(with_app, 180)
+        reader = threading.Thread(target=consumer_thread)
+        reader.start()
+        try:
+            assert following.wait(60), "the consumer did not start"
+            assert not failures, failures
+            publish_then_kill()
+            fleet.restart(B)
+            wait_for(lambda: set(acked) <= {int(m.json()["n"]) for m in list(received)}, 60,
+                     "every message B acknowledged at the consumer")
+        finally:
+            finished.set()
+            reader.join(30)
+        assert not failures, failures
         assert len(acked) >= 100, f"B acknowledged only {len(acked)} messages before its SIGKILL"
         assert {int(m.json()["n"]) for m in received} >= set(acked)
         assert {m.region for m in received} == {B}
