@@ -166,7 +166,7 @@ def test_the_policy_decision_cache_is_bounded(tmp_path: Path) -> None:
         return guard_action(store, action, body)
 
     jitr = JustInTime(default_config(), "r1", registry, guard, publish, broker.trust, None, DEFAULT_RETRY_S)
-    gate = RegionGate(registry, shadows, presence, broker, [], probe, "r1", "000000000000",
+    gate = RegionGate(registry, shadows, presence, broker, [], [], probe, "r1", "000000000000",
                       decision_cache_entries=1000, customer_cas=jitr, rules=rules)
     connection = Connection("device", "s", "cert", "device", "127.0.0.1", 0)
     for n in range(5000):  # a device publishing to a new topic each time

@@ -48,6 +48,9 @@ app.add_typer(enrollment_app, name="enrollment")
 ca_app = typer.Typer(no_args_is_help=True, help="Customer CAs for just-in-time registration (JITR).")
 app.add_typer(ca_app, name="ca")
 app.add_typer(rule_app, name="rule")
+consumer_app = typer.Typer(no_args_is_help=True, help="Durable application consumers: every matching message, "
+                                                      "at least once, from every region.")
+app.add_typer(consumer_app, name="consumer")
 
 DataDirOpt = Annotated[Path, typer.Option("--data-dir", help="The fleet's data directory.")]
 RegionOpt = Annotated[str, typer.Option("--region", help="Which region to ask.")]
@@ -359,6 +362,37 @@ def enrollment_revoke(name: str, data_dir: DataDirOpt, region: RegionOpt) -> Non
     with _client(data_dir, region) as api:
         api.call("POST", f"/enrollment-groups/{name}/revoke")
     typer.echo(f"enrollment group {name} revoked")
+
+
+@consumer_app.command("create")
+def consumer_create(
+    name: str,
+    data_dir: DataDirOpt,
+    region: RegionOpt,
+    topic_filter: Annotated[list[str], typer.Option("--filter", help="An MQTT topic filter (repeatable, at most 8).")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a consumer, or replace its filters; every region journals what matches from then on."""
+    with _client(data_dir, region) as api:
+        consumer = api.call("PUT", f"/v1/consumers/{name}", json={"filters": topic_filter})
+    _print(consumer, as_json, f"consumer {name}: {' '.join(consumer['filters'])}")
+
+
+@consumer_app.command("list")
+def consumer_list(data_dir: DataDirOpt, region: RegionOpt, as_json: JsonOpt = False) -> None:
+    """List consumers and their filters."""
+    with _client(data_dir, region) as api:
+        consumers = api.call("GET", "/v1/consumers")["consumers"]
+    lines = [f"{c['consumerName']}\t{' '.join(c['filters'])}" for c in consumers]
+    _print(consumers, as_json, "\n".join(lines) or "(no consumers)")
+
+
+@consumer_app.command("delete")
+def consumer_delete(name: str, data_dir: DataDirOpt, region: RegionOpt) -> None:
+    """Delete a consumer: regions stop journaling for it and forget its offsets."""
+    with _client(data_dir, region) as api:
+        api.call("DELETE", f"/v1/consumers/{name}")
+    typer.echo(f"consumer {name} deleted")
 
 
 @enrollment_app.command("device-key")

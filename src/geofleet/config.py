@@ -320,6 +320,11 @@ class RegionPaths:
         return self.root / "store.db"
 
     @property
+    def journal(self) -> Path:
+        """The region's journal of device publishes for durable consumers (not replicated)."""
+        return self.root / "journal.db"
+
+    @property
     def lock(self) -> Path:
         """Held (flock) by the region's running process, for its whole life."""
         return self.root / "region.lock"

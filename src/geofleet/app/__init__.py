@@ -10,10 +10,15 @@ Example::
         async with app.events(["dt/+/telemetry"]) as stream:
             async for event in stream:
                 print(event.region, event.json())
+        async with app.consumer("billing", filters=["dt/+/usage"]) as consumer:
+            async for message in consumer:  # every region, at least once, from where it left off
+                print(message.id, message.json())
 """
 
 from geofleet.app.client import DeviceOffline, FleetApp, Whereabouts
+from geofleet.app.consumer import Consumer, Message
 from geofleet.app.stream import Event, EventStream, Region
 from geofleet.domain.errors import RegionUnreachable
 
-__all__ = ["DeviceOffline", "Event", "EventStream", "FleetApp", "Region", "RegionUnreachable", "Whereabouts"]
+__all__ = ["Consumer", "DeviceOffline", "Event", "EventStream", "FleetApp", "Message", "Region", "RegionUnreachable",
+           "Whereabouts"]

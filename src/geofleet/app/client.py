@@ -10,7 +10,9 @@
   Exactly one region holds a device's session, so at most one delivers;
 - ``get_shadow``/``update_shadow`` go to the nearest healthy region (shadows are replicated);
 - ``events`` merges every region's stream of telemetry and lifecycle events into one
-  (``stream.py``).
+  (``stream.py``): live, for dashboards;
+- ``consumer`` reads every region's journal for a durable consumer (``consumer.py``): every
+  matching message at least once, from where the application left off.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 
 import httpx
 
+from geofleet.app.consumer import Consumer
 from geofleet.app.stream import EventStream, Region
 from geofleet.domain import region_health
 from geofleet.domain.errors import GeofleetError, InvalidRequest, NotFound, RegionUnreachable, answer
@@ -208,6 +211,32 @@ class FleetApp:
                     print(event.region, event.json())
         """
         return EventStream(self._http, self.regions, self.rank, filters, ready_timeout, self._count_duplicate)
+
+    def consumer(self, name: str, filters: Sequence[str] | None = None, *, ready_timeout: float = 10.0,
+                 commit_interval: float = 1.0) -> Consumer:
+        """A durable consumer: every message published in any region whose topic matches its
+        filters, at least once, from the offsets it committed in each region. With ``filters``
+        the consumer is created (or its filters replaced); without, it must exist. Entering
+        waits until every healthy region answered its offset (``RegionUnreachable`` after
+        ``ready_timeout``); ``consumer.py`` says when offsets are committed.
+
+        Example::
+
+            async with app.consumer("billing", filters=["dt/+/usage"]) as consumer:
+                async for message in consumer:
+                    print(message.region, message.client_id, message.json())
+        """
+        return Consumer(self._http, self.regions, self._nearest, self.rank, name, filters, ready_timeout,
+                        commit_interval)
+
+    async def create_consumer(self, name: str, filters: Sequence[str]) -> Json:
+        """Create a durable consumer (or replace its filters) without reading it yet: every region
+        journals what matches from when it learns of it."""
+        return dict(await self._nearest("PUT", f"/v1/consumers/{name}", json={"filters": list(filters)}))
+
+    async def delete_consumer(self, name: str) -> None:
+        """Delete a durable consumer (every region stops journaling for it, its offsets go)."""
+        await self._nearest("DELETE", f"/v1/consumers/{name}")
 
     def _count_duplicate(self) -> None:
         self.duplicates_dropped += 1

@@ -36,6 +36,9 @@ class Kind(StrEnum):
     (see ``domain.presence``); only that region writes it."""
     TOPIC_RULE = "topic-rule"
     """key = rule name: AWS's TopicRulePayload (see ``domain.rules``)."""
+    CONSUMER = "consumer"
+    """A durable application consumer: its name and topic filters (``domain.consumers``); every
+    region journals what matches them."""
 
 
 class CertificateStatus(StrEnum):

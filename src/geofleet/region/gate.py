@@ -65,20 +65,28 @@ class MessageRules(Protocol):
     async def on_device_message(self, client_id: str, principal: str, topic: str, payload: bytes) -> None: ...
 
 
+class PublishRecorder(Protocol):
+    """Keeps devices' accepted publishes durably (the consumer journal): called before the
+    PUBACK, so what it keeps is kept for every message a device saw acknowledged."""
+
+    def record(self, client_id: str, topic: str, payload: bytes) -> object: ...
+
+
 class RegionGate:
     """Built last of the node's parts, with all of them: the broker calls it only once started
     (``Broker.start(gate)``), so the gate can take the broker itself in its constructor."""
 
     def __init__(self, registry: Registry, shadows: ShadowService, presence: PresenceDirectory, broker: Broker,
-                 handlers: Sequence[TopicHandler], probe: ProbeIdentity, region: str, account: str,
-                 decision_cache_entries: int = DECISION_CACHE_ENTRIES, *, customer_cas: CustomerCas,
-                 rules: MessageRules) -> None:
+                 handlers: Sequence[TopicHandler], recorders: Sequence[PublishRecorder], probe: ProbeIdentity,
+                 region: str, account: str, decision_cache_entries: int = DECISION_CACHE_ENTRIES, *,
+                 customer_cas: CustomerCas, rules: MessageRules) -> None:
         self._registry = registry
         self._shadows = shadows
         self._directory = presence
         self._broker = broker
         self._handlers = tuple(handlers)
         self._rules = rules
+        self._recorders = tuple(recorders)
         self._probe = probe
         self._region = region
         self._account = account
@@ -149,8 +157,11 @@ class RegionGate:
         await self._presence("disconnected", connection)
 
     async def message(self, connection: Connection, topic: str, payload: bytes) -> None:
-        if not connection.internal:
-            # before the PUBACK: durable rule actions are committed by the time this returns
+        if not connection.internal:  # the health probe's publishes are nobody's data
+            # before the PUBACK: what the journal and durable rule actions keep is committed by the
+            # time this returns
+            for recorder in self._recorders:
+                recorder.record(connection.client_id, topic, payload)
             await self._rules.on_device_message(connection.client_id, connection.certificate_id, topic, payload)
         if topic.startswith("$aws/things/"):
             request = parse_shadow_request(topic)

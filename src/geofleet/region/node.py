@@ -38,6 +38,7 @@ from geofleet.region.instance_lock import InstanceLock
 from geofleet.region.routes import ca_certificates as ca_certificates_routes
 from geofleet.region.routes import certificates as certificates_routes
 from geofleet.region.routes import concierge as concierge_routes
+from geofleet.region.routes import consumers as consumers_routes
 from geofleet.region.routes import delivery as delivery_routes
 from geofleet.region.routes import enrollment as enrollment_routes
 from geofleet.region.routes import health as health_routes
@@ -52,6 +53,7 @@ from geofleet.region.routes import thing_types as thing_types_routes
 from geofleet.region.routes import things as things_routes
 from geofleet.region.routes.access import AdminAccess
 from geofleet.replication.service import Replication
+from geofleet.services.journal import Journal
 from geofleet.services.presence import PresenceDirectory
 from geofleet.services.registry import Registry
 from geofleet.services.rules.actions import builtin_kinds
@@ -60,6 +62,7 @@ from geofleet.services.rules.engine import RulesEngine
 from geofleet.services.rules.inbox import ForwardInbox
 from geofleet.services.rules.senders import HttpPolicy, RuleSenders
 from geofleet.services.shadows import ShadowService
+from geofleet.store.journal import SqliteJournal
 from geofleet.store.rules_sqlite import RulesStore
 from geofleet.store.sealing import Sealer
 from geofleet.store.sqlite import SqliteStore
@@ -89,6 +92,7 @@ class RegionNode:
         self.clock = Clock(start=self.store.last_hlc())
         authority = region_authority(data, name)
         self.registry = Registry(self.store, self.clock, name, fleet.account, authority)
+        self.journal = Journal(SqliteJournal(paths.journal, name), self.registry.ledger)
         self.broker = EmbeddedBroker(
             self.config.host, self.config.mqtt_port, paths.server_chain, paths.server_key, data.trust_bundle
         )
@@ -128,7 +132,8 @@ class RegionNode:
                                fleet.jitr.retry_s if fleet.jitr is not None else DEFAULT_RETRY_S)
         self._registration_code = registration_code(data.fleet_secret())
         self.gate = RegionGate(self.registry, self.shadows, self.presence, self.broker, [self.fleet_provisioning],
-                               probe.identity, name, fleet.account, customer_cas=self.jitr, rules=self.rules)
+                               [self.journal], probe.identity, name, fleet.account, customer_cas=self.jitr,
+                               rules=self.rules)
         access = AdminAccess(data.token())
         app = create_app(name, access, self._routers(name, access))
         self._http = EmbeddedServer(uvicorn.Config(
@@ -154,8 +159,9 @@ class RegionNode:
             shadows_routes.router(self.shadows, access),
             provisioning_routes.router(self.provisioner, access),
             enrollment_routes.router(self.registry, access),
-            replication_routes.router(self.replication, access),
+            replication_routes.router(self.replication, access, [self.journal.metrics]),
             rules_routes.router(self.rule_admin, self.rule_senders, self.rules_store, access),
+            consumers_routes.router(name, self.registry.consumers, self.journal, access),
         ]
 
     async def _guard(self, owner: str, action: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -182,6 +188,7 @@ class RegionNode:
         await self.broker.start(self.gate)
         await self.replication.start()
         await self.health.start()
+        await self.journal.start()
         self.fleet_provisioning.start()
         self.jitr.start()
         self.rule_senders.start()
@@ -191,6 +198,7 @@ class RegionNode:
         if http.done():
             await self.jitr.stop()
             await self.rule_senders.stop()
+            await self.journal.stop()
             await self.fleet_provisioning.stop()
             await self.health.stop()
             await self.replication.stop()
@@ -202,6 +210,7 @@ class RegionNode:
             await self._stop.wait()
         finally:
             self._http.should_exit = True
+            await self.journal.stop()
             await http
             await self.jitr.stop()
             await self.rule_senders.stop()
@@ -211,6 +220,7 @@ class RegionNode:
             await self.broker.stop()
             self.store.close()
             self.rules_store.close()
+            self.journal.close()
             log.info("region %s stopped", self.config.name)
             self._lock.release()
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from geofleet.domain.errors import GeofleetError
+from geofleet.domain.consumers import check_consumer_name, check_filters
+from geofleet.domain.errors import GeofleetError, InvalidRequest
 from geofleet.domain.hlc import HLC
 from geofleet.domain.jitr import CaStatus
 from geofleet.domain.presence import Session, entry_key
@@ -104,6 +105,7 @@ _REQUIRED = {
     Kind.PRESENCE: ("device", "region", "sessionId", "connectedAt"),
     Kind.CA_CERTIFICATE: ("certificateId", "certificatePem", "status", "autoRegistrationStatus"),
     Kind.TOPIC_RULE: ("ruleName", "sql"),
+    Kind.CONSUMER: ("consumerName",),
 }
 
 
@@ -115,6 +117,14 @@ def _check_body(kind: Kind, body: dict[str, Any], where: str, key: str, origin: 
         raise BatchError(f"{where}: unknown certificate status {body['status']!r}")
     if kind is Kind.CA_CERTIFICATE and body["status"] not in {s.value for s in CaStatus}:
         raise BatchError(f"{where}: unknown CA certificate status {body['status']!r}")
+    if kind is Kind.CONSUMER:
+        if body["consumerName"] != key:
+            raise BatchError(f"{where}: a consumer's name must be its key")
+        try:
+            check_consumer_name(key)
+            check_filters(body.get("filters"))
+        except InvalidRequest as exc:
+            raise BatchError(f"{where}: invalid consumer ({exc.message})") from None
     if kind is Kind.PRESENCE:
         try:
             session = Session.from_json(body)

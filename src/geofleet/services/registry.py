@@ -12,6 +12,7 @@ from geofleet.domain.policy import DEFAULT_POLICY_NAME
 from geofleet.pki.ca import Authority
 from geofleet.services.ca_certificates import CaCertificates
 from geofleet.services.certificates import Certificates
+from geofleet.services.consumers import Consumers
 from geofleet.services.enrollment import Enrollments
 from geofleet.services.ledger import Ledger
 from geofleet.services.policies import Policies
@@ -31,3 +32,4 @@ class Registry:
         self.principals = ThingPrincipals(self.ledger)
         self.ca_certificates = CaCertificates(self.ledger, account, DEFAULT_POLICY_NAME)
         self.enrollments = Enrollments(self.ledger, self.certificates, self.policies, self.thing_types)
+        self.consumers = Consumers(self.ledger)

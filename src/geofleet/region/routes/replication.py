@@ -3,6 +3,8 @@ an anti-entropy round now, pausing a peer for drills)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 from fastapi import APIRouter, Response
 
 from geofleet.domain.json_types import Json
@@ -10,7 +12,10 @@ from geofleet.region.routes.access import AdminAccess
 from geofleet.replication.service import Replication
 
 
-def router(replication: Replication, access: AdminAccess) -> APIRouter:
+def router(replication: Replication, access: AdminAccess, more_metrics: Sequence[Callable[[], bytes]] = ()
+           ) -> APIRouter:
+    """``more_metrics``: other parts' Prometheus text (the consumer journal), served after
+    replication's on the same ``/metrics``."""
     routes = APIRouter(tags=["replication"], dependencies=access.guard)
 
     @routes.get("/replication/status")
@@ -35,6 +40,7 @@ def router(replication: Replication, access: AdminAccess) -> APIRouter:
 
     @routes.get("/metrics")
     async def metrics() -> Response:
-        return Response(replication.metrics(), media_type="text/plain; version=0.0.4")
+        text = b"".join([replication.metrics(), *(part() for part in more_metrics)])
+        return Response(text, media_type="text/plain; version=0.0.4")
 
     return routes
