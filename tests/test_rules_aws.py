@@ -273,16 +273,16 @@ def test_unreachable_aws_is_retried_then_dead_lettered_with_the_error_action_and
     queue, queue_local = _queue(moto, "us-east-1", "outage")
     with observer(afleet, C, "errors/#") as watcher, device_in(afleet, C) as sensor:
         name = sensor.client_id
-        create_rule(afleet, C, "to_sqs", f"SELECT * FROM 'dt/{name}/telemetry' WHERE temp > 30",
+        create_rule(afleet, C, "to_sqs", f"SELECT * FROM 'dt/{name}/reading' WHERE temp > 30",
                     {"sqs": {"queueUrl": queue}}, errorAction={"republish": {"topic": "errors/${topic(2)}"}})
         before = outbox(afleet, C)["sqs"]
         moto.stop()
         try:
-            sensor.publish(f"dt/{name}/telemetry", b'{"temp":40}')  # PUBACKed: in C's outbox
+            sensor.publish(f"dt/{name}/reading", b'{"temp":40}')  # PUBACKed: in C's outbox
             error = wait_for(lambda: payloads(watcher, f"errors/{name}"), 30, "the errorAction's message")[0]
         finally:
             moto.start()
-        assert (error["ruleName"], error["topic"], error["clientId"]) == ("to_sqs", f"dt/{name}/telemetry", name)
+        assert (error["ruleName"], error["topic"], error["clientId"]) == ("to_sqs", f"dt/{name}/reading", name)
         assert base64.b64decode(error["base64OriginalPayload"]) == b'{"temp":40}'
         (failure,) = error["failures"]
         assert (failure["failedAction"], failure["failedResource"]) == ("SqsAction", queue)
@@ -291,10 +291,10 @@ def test_unreachable_aws_is_retried_then_dead_lettered_with_the_error_action_and
         assert status["sqs"]["retried"] >= before["retried"] + 2
         assert status["sqs"]["deadLettered"] == before["deadLettered"] + 1
         listed = json.loads(geofleet("rule", "outbox", "--dead-letters", "--json", "--data-dir",
-                                     str(afleet.data.root), "--region", C))
+                                     str(afleet.data.root), "--region", C).stdout)
         dead = next(d for d in listed if d["ruleName"] == "to_sqs")
         assert dead["action"] == {"sqs": {"queueUrl": queue}}
-        sensor.publish(f"dt/{name}/telemetry", b'{"temp":41}')  # AWS is back: sent
+        sensor.publish(f"dt/{name}/reading", b'{"temp":41}')  # AWS is back: sent
         assert _drain(moto, "us-east-1", queue_local, 1, "the message sent after the outage") == ['{"temp":41}']
         assert len(payloads(watcher, f"errors/{name}")) == 1
 
