@@ -13,6 +13,7 @@ import base64
 import json
 import os
 import socket
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,11 +22,12 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 from moto.server import ThreadedMotoServer
 
-from geofleet.domain.errors import GeofleetError, InvalidRequest
+from geofleet.domain.errors import ConfigError, GeofleetError, InvalidRequest
 from geofleet.domain.rules import FleetContext, rule_body, sns_topic_region, sqs_queue_region
 from geofleet.domain.rules_sql import Message
 from geofleet.services.rules.actions import Matched
-from geofleet.services.rules.aws_actions import Sns, Sqs, _failed
+from geofleet.services.rules.aws_actions import AwsClients, Sns, Sqs, _failed, missing_aws_kinds
+from geofleet.services.rules.senders import RetryPolicy
 from tests.conftest import REGIONS, Fleet
 from tests.helpers import geofleet, wait_for
 from tests.test_rules import OBSERVER_POLICY, create_rule, device_in, observer, outbox, payloads
@@ -102,6 +104,21 @@ def test_a_node_without_boto3_refuses_sqs_and_sns_rules_saying_what_to_install()
     with pytest.raises(InvalidRequest, match=r"errorAction: the sqs action needs boto3"):
         _rule({"republish": {"topic": "out/x"}}, fleet=without, errorAction={"sqs": {"queueUrl": QUEUE}})
     assert _rule({"republish": {"topic": "out/x"}}, fleet=without)["actions"]
+
+
+def test_without_boto3_the_actions_fail_saying_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    """boto3 made unimportable (as on a node installed without the aws extra)."""
+    monkeypatch.setitem(sys.modules, "boto3", None)
+    assert missing_aws_kinds() == {"sqs", "sns"}
+    with pytest.raises(GeofleetError, match=r"install geofleet\[aws\]"):
+        Sqs().prepare({"queueUrl": QUEUE}, _matched(b"{}"))
+    with pytest.raises(GeofleetError, match=r"the sns action needs boto3: install geofleet\[aws\]"):
+        AwsClients(None, RetryPolicy()).client("sns", "eu-west-1")
+
+
+def test_the_endpoint_override_must_be_a_url() -> None:
+    with pytest.raises(ConfigError, match="GEOFLEET_AWS_ENDPOINT_URL 'localhost:4566' is not an http"):
+        AwsClients.from_env({"GEOFLEET_AWS_ENDPOINT_URL": "localhost:4566"}, RetryPolicy())
 
 
 def _matched(output: bytes) -> Matched:

@@ -51,7 +51,10 @@ INSTALL_HINT = "install geofleet[aws] (pip install 'geofleet[aws]') and restart 
 
 
 def boto3_installed() -> bool:
-    return importlib.util.find_spec("boto3") is not None
+    try:
+        return importlib.util.find_spec("boto3") is not None
+    except ValueError:  # sys.modules["boto3"] is None: imports of it are blocked
+        return False
 
 
 def missing_aws_kinds() -> frozenset[str]:
