@@ -1,5 +1,5 @@
 """The senders that drain the rules outbox: one per target region for ``forward``, one for the
-``http`` webhooks.
+``http`` webhooks (and, through ``RetryingSender``, those of ``services.rules.aws_actions``).
 
 A forward sender pushes its channel's rows in order, in batches, over the peer channel
 (``POST /v1/forward``); the receiver answers how far it has taken them, and only then are those
@@ -131,6 +131,18 @@ class ForwardSender(_Wakeable):
         return {"target": self.target, "paused": self.paused, "sent": self.sent, "lastError": self.last_error}
 
 
+_RESOURCE_FIELD = {"http": "url", "sqs": "queueUrl", "sns": "targetArn"}
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """Why one delivery failed; ``permanent`` when retrying cannot help (the target refused this
+    very message: too big, malformed for it), so the row is dead-lettered at once."""
+
+    problem: str
+    permanent: bool = False
+
+
 class RetryingSender(_Wakeable):
     """Drains one channel whose rows are delivered one by one to an outside service (a webhook,
     SQS, SNS): up to ``policy.concurrency`` at once, each retried with exponential backoff, and
@@ -201,18 +213,6 @@ class RetryingSender(_Wakeable):
 
     def status(self) -> dict[str, int]:
         return {"delivered": self.delivered, "retried": self.retried, "deadLettered": self.dead}
-
-
-_RESOURCE_FIELD = {"http": "url", "sqs": "queueUrl", "sns": "targetArn"}
-
-
-@dataclass(frozen=True, slots=True)
-class Failed:
-    """Why one delivery failed; ``permanent`` when retrying cannot help (the target refused this
-    very message: too big, malformed for it), so the row is dead-lettered at once."""
-
-    problem: str
-    permanent: bool = False
 
 
 class HttpSender(RetryingSender):
