@@ -10,10 +10,12 @@ the regions are processes, the devices paho clients over mutual TLS."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import socket
 import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -165,29 +167,77 @@ AWS_ENV = {"GEOFLEET_RULES_AWS_ATTEMPTS": "3", "GEOFLEET_RULES_AWS_TIMEOUT_S": "
 
 
 class Moto:
-    """moto's server on a fixed loopback port, which can be stopped (AWS unreachable: connections
-    refused) and started again on the same port with its state (moto keeps it in this process)."""
+    """moto's server, reached through a TCP relay on a fixed loopback port that the test can cut
+    (AWS unreachable: new connections refused, open ones closed, as when the network fails) and
+    restore on the same port. moto keeps its state meanwhile. A relay rather than stopping moto:
+    moto's server keeps kept-alive connections served after it is stopped."""
 
     def __init__(self) -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = int(probe.getsockname()[1])
         self.url = f"http://127.0.0.1:{self.port}"
-        self._server: ThreadedMotoServer | None = None
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self._listener: socket.socket | None = None
+        self._open: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._started = False
 
     def start(self) -> None:
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
-        self._server.start()
+        """Start moto (first call) and the relay."""
+        if not self._started:
+            self._server.start()
+            self._started = True
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        host, port = self._server.get_host_and_port()
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:  # the relay was cut
+                return
+            upstream = socket.create_connection((host, port))
+            with self._lock:
+                self._open += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=_pump, args=(source, sink), daemon=True).start()
+
+    def cut(self) -> None:
+        """AWS unreachable: the relay stops listening and closes every open connection."""
+        assert self._listener is not None
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() (close alone would not)
+        self._listener.close()
+        self._listener = None
+        with self._lock:
+            for sock in self._open:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+            self._open.clear()
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop()
-            self._server._server.server_close()  # type: ignore[union-attr]  # free the port: refused, not hung
-            self._server = None
+        if self._listener is not None:
+            self.cut()
+        self._server.stop()
 
     def client(self, service: str, region: str) -> Any:
         return boto3.client(service, region_name=region, endpoint_url=self.url, aws_access_key_id="testing",
                             aws_secret_access_key="testing")
+
+
+def _pump(source: socket.socket, sink: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while data := source.recv(65536):
+            sink.sendall(data)
+    with contextlib.suppress(OSError):
+        sink.shutdown(socket.SHUT_WR)
 
 
 @pytest.fixture(scope="module")
@@ -287,28 +337,29 @@ def test_a_rule_sends_what_it_selects_to_sqs_and_sns_in_the_aws_regions_they_nam
 
 def test_unreachable_aws_is_retried_then_dead_lettered_with_the_error_action_and_later_messages_flow(
         afleet: Fleet, moto: Moto) -> None:
+    """In B, which holds kept-alive connections to "AWS" from the test before: the cut closes them."""
     queue, queue_local = _queue(moto, "us-east-1", "outage")
-    with observer(afleet, C, "errors/#") as watcher, device_in(afleet, C) as sensor:
+    with observer(afleet, B, "errors/#") as watcher, device_in(afleet, B) as sensor:
         name = sensor.client_id
-        create_rule(afleet, C, "to_sqs", f"SELECT * FROM 'dt/{name}/reading' WHERE temp > 30",
+        create_rule(afleet, B, "to_sqs", f"SELECT * FROM 'dt/{name}/reading' WHERE temp > 30",
                     {"sqs": {"queueUrl": queue}}, errorAction={"republish": {"topic": "errors/${topic(2)}"}})
-        before = outbox(afleet, C)["sqs"]
-        moto.stop()
+        before = outbox(afleet, B)["sqs"]
+        moto.cut()  # AWS unreachable from here on
         try:
-            sensor.publish(f"dt/{name}/reading", b'{"temp":40}')  # PUBACKed: in C's outbox
+            sensor.publish(f"dt/{name}/reading", b'{"temp":40}')  # PUBACKed: in B's outbox
             error = wait_for(lambda: payloads(watcher, f"errors/{name}"), 30, "the errorAction's message")[0]
         finally:
-            moto.start()
+            moto.start()  # AWS reachable again
         assert (error["ruleName"], error["topic"], error["clientId"]) == ("to_sqs", f"dt/{name}/reading", name)
         assert base64.b64decode(error["base64OriginalPayload"]) == b'{"temp":40}'
         (failure,) = error["failures"]
         assert (failure["failedAction"], failure["failedResource"]) == ("SqsAction", queue)
         assert "gave up after 3 attempts" in failure["errorMessage"]
-        status = outbox(afleet, C)
+        status = outbox(afleet, B)
         assert status["sqs"]["retried"] >= before["retried"] + 2
         assert status["sqs"]["deadLettered"] == before["deadLettered"] + 1
         listed = json.loads(geofleet("rule", "outbox", "--dead-letters", "--json", "--data-dir",
-                                     str(afleet.data.root), "--region", C).stdout)
+                                     str(afleet.data.root), "--region", B).stdout)
         dead = next(d for d in listed if d["ruleName"] == "to_sqs")
         assert dead["action"] == {"sqs": {"queueUrl": queue}}
         sensor.publish(f"dt/{name}/reading", b'{"temp":41}')  # AWS is back: sent
