@@ -10,7 +10,7 @@ DEMO_DIR ?= .demo
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[region,dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[region,aws,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -33,7 +33,7 @@ REGIONS = ["us-east-1", "eu-west-1", "ap-southeast-1"]
 # through another fixture) is an end-to-end test. Tests that start a fleet inline carry
 # ``@pytest.mark.e2e`` themselves; everything else is a unit test, and `make test-unit` runs
 # ``-m "not e2e"``. A module may mix both: the mark is per test, never per file.
-E2E_FIXTURES = frozenset({"fleet", "ffleet", "cfleet", "hfleet", "pfleet", "rfleet", "real_region", "pair",
+E2E_FIXTURES = frozenset({"fleet", "ffleet", "cfleet", "hfleet", "pfleet", "rfleet", "afleet", "real_region", "pair",
                           "short_memory", "one_region", "broker"})
 
 # What a unit test must not do: reach the network or start a process. The unit run checks it

@@ -34,7 +34,8 @@ SQL_VERSIONS = ("2015-10-08", "2016-03-23", "beta")
 DEFAULT_SQL_VERSION = "2016-03-23"
 MAX_HEADERS = 100
 MAX_URL = 2000
-FAILED_ACTION_NAMES = {"republish": "RepublishAction", "forward": "ForwardAction", "http": "HttpAction"}
+FAILED_ACTION_NAMES = {"republish": "RepublishAction", "forward": "ForwardAction", "http": "HttpAction",
+                       "sqs": "SqsAction", "sns": "SnsAction"}
 """How the error-action payload names a failed action (AWS: ``RepublishAction``, ``HttpAction``...)."""
 
 
@@ -44,6 +45,9 @@ class FleetContext:
 
     regions: frozenset[str]
     region: str
+    missing_extras: frozenset[str] = frozenset()
+    """Action kinds whose library is not installed on this node (``sqs``/``sns`` without boto3):
+    a rule using one is refused at creation, naming the extra to install."""
 
 
 def check_rule_name(name: str) -> str:
@@ -107,6 +111,9 @@ def check_action(action: Any, statement: Statement, fleet: FleetContext, where: 
         raise InvalidRequest(f"{where}: unknown action {kind!r}; supported: {', '.join(sorted(ACTION_KINDS))}")
     if not isinstance(fields, Mapping):
         raise InvalidRequest(f"{where}: the fields of the {kind} action must be an object")
+    if kind in fleet.missing_extras:
+        raise InvalidRequest(f"{where}: the {kind} action needs boto3, which this region does not have: "
+                             "install geofleet[aws] (pip install 'geofleet[aws]') and restart the region")
     return {kind: check(dict(fields), statement, fleet, f"{where}.{kind}")}
 
 
@@ -180,8 +187,94 @@ def _http(fields: dict[str, Any], statement: Statement, fleet: FleetContext, whe
     return {"url": url, "headers": [{"key": h["key"], "value": h["value"]} for h in headers]}
 
 
+SQS_QUEUE_URL = re.compile(
+    r"^https://(?:sqs\.(?P<region>[a-z]{2}(?:-[a-z]+)+-\d+)\.amazonaws\.com(?:\.cn)?"
+    r"|(?P<legacy>[a-z]{2}(?:-[a-z]+)+-\d+)\.queue\.amazonaws\.com(?:\.cn)?"
+    r"|(?P<global>queue)\.amazonaws\.com)"
+    r"/(?P<account>\d{12})/(?P<name>[A-Za-z0-9_-]{1,80}(?:\.fifo)?)$")
+"""An SQS queue URL as AWS gives it (``https://sqs.us-east-1.amazonaws.com/123456789012/name``,
+or the legacy ``us-east-1.queue.amazonaws.com`` / ``queue.amazonaws.com`` = us-east-1 forms)."""
+SNS_TOPIC_ARN = re.compile(r"^arn:(?:aws|aws-cn|aws-us-gov):sns:(?P<region>[a-z]{2}(?:-[a-z]+)+-\d+):"
+                           r"(?P<account>\d{12}):(?P<name>[A-Za-z0-9_-]{1,256}(?:\.fifo)?)$")
+SNS_MESSAGE_FORMATS = ("RAW", "JSON")
+
+
+def sqs_queue_region(url: object) -> str:
+    """The AWS region of queue ``url`` (its client is made for that region, as AWS IoT does: the
+    queue need not be in the rule's region); ``InvalidRequest`` if it is not a queue URL."""
+    match = SQS_QUEUE_URL.match(url) if isinstance(url, str) else None
+    if match is None:
+        raise InvalidRequest(f"'queueUrl' {url!r} is not an SQS queue URL; expected "
+                             "https://sqs.<region>.amazonaws.com/<12-digit account>/<queue name>")
+    return match["region"] or match["legacy"] or "us-east-1"
+
+
+def sns_topic_region(arn: object) -> str:
+    """The AWS region of SNS topic ``arn``; ``InvalidRequest`` if it is not a topic ARN."""
+    match = SNS_TOPIC_ARN.match(arn) if isinstance(arn, str) else None
+    if match is None:
+        raise InvalidRequest(f"'targetArn' {arn!r} is not an SNS topic ARN; expected "
+                             "arn:aws:sns:<region>:<12-digit account>:<topic name>")
+    return match["region"]
+
+
+def _role_arn(fields: dict[str, Any], where: str) -> None:
+    role = fields.get("roleArn")
+    if role is not None and (not isinstance(role, str) or not re.match(r"^arn:[a-z-]+:iam::\d{12}:role/", role)):
+        raise InvalidRequest(f"{where}: 'roleArn' {role!r} is not an IAM role ARN (arn:aws:iam::<account>:role/<name>)")
+
+
+def _sqs(fields: dict[str, Any], statement: Statement, fleet: FleetContext, where: str) -> dict[str, Any]:
+    """AWS's SqsAction. ``roleArn`` is kept (the same rule can go to AWS) but not used by the node,
+    which sends with its own credentials (the standard boto3 chain)."""
+    _only(fields, {"queueUrl", "useBase64", "roleArn"}, where)
+    url = fields.get("queueUrl")
+    if isinstance(url, str) and "${" in url:
+        raise InvalidRequest(f"{where}: 'queueUrl' with a substitution template is not supported on the region "
+                             "node (the queue's region must be known when the rule is created): give a fixed URL")
+    try:
+        sqs_queue_region(url)
+    except InvalidRequest as error:
+        raise InvalidRequest(f"{where}: {error.message}") from None
+    assert isinstance(url, str)
+    if url.endswith(".fifo"):
+        raise InvalidRequest(f"{where}: 'queueUrl' {url!r} is a FIFO queue; AWS IoT's SQS action does not support "
+                             "FIFO queues (no order is guaranteed): use a standard queue")
+    use_base64 = fields.get("useBase64", False)
+    if not isinstance(use_base64, bool):
+        raise InvalidRequest(f"{where}: 'useBase64' must be true or false")
+    _role_arn(fields, where)
+    checked: dict[str, Any] = {"queueUrl": url, "useBase64": use_base64}
+    if fields.get("roleArn") is not None:
+        checked["roleArn"] = fields["roleArn"]
+    return checked
+
+
+def _sns(fields: dict[str, Any], statement: Statement, fleet: FleetContext, where: str) -> dict[str, Any]:
+    """AWS's SnsAction (``roleArn`` kept, not used on the node, as for sqs)."""
+    _only(fields, {"targetArn", "messageFormat", "roleArn"}, where)
+    arn = fields.get("targetArn")
+    try:
+        sns_topic_region(arn)
+    except InvalidRequest as error:
+        raise InvalidRequest(f"{where}: {error.message}") from None
+    assert isinstance(arn, str)
+    if arn.endswith(".fifo"):
+        raise InvalidRequest(f"{where}: 'targetArn' {arn!r} is a FIFO topic; the SNS action needs a standard topic")
+    message_format = fields.get("messageFormat", "RAW")
+    if message_format not in SNS_MESSAGE_FORMATS:
+        raise InvalidRequest(f"{where}: 'messageFormat' {message_format!r} is not one of "
+                             f"{', '.join(SNS_MESSAGE_FORMATS)}")
+    _role_arn(fields, where)
+    checked: dict[str, Any] = {"targetArn": arn, "messageFormat": message_format}
+    if fields.get("roleArn") is not None:
+        checked["roleArn"] = fields["roleArn"]
+    return checked
+
+
 ActionCheck = Callable[[dict[str, Any], Statement, FleetContext, str], dict[str, Any]]
-ACTION_KINDS: dict[str, ActionCheck] = {"republish": _republish, "forward": _forward, "http": _http}
+ACTION_KINDS: dict[str, ActionCheck] = {"republish": _republish, "forward": _forward, "http": _http,
+                                        "sqs": _sqs, "sns": _sns}
 """Every action kind a rule may use, with the check of its fields."""
 
 

@@ -58,9 +58,10 @@ from geofleet.services.presence import PresenceDirectory
 from geofleet.services.registry import Registry
 from geofleet.services.rules.actions import builtin_kinds
 from geofleet.services.rules.admin import RuleAdmin
+from geofleet.services.rules.aws_actions import AwsClients, aws_kinds, aws_senders, missing_aws_kinds
 from geofleet.services.rules.engine import RulesEngine
 from geofleet.services.rules.inbox import ForwardInbox
-from geofleet.services.rules.senders import HttpPolicy, RuleSenders
+from geofleet.services.rules.senders import RetryPolicy, RuleSenders
 from geofleet.services.shadows import ShadowService
 from geofleet.store.journal import SqliteJournal
 from geofleet.store.rules_sqlite import RulesStore
@@ -106,13 +107,17 @@ class RegionNode:
         probe = BrokerProbe(authority, self.config, data.trust_bundle, paths.root)
         self.rules_store = RulesStore(paths.root / "rules.db")
         regions = frozenset(r.name for r in fleet.regions)
-        self.rules = RulesEngine(self.registry.ledger, self.rules_store, self.broker, builtin_kinds(regions), name)
-        self.rule_admin = RuleAdmin(self.registry.ledger, FleetContext(regions, name))
+        self.rules = RulesEngine(self.registry.ledger, self.rules_store, self.broker,
+                                 {**builtin_kinds(regions), **aws_kinds()}, name)
+        self.rule_admin = RuleAdmin(self.registry.ledger, FleetContext(regions, name, missing_aws_kinds()))
         forward_inbox = ForwardInbox(self.rules_store, self.broker, self.rules)
         self.replication = Replication(data, fleet, name, self.store, self.registry.ledger, self.shadows,
                                        lambda: self.health.local(), horizon, forward_inbox)
-        self.rule_senders = RuleSenders(sorted(self.replication.peers), self.rules_store, self.rules,
-                                        self.replication.call_peer, HttpPolicy.from_env(os.environ))
+        aws_policy = RetryPolicy.from_env(os.environ, "GEOFLEET_RULES_AWS")
+        self.rule_senders = RuleSenders(
+            sorted(self.replication.peers), self.rules_store, self.rules, self.replication.call_peer,
+            RetryPolicy.from_env(os.environ),
+            others=aws_senders(self.rules_store, self.rules, aws_policy, AwsClients.from_env(os.environ, aws_policy)))
         self.health = Health(name, self.store, self.broker, probe, list(self.replication.peers),
                              self.replication.get_peer, self.replication.failing_links)
         self.concierge = Concierge(fleet, name, self.registry.things, self.health)

@@ -223,4 +223,5 @@ class RulesEngine:
 
 
 def _resource(fields: Mapping[str, Any]) -> str:
-    return str(fields.get("url") or fields.get("region") or fields.get("topic") or "")
+    return str(fields.get("url") or fields.get("queueUrl") or fields.get("targetArn") or fields.get("region")
+               or fields.get("topic") or "")

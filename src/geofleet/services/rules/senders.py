@@ -1,5 +1,5 @@
 """The senders that drain the rules outbox: one per target region for ``forward``, one for the
-``http`` webhooks.
+``http`` webhooks (and, through ``RetryingSender``, those of ``services.rules.aws_actions``).
 
 A forward sender pushes its channel's rows in order, in batches, over the peer channel
 (``POST /v1/forward``); the receiver answers how far it has taken them, and only then are those
@@ -20,7 +20,7 @@ import base64
 import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,8 +44,8 @@ PostToPeer = Callable[[str, str, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 @dataclass(frozen=True, slots=True)
-class HttpPolicy:
-    """How hard the webhook sender tries. Tests and drills shorten it through the environment."""
+class RetryPolicy:
+    """How hard a webhook (or SQS/SNS) sender tries. Tests and drills shorten it through the environment."""
 
     attempts: int = 5
     timeout_s: float = 5.0
@@ -54,12 +54,17 @@ class HttpPolicy:
     concurrency: int = 16
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> HttpPolicy:
-        """``GEOFLEET_RULES_HTTP_ATTEMPTS``, ``..._TIMEOUT_S``, ``..._BACKOFF_S`` override the defaults."""
+    def from_env(cls, environ: Mapping[str, str], prefix: str = "GEOFLEET_RULES_HTTP") -> RetryPolicy:
+        """``<prefix>_ATTEMPTS``, ``..._TIMEOUT_S``, ``..._BACKOFF_S`` override the defaults
+        (``GEOFLEET_RULES_HTTP`` for webhooks, ``GEOFLEET_RULES_AWS`` for SQS/SNS)."""
         default = cls()
-        return cls(attempts=max(1, int(environ.get("GEOFLEET_RULES_HTTP_ATTEMPTS", default.attempts))),
-                   timeout_s=float(environ.get("GEOFLEET_RULES_HTTP_TIMEOUT_S", default.timeout_s)),
-                   backoff_s=float(environ.get("GEOFLEET_RULES_HTTP_BACKOFF_S", default.backoff_s)))
+        return cls(attempts=max(1, int(environ.get(f"{prefix}_ATTEMPTS", default.attempts))),
+                   timeout_s=float(environ.get(f"{prefix}_TIMEOUT_S", default.timeout_s)),
+                   backoff_s=float(environ.get(f"{prefix}_BACKOFF_S", default.backoff_s)))
+
+
+HttpPolicy = RetryPolicy
+"""The name the webhook sender's policy had first."""
 
 
 class _Wakeable:
@@ -126,21 +131,46 @@ class ForwardSender(_Wakeable):
         return {"target": self.target, "paused": self.paused, "sent": self.sent, "lastError": self.last_error}
 
 
-class HttpSender(_Wakeable):
-    channel = "http"
+_RESOURCE_FIELD = {"http": "url", "sqs": "queueUrl", "sns": "targetArn"}
 
-    def __init__(self, store: RulesStore, engine: RulesEngine, policy: HttpPolicy) -> None:
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """Why one delivery failed; ``permanent`` when retrying cannot help (the target refused this
+    very message: too big, malformed for it), so the row is dead-lettered at once."""
+
+    problem: str
+    permanent: bool = False
+
+
+class RetryingSender(_Wakeable):
+    """Drains one channel whose rows are delivered one by one to an outside service (a webhook,
+    SQS, SNS): up to ``policy.concurrency`` at once, each retried with exponential backoff, and
+    after ``policy.attempts`` tries (or at once, for a refusal that no retry can change) moved to
+    the dead letters, after which the rule's errorAction runs. A subclass says how to deliver
+    one row (``attempt``) and how to name its target (``describe``)."""
+
+    channel: str
+
+    def __init__(self, store: RulesStore, engine: RulesEngine, policy: RetryPolicy) -> None:
         super().__init__()
         self._store = store
         self._engine = engine
         self._policy = policy
-        self._client = httpx.AsyncClient(timeout=policy.timeout_s, follow_redirects=False)
         self.delivered = 0
         self.retried = 0
         self.dead = 0
 
     async def close(self) -> None:
-        await self._client.aclose()
+        """Release what the sender holds (connections); called once it is stopped."""
+
+    async def attempt(self, body: dict[str, Any]) -> Failed | None:
+        """Deliver one row; None when it was, otherwise what went wrong."""
+        raise NotImplementedError
+
+    def describe(self, body: dict[str, Any]) -> tuple[str, str]:
+        """The action kind and the resource (URL, queue, topic) of a row, for dead letters and errors."""
+        raise NotImplementedError
 
     async def run(self) -> None:
         while True:
@@ -154,6 +184,51 @@ class HttpSender(_Wakeable):
 
     async def _deliver(self, row: OutboxRow) -> None:
         body = row.body
+        failed = await self.attempt(body)
+        if failed is None:
+            with self._store.atomic():
+                self._store.remove(self.channel, [row.id])
+            self.delivered += 1
+            return
+        attempts = row.attempts + 1
+        if attempts < self._policy.attempts and not failed.permanent:
+            self.retried += 1
+            delay = min(self._policy.backoff_max_s, self._policy.backoff_s * 2 ** (attempts - 1))
+            with self._store.atomic():
+                self._store.retry_later(row.id, attempts, now_ms() + int(delay * random.uniform(0.75, 1.0) * 1000))
+            return
+        message = (f"{failed.problem} (not retried: the message itself is refused)" if failed.permanent
+                   else f"{failed.problem} (gave up after {attempts} attempts)")
+        rule = str(body.get("rule", ""))
+        kind, resource = self.describe(body)
+        self._store.dead_letter(self.channel, OutboxRow(row.id, body, attempts, row.created_ms), rule,
+                                {kind: {_RESOURCE_FIELD.get(kind, "resource"): resource}}, message, now_ms())
+        self.dead += 1
+        log.warning("rule %s: %s action to %s dead-lettered: %s", rule, kind, resource, message)
+        error_action = body.get("errorAction")
+        if error_action:
+            original = Message(str(body.get("topic", "")), base64.b64decode(body.get("original", "")),
+                               str(body.get("clientId", "")), "", row.created_ms)
+            await self._engine.run_error_action(rule, error_action, original, [failure(kind, resource, message)])
+
+    def status(self) -> dict[str, int]:
+        return {"delivered": self.delivered, "retried": self.retried, "deadLettered": self.dead}
+
+
+class HttpSender(RetryingSender):
+    channel = "http"
+
+    def __init__(self, store: RulesStore, engine: RulesEngine, policy: RetryPolicy) -> None:
+        super().__init__(store, engine, policy)
+        self._client = httpx.AsyncClient(timeout=policy.timeout_s, follow_redirects=False)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    def describe(self, body: dict[str, Any]) -> tuple[str, str]:
+        return "http", str(body["url"])
+
+    async def attempt(self, body: dict[str, Any]) -> Failed | None:
         headers = {h["key"]: h["value"] for h in body.get("headers") or ()}
         headers.setdefault("content-type", "application/json")
         try:
@@ -161,51 +236,30 @@ class HttpSender(_Wakeable):
             async with self._client.stream("POST", str(body["url"]), content=base64.b64decode(body["payload"]),
                                            headers=headers) as response:
                 status = response.status_code
-            problem = None if 200 <= status < 300 else f"the webhook answered HTTP {status}"
+            return None if 200 <= status < 300 else Failed(f"the webhook answered HTTP {status}")
         except httpx.HTTPError as error:
-            problem = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-        if problem is None:
-            with self._store.atomic():
-                self._store.remove(self.channel, [row.id])
-            self.delivered += 1
-            return
-        attempts = row.attempts + 1
-        if attempts < self._policy.attempts:
-            self.retried += 1
-            delay = min(self._policy.backoff_max_s, self._policy.backoff_s * 2 ** (attempts - 1))
-            with self._store.atomic():
-                self._store.retry_later(row.id, attempts, now_ms() + int(delay * random.uniform(0.75, 1.0) * 1000))
-            return
-        message = f"{problem} (gave up after {attempts} attempts)"
-        rule = str(body.get("rule", ""))
-        self._store.dead_letter(self.channel, OutboxRow(row.id, body, attempts, row.created_ms), rule,
-                                {"http": {"url": body["url"]}}, message, now_ms())
-        self.dead += 1
-        log.warning("rule %s: webhook %s dead-lettered: %s", rule, body["url"], message)
-        error_action = body.get("errorAction")
-        if error_action:
-            original = Message(str(body.get("topic", "")), base64.b64decode(body.get("original", "")),
-                               str(body.get("clientId", "")), "", row.created_ms)
-            await self._engine.run_error_action(rule, error_action, original,
-                                                [failure("http", str(body["url"]), message)])
+            return Failed(f"{type(error).__name__}: {error}" if str(error) else type(error).__name__)
 
 
 class RuleSenders:
     """Every sender of a region, started and stopped together."""
 
     def __init__(self, targets: list[str], store: RulesStore, engine: RulesEngine, post: PostToPeer,
-                 policy: HttpPolicy) -> None:
+                 policy: RetryPolicy, *, others: Sequence[RetryingSender]) -> None:
+        """``others``: the senders of further durable kinds (``sqs``, ``sns``), one per channel."""
         self.forwards = {target: ForwardSender(target, store, post) for target in targets}
         self.http = HttpSender(store, engine, policy)
+        self.others = list(others)
         self._store = store
         self._engine = engine
         for sender in self.forwards.values():
             engine.on_wake(sender.channel, sender.wake)
-        engine.on_wake(self.http.channel, self.http.wake)
+        for retrying in (self.http, *self.others):
+            engine.on_wake(retrying.channel, retrying.wake)
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        senders: list[ForwardSender | HttpSender] = [*self.forwards.values(), self.http]
+        senders: list[ForwardSender | RetryingSender] = [*self.forwards.values(), self.http, *self.others]
         self._tasks = [asyncio.create_task(_guarded(s.run, type(s).__name__)) for s in senders]
 
     async def stop(self) -> None:
@@ -214,7 +268,8 @@ class RuleSenders:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.http.close()
+        for retrying in (self.http, *self.others):
+            await retrying.close()
 
     def pause(self, target: str, paused: bool) -> None:
         self.forwards[target].paused = paused
@@ -223,8 +278,7 @@ class RuleSenders:
     def status(self) -> dict[str, Any]:
         return {"rules": self._engine.active(), "counters": dict(self._engine.counters),
                 "outbox": self._store.depth(), "forwards": [s.status() for s in self.forwards.values()],
-                "http": {"delivered": self.http.delivered, "retried": self.http.retried,
-                         "deadLettered": self.http.dead}}
+                "http": self.http.status(), **{s.channel: s.status() for s in self.others}}
 
 
 async def _guarded(run: Callable[[], Awaitable[None]], name: str) -> None:
