@@ -10,6 +10,7 @@ Screenshots go to ``artifacts/dashboard-*.png`` (CI keeps them).
 
 from __future__ import annotations
 
+import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -107,6 +108,7 @@ def test_with_the_token_the_map_shows_three_healthy_regions(dash_fleet: Fleet, p
 
 def test_a_device_that_connects_appears_within_seconds(dash_fleet: Fleet, page: Page) -> None:
     log_in(page, dash_fleet)
+    expect(page.locator("#rate")).to_have_attribute("data-samples", "1", timeout=SECONDS)  # the registry's size read once
     home = dash_fleet.create_device(dash_fleet.new_name("dash-home"))
     away = dash_fleet.create_device(dash_fleet.new_name("dash-away"))
     devices = [dash_fleet.device(home).connect(), dash_fleet.device(away, region="ap-southeast-1").connect()]
@@ -121,6 +123,8 @@ def test_a_device_that_connects_appears_within_seconds(dash_fleet: Fleet, page: 
         expect(page.locator("#events li", has_text=f"[us-east-1] {home} connected")).to_have_count(1, timeout=SECONDS)
         expect(page.locator("#events li", has_text=f"[ap-southeast-1] {away} connected")).to_have_count(
             1, timeout=SECONDS)
+        # Two things created since the first sample: the provisioning rate rises above zero.
+        expect(page.locator("#rate")).to_have_attribute("data-last-rate", re.compile(r"^[1-9]"), timeout=SECONDS)
         screenshot(page, "fleet")
     finally:
         for device in devices:

@@ -53,7 +53,7 @@ export class RegionMap {
       marker.getElement()?.setAttribute("data-region", region.name);
       this.markers.set(region.name, marker);
     }
-    this.map.fitBounds(L.latLngBounds(regions.map((r) => [r.latitude, r.longitude])).pad(0.6), { maxZoom: 3 });
+    this.map.fitBounds(L.latLngBounds(regions.map((r) => [r.latitude, r.longitude])).pad(0.25), { maxZoom: 3 });
   }
 
   /** views: name -> {health, connected, lagMs, backlog}. */
