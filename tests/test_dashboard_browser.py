@@ -108,7 +108,8 @@ def test_with_the_token_the_map_shows_three_healthy_regions(dash_fleet: Fleet, p
 
 def test_a_device_that_connects_appears_within_seconds(dash_fleet: Fleet, page: Page) -> None:
     log_in(page, dash_fleet)
-    expect(page.locator("#rate")).to_have_attribute("data-samples", "1", timeout=SECONDS)  # the registry's size read once
+    # The registry's size read at least once before the things below are created.
+    expect(page.locator("#rate")).to_have_attribute("data-samples", re.compile(r"^[1-9]"), timeout=SECONDS)
     home = dash_fleet.create_device(dash_fleet.new_name("dash-home"))
     away = dash_fleet.create_device(dash_fleet.new_name("dash-away"))
     devices = [dash_fleet.device(home).connect(), dash_fleet.device(away, region="ap-southeast-1").connect()]
