@@ -110,6 +110,7 @@ def test_a_device_that_connects_appears_within_seconds(dash_fleet: Fleet, page: 
     log_in(page, dash_fleet)
     # The registry's size read at least once before the things below are created.
     expect(page.locator("#rate")).to_have_attribute("data-samples", re.compile(r"^[1-9]"), timeout=SECONDS)
+    expect(page.locator("#events")).to_have_attribute("data-stream", "open", timeout=SECONDS)  # tapped: sees connects
     home = dash_fleet.create_device(dash_fleet.new_name("dash-home"))
     away = dash_fleet.create_device(dash_fleet.new_name("dash-away"))
     devices = [dash_fleet.device(home).connect(), dash_fleet.device(away, region="ap-southeast-1").connect()]
@@ -164,7 +165,9 @@ def test_killing_a_region_turns_its_marker_red(dash_fleet: Fleet, page: Page) ->
     expect(marker).to_have_attribute("data-health", "ok", timeout=SECONDS)
     dash_fleet.send_signal("eu-west-1", signal.SIGKILL)
     expect(marker).to_have_attribute("data-health", "down", timeout=SECONDS)
-    expect(page.locator('#regions tr[data-region="eu-west-1"]')).to_have_attribute("data-health", "down")
-    expect(page.locator("#events li.failover", has_text="region eu-west-1 is down")).to_have_count(1)
-    expect(page.locator('#map path[data-region="us-east-1"]')).to_have_attribute("data-health", "degraded")
+    expect(page.locator('#regions tr[data-region="eu-west-1"]')).to_have_attribute("data-health", "down",
+                                                                                    timeout=SECONDS)
+    expect(page.locator("#events li.failover", has_text="region eu-west-1 is down")).to_have_count(1, timeout=SECONDS)
+    expect(page.locator('#map path[data-region="us-east-1"]')).to_have_attribute("data-health", "degraded",
+                                                                                 timeout=SECONDS)
     screenshot(page, "region-down")

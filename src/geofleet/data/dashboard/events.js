@@ -23,6 +23,7 @@ export class EventList {
     while (!signal.aborted) {
       try {
         await follow(["$aws/events/#"], (line) => this.line(line), signal);
+        this.element.dataset.stream = "closed";
       } catch (error) {
         if (signal.aborted) return;
         onError(error);
@@ -32,7 +33,11 @@ export class EventList {
   }
 
   line(line) {
-    if (!line.topic) return;  // the stream's open/overflow markers
+    if (line.stream) {  // the stream's open/overflow markers: once "open", the region's tap is on
+      this.element.dataset.stream = line.stream;
+      return;
+    }
+    if (!line.topic) return;
     let body = {};
     try { body = JSON.parse(line.payload ?? "{}"); } catch { /* not JSON: topic only */ }
     const parts = line.topic.split("/");
