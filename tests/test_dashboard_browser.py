@@ -155,6 +155,8 @@ def test_the_device_page_shows_its_region_shadow_and_messages(dash_fleet: Fleet,
 
         wait_for(arrived, SECONDS / 1000, "the device's message on its page", interval=0.5)
         screenshot(page, "device")
+        page.goto(f"{url(dash_fleet)}#/device/%23%2F%2B")  # "#/+" from the address bar: not a thing name
+        expect(page.locator("#device-name")).to_contain_text("not a thing name")
     finally:
         device.close()
 

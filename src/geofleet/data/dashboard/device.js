@@ -6,6 +6,7 @@ import { follow, getJson, Unauthorized } from "./api.js";
 const HOME_ATTRIBUTE = "geofleet:homeRegion";
 const MAX_MESSAGES = 50;
 const REFRESH_MS = 2000;
+const THING_NAME = /^[a-zA-Z0-9:_-]{1,128}$/;  // AWS IoT's thing name rule (domain/names.py)
 
 async function orNull(promise) {
   try { return await promise; } catch (error) { if (error instanceof Unauthorized) throw error; return null; }
@@ -24,6 +25,11 @@ export class DevicePage {
     document.getElementById("device-name").textContent = name;
     document.getElementById("device-messages").replaceChildren();
     document.getElementById("device-shadow").textContent = "";
+    document.getElementById("device-where").replaceChildren();
+    if (!THING_NAME.test(name)) {  // the name comes from the URL: never let it into a topic filter
+      document.getElementById("device-name").textContent = `${name}: not a thing name (1-128 of a-z A-Z 0-9 : _ -)`;
+      return;
+    }
     this.abort = new AbortController();
     const signal = this.abort.signal;
     const filters = [`$aws/things/${name}/#`, `${name}/#`, `+/${name}/#`, `+/+/${name}/#`];
