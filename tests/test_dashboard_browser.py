@@ -104,6 +104,13 @@ def test_with_the_token_the_map_shows_three_healthy_regions(dash_fleet: Fleet, p
     page.reload()  # the token is kept for the tab: no second login
     expect(page.locator("#fleet")).to_be_visible()
     expect(page.locator("#map path[data-region]")).to_have_count(3)
+    page.click("#logout")  # forgets the token; logging in again builds the view afresh
+    expect(page.locator("#login")).to_be_visible()
+    assert page.evaluate("sessionStorage.length") == 0
+    page.fill("#token", dash_fleet.data.token())
+    page.click("#login-form button")
+    expect(page.locator("#map path[data-region]")).to_have_count(3)
+    expect(page.locator('#map path[data-region="us-east-1"]')).to_have_attribute("data-health", "ok", timeout=SECONDS)
 
 
 def test_a_device_that_connects_appears_within_seconds(dash_fleet: Fleet, page: Page) -> None:

@@ -10,6 +10,14 @@ import { RateChart } from "./rate.js";
 const POLL_MS = 2000;
 const $ = (id) => document.getElementById(id);
 let session = null;
+let map = null;
+
+/** One Leaflet map for the page's life: removing a map while its zoom animation is pending throws
+ * inside Leaflet, so a second login reuses it (``place`` replaces the markers). */
+function theMap() {
+  map = map || new RegionMap($("map"));
+  return map;
+}
 
 function status(text) {
   $("status").textContent = text;
@@ -35,7 +43,7 @@ class Session {
   constructor(layout) {
     this.layout = layout;
     this.abort = new AbortController();
-    this.map = new RegionMap($("map"));
+    this.map = theMap();
     this.events = new EventList($("events"));
     this.fleet = new FleetView(layout, this.map, (kind, text) => this.events.add(kind, text));
     this.rate = new RateChart($("rate"));
@@ -57,6 +65,9 @@ class Session {
     clearInterval(this.timer);
     this.device.close();
     window.removeEventListener("hashchange", this.route);
+    this.rate.plot.destroy();  // a later login builds the chart afresh (the map is kept: see below)
+    $("events").replaceChildren();
+    for (const id of ["devices", "regions"]) document.querySelector(`#${id} tbody`).replaceChildren();
   }
 
   async poll() {

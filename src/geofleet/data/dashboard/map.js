@@ -34,6 +34,8 @@ export class RegionMap {
   }
 
   async drawWorld() {
+    if (this.world) return;
+    this.world = true;
     const world = await (await fetch("/dashboard/vendor/countries-110m.json")).json();
     const countries = topojson.feature(world, world.objects.countries);
     countries.features = countries.features.filter((f) => f.id !== ANTARCTICA);
@@ -46,6 +48,8 @@ export class RegionMap {
 
   /** regions: [{name, latitude, longitude}] from /dashboard/fleet.json. */
   place(regions) {
+    for (const marker of this.markers.values()) marker.remove();
+    this.markers.clear();
     for (const region of regions) {
       const marker = L.circleMarker([region.latitude, region.longitude], { radius: 11, weight: 2, fillOpacity: 0.85 })
         .bindTooltip(text(region.name), { permanent: true, direction: "right", className: "region-label" })
