@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import signal
 import sys
 import threading
@@ -55,10 +56,22 @@ def _audit(event: str, args: tuple[object, ...]) -> None:
 sys.addaudithook(_audit)
 
 
+CHROMIUM = Path(os.environ.get("GEOFLEET_CHROMIUM", "/usr/bin/chromium"))
+"""The system browser the ``browser`` tests drive (Debian's ``chromium``; `.ci/run` installs it)."""
+_NO_CHROMIUM = (f"no Chromium at {CHROMIUM}: the dashboard's browser tests are skipped "
+                "(apt-get install chromium, or set GEOFLEET_CHROMIUM)")
+
+
+def pytest_report_header() -> str | None:
+    return None if CHROMIUM.exists() else _NO_CHROMIUM
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if E2E_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.e2e)
+        if item.get_closest_marker("browser") is not None and not CHROMIUM.exists():
+            item.add_marker(pytest.mark.skip(reason=_NO_CHROMIUM))  # only these: nothing else is skipped
 
 
 @pytest.fixture(autouse=True)

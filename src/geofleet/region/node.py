@@ -39,6 +39,7 @@ from geofleet.region.routes import ca_certificates as ca_certificates_routes
 from geofleet.region.routes import certificates as certificates_routes
 from geofleet.region.routes import concierge as concierge_routes
 from geofleet.region.routes import consumers as consumers_routes
+from geofleet.region.routes import dashboard as dashboard_routes
 from geofleet.region.routes import delivery as delivery_routes
 from geofleet.region.routes import enrollment as enrollment_routes
 from geofleet.region.routes import health as health_routes
@@ -140,7 +141,7 @@ class RegionNode:
                                [self.journal], probe.identity, name, fleet.account, customer_cas=self.jitr,
                                rules=self.rules)
         access = AdminAccess(data.token())
-        app = create_app(name, access, self._routers(name, access))
+        app = create_app(name, access, [*self._routers(name, access), dashboard_routes.router(name, fleet, access)])
         self._http = EmbeddedServer(uvicorn.Config(
             app, host=self.config.host, port=self.config.http_port, log_level="warning",
             ssl_certfile=str(paths.server_chain), ssl_keyfile=str(paths.server_key), lifespan="off",
