@@ -141,12 +141,8 @@ class RulesEngine:
                         # a forwarded message is never forwarded again (no loops between regions),
                         # and a rule (replicated everywhere) forwarding to this region is already here
                         continue
-                    kind = self._kinds.get(kind_name)
                     try:
-                        if kind is None:
-                            raise GeofleetError(f"this region has no {kind_name!r} action")
-                        prepared = kind.prepare(fields, match)
-                        channel = kind.channel(fields)
+                        prepared, channel = self._prepare(kind_name, fields, match)
                         if channel is None:
                             immediate.append((rule, match, kind_name, prepared))
                         else:
@@ -199,14 +195,10 @@ class RulesEngine:
         """AWS's errorAction: once per failed message, with what failed; its own failure is only logged."""
         payload = encode_output(error_payload(rule, message.topic, message.client_id, message.payload, failures))
         kind_name, fields = action_kind(action)
-        kind = self._kinds.get(kind_name)
         error_message = Message(message.topic, payload, message.client_id, message.principal, message.timestamp_ms)
         match = Matched(rule, error_message, payload, None, MAX_REPUBLISH_HOPS - 1)
         try:
-            if kind is None:
-                raise GeofleetError(f"this region has no {kind_name!r} action")
-            prepared = kind.prepare(fields, match)
-            channel = kind.channel(fields)
+            prepared, channel = self._prepare(kind_name, fields, match)
             if channel is None:
                 await self._broker.publish(str(prepared["topic"]), payload, int(prepared["qos"]))
             else:
@@ -215,6 +207,14 @@ class RulesEngine:
                 self._wake({channel})
         except GeofleetError as error:
             log.error("rule %s: its errorAction (%s) failed too: %s", rule, kind_name, error.message)
+
+    def _prepare(self, kind_name: str, fields: Mapping[str, Any], match: Matched) -> tuple[dict[str, Any], str | None]:
+        """What an action delivers for ``match`` and its outbox channel (None: immediate);
+        GeofleetError when this region cannot (an unknown kind, a template without a value)."""
+        kind = self._kinds.get(kind_name)
+        if kind is None:
+            raise GeofleetError(f"this region has no {kind_name!r} action")
+        return kind.prepare(fields, match), kind.channel(fields)
 
     def _wake(self, channels: set[str]) -> None:
         for channel in channels:
