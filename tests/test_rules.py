@@ -14,6 +14,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
@@ -34,12 +35,14 @@ OBSERVER_POLICY = json.dumps({"Version": "2012-10-17", "Statement": [
     {"Effect": "Allow", "Action": "iot:Receive", "Resource": "arn:aws:iot:*:*:topic/*"}]})
 
 
-@pytest.fixture(scope="module")
-def rfleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    """A fleet of its own: its webhook sender gives up after 3 attempts of 1 s (tests wait less)."""
-    saved = {key: os.environ.get(key) for key in HTTP_ENV}
-    os.environ.update(HTTP_ENV)  # inherited by `geofleet up` and by regions the tests restart
-    fleet = Fleet.start(tmp_path_factory.mktemp("rules") / "fleet", tuple(REGIONS))
+@contextlib.contextmanager
+def observed_fleet(root: Path, env: dict[str, str]) -> Iterator[Fleet]:
+    """Three regions of their own, started with ``env`` in the environment (inherited by
+    `geofleet up` and by regions the tests restart; restored after), with the ``observer``
+    policy in every region."""
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    fleet = Fleet.start(root, tuple(REGIONS))
     assert isinstance(fleet, Fleet)
     try:
         fleet.wait_healthy()
@@ -57,6 +60,13 @@ def rfleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def rfleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    """A fleet of its own: its webhook sender gives up after 3 attempts of 1 s (tests wait less)."""
+    with observed_fleet(tmp_path_factory.mktemp("rules") / "fleet", HTTP_ENV) as fleet:
+        yield fleet
 
 
 def observer(fleet: Fleet, region: str, *filters: str) -> Device:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import os
 import socket
 import sys
 import threading
@@ -32,7 +31,7 @@ from geofleet.services.rules.aws_actions import AwsClients, Sns, Sqs, _failed, m
 from geofleet.services.rules.senders import RetryPolicy
 from tests.conftest import REGIONS, Fleet
 from tests.helpers import geofleet, wait_for
-from tests.test_rules import OBSERVER_POLICY, create_rule, device_in, observer, outbox, payloads
+from tests.test_rules import create_rule, device_in, observed_fleet, observer, outbox, payloads
 
 A, B, C = REGIONS  # us-east-1, eu-west-1, ap-southeast-1
 FLEET = FleetContext(frozenset(REGIONS), A)
@@ -253,26 +252,8 @@ def afleet(tmp_path_factory: pytest.TempPathFactory, moto: Moto) -> Iterator[Fle
     """Three regions of their own whose AWS is ``moto`` (the environment is inherited by `geofleet up`
     and the regions); their AWS senders give up after 3 attempts of 1 s."""
     env = {**AWS_ENV, "GEOFLEET_AWS_ENDPOINT_URL": moto.url}
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
-    fleet = Fleet.start(tmp_path_factory.mktemp("rules-aws") / "fleet", tuple(REGIONS))
-    assert isinstance(fleet, Fleet)
-    try:
-        fleet.wait_healthy()
-        with fleet.admin(A) as api:
-            api.call("POST", "/policies/observer", json={"policyDocument": OBSERVER_POLICY})
-        for region in REGIONS:
-            with fleet.admin(region) as api:
-                wait_for(lambda: any(p["policyName"] == "observer" for p in api.call("GET", "/policies")["policies"]),
-                         10, f"the observer policy in {region}")
+    with observed_fleet(tmp_path_factory.mktemp("rules-aws") / "fleet", env) as fleet:
         yield fleet
-    finally:
-        fleet.stop()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _queue(moto: Moto, region: str, name: str) -> tuple[str, str]:

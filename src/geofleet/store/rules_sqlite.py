@@ -81,9 +81,12 @@ class RulesStore:
         self.epoch: str = self._db.execute("SELECT epoch FROM rule_epoch").fetchone()[0]
         """Names this outbox: a receiver's position is per (origin, epoch), so an outbox rebuilt
         from nothing (ids starting again at 1) is never mistaken for one already seen."""
-        self._sizes: dict[str, list[int]] = {
-            channel: [count, size] for channel, count, size in
-            self._db.execute("SELECT channel, COUNT(*), COALESCE(SUM(bytes), 0) FROM rule_outbox GROUP BY channel")}
+        self._sizes = self._read_sizes()
+
+    def _read_sizes(self) -> dict[str, list[int]]:
+        """Each channel's [messages, bytes], counted in the table (kept in memory after that)."""
+        return {channel: [count, size] for channel, count, size in self._db.execute(
+            "SELECT channel, COUNT(*), COALESCE(SUM(bytes), 0) FROM rule_outbox GROUP BY channel")}
 
     def close(self) -> None:
         self._db.close()
@@ -100,8 +103,7 @@ class RulesStore:
             self._depth -= 1
             if self._depth == 0:
                 self._db.execute("ROLLBACK")
-                self._sizes = {c: [n, b] for c, n, b in self._db.execute(
-                    "SELECT channel, COUNT(*), COALESCE(SUM(bytes), 0) FROM rule_outbox GROUP BY channel")}
+                self._sizes = self._read_sizes()
             raise
         self._depth -= 1
         if self._depth == 0:
