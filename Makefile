@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(BIN)/python examples/jitr_demo.py --data-dir $(DEMO_DIR)/jitr
 	$(BIN)/python examples/rules_demo.py --data-dir $(DEMO_DIR)/rules
 
-# Everything: lint, the pure tests and the end-to-end ones (real fleets in subprocesses, ~8 min).
+# Everything: lint, the pure tests and the end-to-end ones (real fleets in subprocesses, ~11 min).
 test: lint
 	$(BIN)/pytest
 
