@@ -14,6 +14,7 @@ from geofleet.domain.hlc import Clock
 from geofleet.domain.names import ThingName
 from geofleet.domain.policy import default_device_policy
 from geofleet.domain.records import CertificateStatus, Kind, Record
+from geofleet.domain.residency import EVERYWHERE
 from geofleet.pki.ca import create_intermediate, create_root, load_csr, make_csr, new_key
 from geofleet.services.registry import Registry
 from geofleet.store.sqlite import SqliteStore
@@ -51,7 +52,7 @@ HISTORY = history()
 
 
 def all_records(store: SqliteStore) -> list[Record]:
-    return [record for bucket in range(BUCKETS) for record in store.bucket_items(bucket)[0]]
+    return [record for bucket in range(BUCKETS) for record in store.bucket_items(bucket, EVERYWHERE)[0]]
 
 
 def snapshot(store: SqliteStore) -> list[tuple[str, str, str, str, bool]]:

@@ -112,6 +112,10 @@ class FleetConfig:
     jitr: HookConfig | None = None
     """The validation hook of just-in-time registration (fleet.json ``"jitr"``, see
     ``domain.jitr.HookConfig``); None: JITR certificates wait for an operator."""
+    residency_global_attributes: tuple[str, ...] = ()
+    """Thing attributes that every region keeps even for devices whose residency scope leaves it
+    out, besides ``geofleet:homeRegion``, ``geofleet:regions`` and ``geofleet:failoverMode``
+    (see ``domain.residency``): list only attributes that carry no personal data."""
     changelog_retention_s: float = DEFAULT_CHANGELOG_RETENTION_S
     """A region's change log is truncated once every peer pulled it, or after this long if a peer
     has not: a peer away longer catches up by anti-entropy (a full digest comparison)."""
@@ -147,6 +151,7 @@ class FleetConfig:
             region["hostnames"] = list(region["hostnames"])
         data["residency"] = {k: list(v) for k, v in self.residency.items()}
         data["trusted_proxies"] = list(self.trusted_proxies)
+        data["residency_global_attributes"] = list(self.residency_global_attributes)
         data["jitr"] = self.jitr.to_json() if self.jitr is not None else None
         return data
 
@@ -193,7 +198,15 @@ class FleetConfig:
                    claim_token_ttl_s=_positive_int(data.get("claim_token_ttl_s", 3600), "claim_token_ttl_s"),
                    claim_requests_per_minute=_positive_int(data.get("claim_requests_per_minute", 20),
                                                            "claim_requests_per_minute"),
-                   claim_max_pending=_positive_int(data.get("claim_max_pending", 100), "claim_max_pending"))
+                   claim_max_pending=_positive_int(data.get("claim_max_pending", 100), "claim_max_pending"),
+                   residency_global_attributes=_names(data.get("residency_global_attributes", []),
+                                                      "residency_global_attributes"))
+
+
+def _names(value: Any, what: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{what} must be a list of attribute names")
+    return tuple(value)
 
 
 def _positive_int(value: Any, what: str) -> int:

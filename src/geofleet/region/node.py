@@ -15,6 +15,7 @@ import uvicorn
 from fastapi import APIRouter
 
 from geofleet.broker.amqtt_broker import EmbeddedBroker
+from geofleet.broker.base import DisconnectReason
 from geofleet.config import DataDir, FleetConfig, RegionConfig, RegionPaths, tombstone_grace_s
 from geofleet.domain.errors import NotFound
 from geofleet.domain.hlc import Clock
@@ -57,6 +58,7 @@ from geofleet.replication.service import Replication
 from geofleet.services.journal import Journal
 from geofleet.services.presence import PresenceDirectory
 from geofleet.services.registry import Registry
+from geofleet.services.residency import Residency
 from geofleet.services.rules.actions import builtin_kinds
 from geofleet.services.rules.admin import RuleAdmin
 from geofleet.services.rules.aws_actions import AwsClients, aws_kinds, aws_senders, missing_aws_kinds
@@ -93,7 +95,8 @@ class RegionNode:
         self.store = SqliteStore(paths.store, Sealer(data.fleet_secret()))
         self.clock = Clock(start=self.store.last_hlc())
         authority = region_authority(data, name)
-        self.registry = Registry(self.store, self.clock, name, fleet.account, authority)
+        self.registry = Registry(self.store, self.clock, name, fleet.account, authority,
+                                 fleet.residency_global_attributes)
         self.journal = Journal(SqliteJournal(paths.journal, name), self.registry.ledger)
         self.broker = EmbeddedBroker(
             self.config.host, self.config.mqtt_port, paths.server_chain, paths.server_key, data.trust_bundle
@@ -112,8 +115,9 @@ class RegionNode:
                                  {**builtin_kinds(regions), **aws_kinds()}, name)
         self.rule_admin = RuleAdmin(self.registry.ledger, FleetContext(regions, name, missing_aws_kinds()))
         forward_inbox = ForwardInbox(self.rules_store, self.broker, self.rules)
+        self.residency = Residency(self.store, self.registry.ledger, name, [self.journal], self._disconnect)
         self.replication = Replication(data, fleet, name, self.store, self.registry.ledger, self.shadows,
-                                       lambda: self.health.local(), horizon, forward_inbox)
+                                       self.residency, lambda: self.health.local(), horizon, forward_inbox)
         aws_policy = RetryPolicy.from_env(os.environ, "GEOFLEET_RULES_AWS")
         self.rule_senders = RuleSenders(
             sorted(self.replication.peers), self.rules_store, self.rules, self.replication.call_peer,
@@ -148,6 +152,7 @@ class RegionNode:
             access_log=False, proxy_headers=False,  # X-Forwarded-For: only geofleet's trusted_proxies decide
         ))
         self._stop = asyncio.Event()
+        self._background: set[asyncio.Future[int]] = set()
 
     def _routers(self, name: str, access: AdminAccess) -> list[APIRouter]:
         """Every HTTP resource of the node, in the order the app matches them."""
@@ -169,6 +174,13 @@ class RegionNode:
             rules_routes.router(self.rule_admin, self.rule_senders, self.rules_store, access),
             consumers_routes.router(name, self.registry.consumers, self.journal, access),
         ]
+
+    def _disconnect(self, device: str) -> None:
+        """Close a device's session here (it no longer may be here: its residency scope moved)."""
+        task = asyncio.ensure_future(self.broker.disconnect(lambda c: c.client_id == device,
+                                                            DisconnectReason.FORBIDDEN_ACCESS))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _guard(self, owner: str, action: str, body: dict[str, Any]) -> dict[str, Any]:
         return await self.replication.call_peer(owner, f"/v1/guard/{action}", body)

@@ -136,16 +136,16 @@ class Link:
                 publish = self._applier.change(change)
                 if publish is not None:
                     publishes.append(publish)
-            if batch.changes:
-                self._store.set_cursor(self.peer, self.stream, batch.changes[-1].seq)
+            if batch.through > cursor:
+                self._store.set_cursor(self.peer, self.stream, batch.through)
         now_ms = time.time() * 1000
         self._status.last_contact_ms = int(now_ms)
         self._status.succeeded(self.stream)
         if self.stream == "all":
-            self._note(batch.head, batch.changes[-1].seq if batch.changes else cursor, now_ms, batch)
+            self._note(batch.head, max(cursor, batch.through), now_ms, batch)
         for publish in publishes:
             await publish()
-        return not batch.changes or batch.changes[-1].seq >= batch.head
+        return batch.through >= batch.head
 
     async def _catch_up(self, cursor: int, response: httpx.Response) -> None:
         """The peer truncated its log past our cursor (we were away longer than its retention):

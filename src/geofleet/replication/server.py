@@ -15,9 +15,11 @@ from fastapi.responses import JSONResponse
 from geofleet.body_limit import BodyLimit
 from geofleet.domain.digest import BUCKETS
 from geofleet.domain.errors import GeofleetError
+from geofleet.domain.residency import EVERYWHERE, Scope
 from geofleet.http_errors import install_error_shape
 from geofleet.replication.antientropy import bucket_contents
 from geofleet.replication.peer_identity import PEER_COMMON_NAME
+from geofleet.replication.scoping import PeerView
 from geofleet.replication.wire import change_to_json
 from geofleet.services.guard import guard_action
 from geofleet.store.base import Store
@@ -62,6 +64,13 @@ class UnknownPeer(GeofleetError):
     code = "UnknownPeer"
 
 
+class OutOfScope(GeofleetError):
+    """A peer asked for the items of a residency scope it is not in."""
+
+    status = 403
+    code = "OutOfScope"
+
+
 class PeerIdentityMismatch(GeofleetError):
     """The region a request names is not the one its TLS certificate belongs to."""
 
@@ -69,13 +78,14 @@ class PeerIdentityMismatch(GeofleetError):
     code = "PeerIdentityMismatch"
 
 
-def create_peer_app(region: str, peers: set[str], store: Store, feed: ChangeFeed,
+def create_peer_app(region: str, peers: set[str], store: Store, view: PeerView, feed: ChangeFeed,
                     acknowledged: dict[str, int], health: Callable[[], Awaitable[dict[str, Any]]],
                     on_acknowledged: Callable[[], object] = lambda: None,
                     forwards: ForwardReceiver | None = None) -> FastAPI:
-    """``acknowledged`` (peer -> how far it has pulled) is kept current here; ``on_acknowledged``
-    runs when a peer's position moves (the log may be truncated then); ``forwards`` takes what
-    peers' rules forward here."""
+    """``view`` filters every answer by residency scope (``scoping.py``); ``acknowledged``
+    (peer -> how far it has pulled) is kept current here; ``on_acknowledged`` runs when a peer's
+    position moves (the log may be truncated then); ``forwards`` takes what peers' rules forward
+    here."""
     app = FastAPI(title=f"geofleet replication {region}", openapi_url=None, docs_url=None, redoc_url=None)
     install_error_shape(app)
     app.add_middleware(BodyLimit, limit=MAX_PEER_BODY_BYTES)
@@ -111,7 +121,11 @@ def create_peer_app(region: str, peers: set[str], store: Store, feed: ChangeFeed
                                  "logStart": start,
                                  "message": f"changes {after + 1}-{start} of {region} are no longer in its log; "
                                             "catch up by anti-entropy, then pull after 'head'"}, status_code=410)
-        return {"region": region, "head": store.head(), "changes": [change_to_json(c) for c in found]}
+        shown = [change_to_json(seen) for change in found if (seen := view.change(change, peer)) is not None]
+        # ``through``: how far the log was read for this answer, so that the peer's cursor passes
+        # changes it may not see (it learns a position, never what was there).
+        return {"region": region, "head": store.head(), "through": found[-1].seq if found else after,
+                "changes": shown}
 
     @app.get("/v1/head")
     async def log_head(request: Request, peer: str) -> dict[str, Any]:
@@ -141,14 +155,19 @@ def create_peer_app(region: str, peers: set[str], store: Store, feed: ChangeFeed
 
     @app.get("/v1/digest")
     async def digest(request: Request, peer: str) -> dict[str, Any]:
+        """Digests per residency scope, of the scopes the peer is in only."""
         check(peer, request)
-        return {"region": region, "buckets": {str(b): d for b, d in store.bucket_digests().items()}}
+        return {"region": region, "scopes": {scope: {str(b): d for b, d in buckets.items()}
+                                             for scope, buckets in view.digests(peer).items()}}
 
     @app.get("/v1/bucket/{bucket}")
-    async def bucket(request: Request, peer: str, bucket: int) -> dict[str, Any]:
+    async def bucket(request: Request, peer: str, bucket: int, scope: str = Query(EVERYWHERE, max_length=4096)
+                     ) -> dict[str, Any]:
         check(peer, request)
         if not 0 <= bucket < BUCKETS:
             raise GeofleetError(f"bucket must be 0-{BUCKETS - 1}")
-        return {"region": region, **bucket_contents(store, bucket)}
+        if not Scope.decode(scope).includes(peer):
+            raise OutOfScope(f"scope {scope!r} does not include {peer}")
+        return {"region": region, **bucket_contents(store, view, peer, bucket, scope)}
 
     return app

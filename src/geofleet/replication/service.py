@@ -4,6 +4,7 @@ anti-entropy, and the status and metrics operators read."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import random
@@ -21,13 +22,15 @@ from geofleet.domain.changelog import truncation_point
 from geofleet.domain.errors import NotFound
 from geofleet.domain.hlc import HLC
 from geofleet.domain.horizon import TombstoneHorizon
-from geofleet.replication.antientropy import differing
+from geofleet.replication.antientropy import differing_scoped
 from geofleet.replication.apply import Applier
 from geofleet.replication.link import Link, LinkStatus
 from geofleet.replication.peer_identity import PeerIdentityProtocol, check_served_by
+from geofleet.replication.scoping import PeerView
 from geofleet.replication.server import ChangeFeed, ForwardReceiver, create_peer_app
-from geofleet.replication.wire import BatchError, check_leaves, parse_hlc, parse_record
+from geofleet.replication.wire import BatchError, check_leaves, parse_digests, parse_hlc, parse_record
 from geofleet.services.ledger import RecordMerger
+from geofleet.services.residency import Residency
 from geofleet.services.shadows import ShadowService
 from geofleet.store.base import Store
 from geofleet.web import EmbeddedServer
@@ -37,17 +40,21 @@ log = logging.getLogger(__name__)
 ANTI_ENTROPY_INTERVAL_S = 30.0
 STREAMS = ("priority", "all")
 TRUNCATE_INTERVAL_S = 2.0
+SYNC_SOON_S = 0.2
 
 
 class Replication:
     def __init__(self, data: DataDir, fleet: FleetConfig, region: str, store: Store, records: RecordMerger,
-                 shadows: ShadowService, health: Callable[[], Awaitable[dict[str, Any]]],
+                 shadows: ShadowService, residency: Residency, health: Callable[[], Awaitable[dict[str, Any]]],
                  horizon: TombstoneHorizon, forwards: ForwardReceiver | None = None) -> None:
         self.region = region
         self._store = store
         self._retention_s = fleet.changelog_retention_s
         self._tombstones = horizon
-        self._applier = Applier(records, shadows)
+        self._applier = Applier(records, shadows, residency)
+        self._view = PeerView(store, fleet.residency_global_attributes)
+        self._sync_requested = asyncio.Event()
+        residency.on_enter = lambda _device: self._sync_requested.set()  # its data comes by anti-entropy
         self.feed = ChangeFeed()
         store.on_change = self.feed.notify
         self.peers = {r.name: r for r in fleet.regions if r.name != region}
@@ -60,7 +67,7 @@ class Replication:
         paths = data.region(region)
         me = fleet.region(region)
         self._server = EmbeddedServer(uvicorn.Config(
-            create_peer_app(region, set(self.peers), store, self.feed, self.acknowledged, health,
+            create_peer_app(region, set(self.peers), store, self._view, self.feed, self.acknowledged, health,
                             lambda: self.truncate(expired=False), forwards),
             host=me.host, port=me.peer_port, log_level="warning", lifespan="off", access_log=False,
             ssl_certfile=str(paths.peer_cert), ssl_keyfile=str(paths.peer_key), ssl_ca_certs=str(data.peer_ca),
@@ -189,8 +196,12 @@ class Replication:
     # -- anti-entropy ----------------------------------------------------------------------
 
     async def _anti_entropy_loop(self) -> None:
+        """A round every ~30 s, and soon after this region enters a device's residency scope."""
         while True:
-            await asyncio.sleep(ANTI_ENTROPY_INTERVAL_S * random.uniform(0.8, 1.2))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._sync_requested.wait(), ANTI_ENTROPY_INTERVAL_S * random.uniform(0.8, 1.2))
+                await asyncio.sleep(SYNC_SOON_S)  # one round for a burst of scope changes
+            self._sync_requested.clear()
             try:
                 await self.sync()
             except Exception:  # the loop must outlive any one bad round
@@ -223,11 +234,12 @@ class Replication:
     async def _sync_with(self, name: str) -> dict[str, Any]:
         url = self.peers[name].peer_url
         response = await self._calls.get(f"{url}/v1/digest", params={"peer": self.region})
-        theirs = {int(b): d for b, d in _json(response, name)["buckets"].items()}
-        buckets = differing(self._store.bucket_digests(), theirs)
+        theirs = parse_digests(_json(response, name).get("scopes"), name)
+        buckets = differing_scoped(self._store.bucket_digests(), theirs, self.region, name)
         publishes = []
-        for bucket in buckets:
-            content = _json(await self._calls.get(f"{url}/v1/bucket/{bucket}", params={"peer": self.region}), name)
+        for scope, bucket in buckets:
+            content = _json(await self._calls.get(f"{url}/v1/bucket/{bucket}",
+                                                  params={"peer": self.region, "scope": scope}), name)
             records = [parse_record(r, f"record from {name}") for r in content.get("records", [])]
             shadows = content.get("shadows", [])
             with self._store.atomic():
@@ -239,8 +251,9 @@ class Replication:
                         raise BatchError(f"malformed shadow in bucket {bucket} from {name}")
                     check_leaves(leaves, f"shadow {shadow['key']} from {name}")
                     latest = max((parse_hlc(e[0], name) for e in leaves.values()), default=None)
-                    if latest is not None:
-                        publishes.append(self._applier.shadow(shadow["key"], leaves, latest, name))
+                    if latest is not None and (publish := self._applier.shadow(shadow["key"], leaves, latest,
+                                                                               name)) is not None:
+                        publishes.append(publish)
         for publish in publishes:
             await publish()
         status = self.status[name]

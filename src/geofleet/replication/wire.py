@@ -13,7 +13,8 @@ from geofleet.domain.hlc import HLC
 from geofleet.domain.jitr import CaStatus
 from geofleet.domain.presence import Session, entry_key
 from geofleet.domain.records import CertificateStatus, Kind, Record
-from geofleet.store.base import SHADOW_KIND, Change
+from geofleet.domain.residency import SHADOW_KIND
+from geofleet.store.base import Change
 
 MAX_KEY = 512
 _KINDS = {k.value for k in Kind} | {SHADOW_KIND}
@@ -31,6 +32,9 @@ class Batch:
     region: str
     head: int
     changes: list[Change]
+    through: int
+    """How far the peer read its log for this batch: at least the last change's seq (the peer
+    skips changes this region may not hold, and says so only by this position)."""
 
 
 def change_to_json(change: Change) -> dict[str, Any]:
@@ -59,7 +63,10 @@ def parse_batch(data: Any, peer: str, after: int) -> Batch:
             raise BatchError(f"change {index} from {peer} claims origin {change.origin!r}")
         previous = change.seq
         changes.append(change)
-    return Batch(peer, head, changes)
+    through = data.get("through", previous)
+    if not isinstance(through, int) or through < previous or through > head:
+        raise BatchError(f"batch from {peer} has 'through' {through!r}, not between {previous} and its head {head}")
+    return Batch(peer, head, changes, through)
 
 
 def _parse_change(item: Any, where: str) -> Change:
@@ -154,3 +161,18 @@ def check_leaves(ops: dict[str, Any], where: str) -> None:
                 and isinstance(entry[1], str) and isinstance(entry[2], bool)):
             raise BatchError(f"{where}: malformed shadow leaf {path!r}")
         parse_hlc(entry[0], where)
+
+
+def parse_digests(raw: Any, peer: str) -> dict[str, dict[int, str]]:
+    """A peer's ``/v1/digest`` answer: scope -> bucket -> digest (hex)."""
+    if not isinstance(raw, dict):
+        raise BatchError(f"digests from {peer} lack a 'scopes' object")
+    digests: dict[str, dict[int, str]] = {}
+    for scope, buckets in raw.items():
+        if not isinstance(buckets, dict) or not all(isinstance(d, str) for d in buckets.values()):
+            raise BatchError(f"digests from {peer}: scope {scope!r} is not an object of bucket digests")
+        try:
+            digests[str(scope)] = {int(b): d for b, d in buckets.items()}
+        except ValueError:
+            raise BatchError(f"digests from {peer}: scope {scope!r} has a bucket that is not a number") from None
+    return digests

@@ -85,6 +85,10 @@ class Journal:
 
     # -- writing ---------------------------------------------------------------------------
 
+    def purge_device(self, device: str) -> int:
+        """Forget what the journal holds of a device (see ``services.residency``)."""
+        return self._store.purge_device(device)
+
     def record(self, client_id: str, topic: str, payload: bytes) -> int | None:
         """Journal a device's accepted publish if some consumer wants its topic; its sequence
         number, or None when nobody does. Returns once the entry is committed."""

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from typing import Any, Protocol
 
 from geofleet.domain.errors import NotFound
 from geofleet.domain.hlc import Clock
 from geofleet.domain.records import Kind, Record, dependencies, supersedes
+from geofleet.domain.residency import Scope, stub
 from geofleet.store.base import Store
 
 Observer = Callable[[Record | None, Record], None]
@@ -28,10 +30,13 @@ class RecordMerger(Protocol):
 
 
 class Ledger:
-    def __init__(self, store: Store, clock: Clock, region: str) -> None:
+    def __init__(self, store: Store, clock: Clock, region: str, global_attributes: tuple[str, ...] = ()) -> None:
+        """``global_attributes``: thing attributes a region outside a device's residency scope
+        keeps besides ``domain.residency.GLOBAL_ATTRIBUTES`` (fleet.json)."""
         self._store = store
         self._clock = clock
         self.region = region
+        self.global_attributes = global_attributes
         self._observers: list[Observer] = []
 
     def observe(self, observer: Observer) -> None:
@@ -80,9 +85,18 @@ class Ledger:
 
     def _commit(self, record: Record, *, log: bool = True) -> None:
         previous = self._store.get(record.kind, record.key)
-        self._store.put(record, log=log)
+        kept = self.kept(record)
+        self._store.put(kept, log=log, logged=record)
+        record = kept
         for observer in self._observers:
             observer(previous, record)
+
+    def kept(self, record: Record) -> Record:
+        """What this region stores of a record: a thing of a device whose residency scope leaves
+        this region out is kept as its stub (``domain.residency``); anything else as it is."""
+        if record.kind is Kind.THING and not Scope.of_thing(record.body).includes(self.region):
+            return replace(record, body=stub(record.body, self.global_attributes))
+        return record
 
     # -- replication -----------------------------------------------------------------------
 

@@ -23,8 +23,9 @@ from geofleet.store.base import Store
 
 
 class Registry:
-    def __init__(self, store: Store, clock: Clock, region: str, account: str, authority: Authority) -> None:
-        self.ledger = Ledger(store, clock, region)
+    def __init__(self, store: Store, clock: Clock, region: str, account: str, authority: Authority,
+                 global_attributes: tuple[str, ...] = ()) -> None:
+        self.ledger = Ledger(store, clock, region, global_attributes)
         self.thing_types = ThingTypes(self.ledger, account)
         self.things = Things(self.ledger, account, self.thing_types)
         self.certificates = Certificates(self.ledger, account, authority)

@@ -121,6 +121,18 @@ class SqliteJournal:
             raise
         return int(dropped)
 
+    def purge_device(self, device: str) -> int:
+        """Delete a device's entries (this region left its residency scope); a scan, as it is
+        rare and the journal is bounded. Consumers see a gap in the positions."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            gone = self._db.execute("DELETE FROM journal WHERE client_id = ?", (device,)).rowcount
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return int(gone)
+
     def dropped(self) -> int:
         """Entries retention has dropped since the journal was created."""
         return int(self._db.execute("SELECT dropped FROM journal_meta WHERE id = 1").fetchone()[0])

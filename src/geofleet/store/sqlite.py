@@ -25,14 +25,16 @@ from geofleet.domain.guard import GuardEntry
 from geofleet.domain.hlc import HLC, ZERO
 from geofleet.domain.leaves import Leaves
 from geofleet.domain.records import Kind, Record
+from geofleet.domain.residency import EVERYWHERE, SHADOW_KIND, Scope, subject
 from geofleet.domain.shadow import Shadow
-from geofleet.store.base import SHADOW_KIND, Change
+from geofleet.store.base import Change
 from geofleet.store.sealing import Sealer
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
     kind TEXT NOT NULL, key TEXT NOT NULL, ref TEXT NOT NULL DEFAULT '',
     body TEXT, hlc TEXT NOT NULL, origin TEXT NOT NULL, bucket INTEGER NOT NULL,
+    scope TEXT NOT NULL DEFAULT '*',
     PRIMARY KEY (kind, key)
 );
 CREATE INDEX IF NOT EXISTS records_ref ON records (kind, ref);
@@ -43,7 +45,11 @@ CREATE TABLE IF NOT EXISTS seen_everywhere (
 CREATE TABLE IF NOT EXISTS shadows (
     thing TEXT NOT NULL, name TEXT NOT NULL, doc TEXT NOT NULL,
     hlc TEXT NOT NULL, origin TEXT NOT NULL, bucket INTEGER NOT NULL, item TEXT NOT NULL,
+    scope TEXT NOT NULL DEFAULT '*',
     PRIMARY KEY (thing, name)
+);
+CREATE TABLE IF NOT EXISTS scopes (
+    device TEXT PRIMARY KEY, scope TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS shadows_bucket ON shadows (bucket);
 CREATE TABLE IF NOT EXISTS changelog (
@@ -99,13 +105,33 @@ class SqliteStore:
         self._db.executescript(_SCHEMA)
         self._depth = 0
         self._logged = False
-        self._digests: BucketDigests | None = None
-        """Anti-entropy digests, built on first use and then kept current by every write."""
+        self._digests: dict[str, BucketDigests] | None = None
+        """Anti-entropy digests per residency scope, built on first use and then kept current by
+        every write."""
+        self._scopes: dict[str, str] = {}
+        """Device -> its encoded residency scope, for the devices that have one."""
+        self._migrate()
+        self._scopes = dict(self._db.execute("SELECT device, scope FROM scopes").fetchall())
         self.on_change: Callable[[], None] | None = None
         """Called after a transaction that appended to the change log commits."""
 
     def close(self) -> None:
         self._db.close()
+
+    def _migrate(self) -> None:
+        """A store written before residency scopes: add the scope columns and scope every
+        device's items from its thing record."""
+        for table in ("records", "shadows"):
+            columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if "scope" not in columns:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN scope TEXT NOT NULL DEFAULT '*'")
+        if self._db.execute("SELECT count(*) FROM scopes").fetchone()[0]:
+            return
+        things = self._db.execute("SELECT key, body FROM records WHERE kind = ? AND body IS NOT NULL",
+                                  (Kind.THING.value,)).fetchall()
+        with self.atomic():
+            for key, body in things:
+                self._rescope(key, Scope.of_thing(_load(body)).encode())
 
     def _dump_body(self, record: Record) -> str | None:
         body = record.body
@@ -134,6 +160,7 @@ class SqliteStore:
             if self._depth == 0:
                 self._db.execute("ROLLBACK")
                 self._digests = None  # rebuilt on next use rather than unwound
+                self._scopes = dict(self._db.execute("SELECT device, scope FROM scopes").fetchall())
             raise
         self._depth -= 1
         if self._depth == 0:
@@ -169,28 +196,89 @@ class SqliteStore:
             "ORDER BY key LIMIT ?", (kind.value, after, limit))
         return [self._record(row) for row in rows]
 
-    def put(self, record: Record, *, log: bool = True) -> None:
-        """Write a record (a tombstone when ``body`` is None); ``log`` appends it to the change
-        log, for writes made in this region."""
+    def put(self, record: Record, *, log: bool = True, logged: Record | None = None) -> None:
+        """Write a record (a tombstone when ``body`` is None); ``log`` appends it (or ``logged``,
+        the full version of a thing kept here as its residency stub) to the change log, for
+        writes made in this region. A live thing's ``geofleet:regions`` sets its
+        device's residency scope (a tombstone keeps the last one: its shadows may outlive it)."""
         body = self._dump_body(record)
         bucket = bucket_of(record.kind.value, record.key)
+        device = subject(record.kind.value, record.key, record.ref)
+        scope = self.scope_of(device) if device is not None else EVERYWHERE
         with self.atomic():
             if self._digests is not None:
-                old = self._db.execute("SELECT hlc, origin FROM records WHERE kind = ? AND key = ? AND body IS NOT "
-                                       "NULL", (record.kind.value, record.key)).fetchone()
+                old = self._db.execute("SELECT hlc, origin, scope FROM records WHERE kind = ? AND key = ? AND body "
+                                       "IS NOT NULL", (record.kind.value, record.key)).fetchone()
                 if old is not None:
-                    self._digests.toggle(bucket, record_item(record.kind.value, record.key, *old))
+                    self._toggle(old[2], bucket, record_item(record.kind.value, record.key, old[0], old[1]))
                 if body is not None:
-                    self._digests.toggle(bucket, record_item(record.kind.value, record.key, record.hlc.encode(),
-                                                             record.origin))
+                    self._toggle(scope, bucket, record_item(record.kind.value, record.key, record.hlc.encode(),
+                                                            record.origin))
             self._db.execute(
-                f"INSERT INTO records ({_RECORD_COLUMNS}, bucket) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                f"INSERT INTO records ({_RECORD_COLUMNS}, bucket, scope) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (kind, key) DO UPDATE SET ref = excluded.ref, body = excluded.body, "
-                "hlc = excluded.hlc, origin = excluded.origin",
-                (record.kind.value, record.key, record.ref, body, record.hlc.encode(), record.origin, bucket),
+                "hlc = excluded.hlc, origin = excluded.origin, scope = excluded.scope",
+                (record.kind.value, record.key, record.ref, body, record.hlc.encode(), record.origin, bucket, scope),
             )
+            if record.kind is Kind.THING and record.body is not None:
+                self._rescope(record.key, Scope.of_thing(record.body).encode())
             if log:
-                self._log(record.hlc, record.origin, record.kind.value, record.key, record.ref, body)
+                full = body if logged is None or logged is record else self._dump_body(logged)
+                self._log(record.hlc, record.origin, record.kind.value, record.key, record.ref, full)
+
+    # -- residency scopes ----------------------------------------------------------------------
+
+    def scope_of(self, device: str) -> str:
+        """The device's encoded residency scope (``domain.residency``); ``*`` when it has none."""
+        return self._scopes.get(device, EVERYWHERE)
+
+    def _rescope(self, device: str, scope: str) -> None:
+        """Give the device's scoped items (shadows, presence entries) a new scope, moving their
+        digest items with them (inside the caller's transaction)."""
+        if self.scope_of(device) == scope:
+            return
+        if self._digests is not None:
+            for old, bucket, item in self._scoped_items(device):
+                self._toggle(old, bucket, item)
+                self._toggle(scope, bucket, item)
+        self._db.execute("UPDATE shadows SET scope = ? WHERE thing = ?", (scope, device))
+        self._db.execute("UPDATE records SET scope = ? WHERE kind = ? AND ref = ?",
+                         (scope, Kind.PRESENCE.value, device))
+        self._db.execute("INSERT INTO scopes (device, scope) VALUES (?, ?) ON CONFLICT (device) DO UPDATE SET "
+                         "scope = excluded.scope", (device, scope))
+        self._scopes[device] = scope
+
+    def _scoped_items(self, device: str) -> list[tuple[str, int, int]]:
+        """(scope, bucket, digest item) of the device's shadows and live presence entries."""
+        items = [(scope, bucket, int(item, 16)) for scope, bucket, item in self._db.execute(
+            "SELECT scope, bucket, item FROM shadows WHERE thing = ?", (device,))]
+        items += [(scope, bucket, record_item(Kind.PRESENCE.value, key, hlc, origin))
+                  for scope, bucket, key, hlc, origin in self._db.execute(
+                      "SELECT scope, bucket, key, hlc, origin FROM records WHERE kind = ? AND ref = ? AND body IS "
+                      "NOT NULL", (Kind.PRESENCE.value, device))]
+        return items
+
+    def purge_device(self, device: str) -> int:
+        """Delete the device's scoped items here (its shadows and presence entries, tombstones
+        included): this region left its scope. Nothing of them stays, not even a tombstone; the
+        thing's stub (which names the scope) is what keeps a late write from landing again."""
+        with self.atomic():
+            if self._digests is not None:
+                for scope, bucket, item in self._scoped_items(device):
+                    self._toggle(scope, bucket, item)
+            gone = self._db.execute("DELETE FROM shadows WHERE thing = ?", (device,)).rowcount
+            gone += self._db.execute("DELETE FROM records WHERE kind = ? AND ref = ?",
+                                     (Kind.PRESENCE.value, device)).rowcount
+            self._db.execute("DELETE FROM pending WHERE kind = ? AND ref = ?", (Kind.PRESENCE.value, device))
+        return gone
+
+    def _toggle(self, scope: str, bucket: int, item: int) -> None:
+        if self._digests is None:
+            return
+        digests = self._digests.get(scope)
+        if digests is None:
+            digests = self._digests[scope] = BucketDigests()
+        digests.toggle(bucket, item)
 
     # -- shadows -----------------------------------------------------------------------------
 
@@ -203,18 +291,20 @@ class SqliteStore:
         """Store a shadow; ``ops`` (this region's stamped writes) go to the change log."""
         key = shadow_key(thing, name)
         bucket, item = bucket_of(SHADOW_KIND, key), shadow_item(key, shadow.leaves)
+        scope = self.scope_of(thing)
         with self.atomic():
             if self._digests is not None:
-                old = self._db.execute("SELECT item FROM shadows WHERE thing = ? AND name = ?",
+                old = self._db.execute("SELECT item, scope FROM shadows WHERE thing = ? AND name = ?",
                                        (thing, name)).fetchone()
                 if old is not None:
-                    self._digests.toggle(bucket, int(old[0], 16))
-                self._digests.toggle(bucket, item)
+                    self._toggle(old[1], bucket, int(old[0], 16))
+                self._toggle(scope, bucket, item)
             self._db.execute(
-                "INSERT INTO shadows (thing, name, doc, hlc, origin, bucket, item) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "INSERT INTO shadows (thing, name, doc, hlc, origin, bucket, item, scope) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (thing, name) DO UPDATE SET doc = excluded.doc, hlc = excluded.hlc, "
-                "origin = excluded.origin, item = excluded.item",
-                (thing, name, _dump(shadow.to_json()), hlc.encode(), origin, bucket, f"{item:032x}"),
+                "origin = excluded.origin, item = excluded.item, scope = excluded.scope",
+                (thing, name, _dump(shadow.to_json()), hlc.encode(), origin, bucket, f"{item:032x}", scope),
             )
             if ops is not None:
                 self._log(hlc, origin, SHADOW_KIND, shadow_key(thing, name), "", _dump({"ops": ops}))
@@ -238,23 +328,24 @@ class SqliteStore:
 
     # -- anti-entropy ------------------------------------------------------------------------
 
-    def bucket_digests(self) -> dict[int, str]:
+    def bucket_digests(self) -> dict[str, dict[int, str]]:
+        """Scope -> bucket -> digest, for every scope this region holds items of."""
         if self._digests is None:
-            digests = BucketDigests()
-            for kind, key, hlc, origin, bucket in self._db.execute(
-                    "SELECT kind, key, hlc, origin, bucket FROM records WHERE body IS NOT NULL"):
-                digests.toggle(bucket, record_item(kind, key, hlc, origin))
-            for item, bucket in self._db.execute("SELECT item, bucket FROM shadows"):
-                digests.toggle(bucket, int(item, 16))
-            self._digests = digests
-        return self._digests.as_dict()
+            self._digests = {}
+            for kind, key, hlc, origin, bucket, scope in self._db.execute(
+                    "SELECT kind, key, hlc, origin, bucket, scope FROM records WHERE body IS NOT NULL"):
+                self._toggle(scope, bucket, record_item(kind, key, hlc, origin))
+            for item, bucket, scope in self._db.execute("SELECT item, bucket, scope FROM shadows"):
+                self._toggle(scope, bucket, int(item, 16))
+        return {scope: buckets for scope, digests in self._digests.items() if (buckets := digests.as_dict())}
 
-    def bucket_items(self, bucket: int) -> tuple[list[Record], list[tuple[str, Leaves]]]:
-        """Every record (tombstones included) and every shadow's leaves in one bucket."""
+    def bucket_items(self, bucket: int, scope: str) -> tuple[list[Record], list[tuple[str, Leaves]]]:
+        """Every record (tombstones included) and every shadow's leaves of one scope in one bucket."""
         records = [self._record(row) for row in self._db.execute(
-            f"SELECT {_RECORD_COLUMNS} FROM records WHERE bucket = ?", (bucket,))]
+            f"SELECT {_RECORD_COLUMNS} FROM records WHERE bucket = ? AND scope = ?", (bucket, scope))]
         shadows = [(shadow_key(thing, name), json.loads(doc).get("leaves") or {}) for thing, name, doc in
-                   self._db.execute("SELECT thing, name, doc FROM shadows WHERE bucket = ?", (bucket,))]
+                   self._db.execute("SELECT thing, name, doc FROM shadows WHERE bucket = ? AND scope = ?",
+                                    (bucket, scope))]
         return records, shadows
 
     # -- change log --------------------------------------------------------------------------
