@@ -90,6 +90,11 @@ class Scope:
         """The regions, sorted (empty for everywhere)."""
         return [] if self.regions is None else sorted(self.regions)
 
+    def require(self, device: str, region: str) -> None:
+        """WrongRegion (421, naming where to ask) unless ``region`` may hold the device's data."""
+        if not self.includes(region):
+            raise WrongRegion.for_device(device, region, self)
+
 
 def subject(kind: str, key: str, ref: str) -> str | None:
     """The device whose scope decides where this item (a record or a shadow) may rest; None for

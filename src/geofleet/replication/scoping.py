@@ -19,8 +19,9 @@ from geofleet.store.base import Change, Store
 
 
 class PeerView:
-    def __init__(self, store: Store, global_attributes: tuple[str, ...] = ()) -> None:
+    def __init__(self, store: Store, region: str, global_attributes: tuple[str, ...] = ()) -> None:
         self._store = store
+        self._region = region
         self._global_attributes = global_attributes
 
     def may_hold(self, device: str, peer: str) -> bool:
@@ -34,12 +35,16 @@ class PeerView:
         device = subject(change.kind, change.key, change.ref)
         return change if device is None or self.may_hold(device, peer) else None
 
-    def record(self, record: Record, peer: str) -> Record:
-        """A record of a bucket the peer may see (its scope includes the peer): a thing is its
-        stub if the peer is outside the device's scope."""
-        if record.kind is Kind.THING and not self.may_hold(record.key, peer):
+    def record(self, record: Record, peer: str) -> Record | None:
+        """A stored record of a bucket the peer may see (its scope includes the peer): a thing is
+        its stub if the peer is outside the device's scope. A region outside the scope holds only
+        the stub itself, and never serves it to a region in the scope, which would take it for
+        the full record of that version and keep it (the full one arrives from a region in scope)."""
+        if record.kind is not Kind.THING:
+            return record
+        if not self.may_hold(record.key, peer):
             return replace(record, body=stub(record.body, self._global_attributes))
-        return record
+        return record if self.may_hold(record.key, self._region) else None
 
     def digests(self, peer: str) -> dict[str, dict[int, str]]:
         """This region's digests of the scopes ``peer`` is in."""

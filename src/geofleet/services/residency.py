@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from geofleet.domain.records import Kind, Record
-from geofleet.domain.residency import Scope, WrongRegion
+from geofleet.domain.residency import Scope
 from geofleet.services.ledger import Ledger
 from geofleet.store.base import Store
 
@@ -53,9 +53,7 @@ class Residency:
 
     def check_here(self, device: str) -> None:
         """WrongRegion (421, with where to ask) unless this region may hold the device's data."""
-        scope = self.scope(device)
-        if not scope.includes(self._region):
-            raise WrongRegion.for_device(device, self._region, scope)
+        self.scope(device).require(device, self._region)
 
     def _changed(self, previous: Record | None, record: Record) -> None:
         if record.kind is not Kind.THING or record.body is None:

@@ -18,6 +18,7 @@ from geofleet.domain.horizon import TombstoneHorizon
 from geofleet.domain.json_types import Json
 from geofleet.domain.leaves import Leaves
 from geofleet.domain.names import ShadowName, ShadowOp, ShadowRequest, ThingName, check_shadow_name, check_thing_name
+from geofleet.domain.residency import Scope, WrongRegion
 from geofleet.store.base import Store
 
 Publish = Callable[[str, bytes], Awaitable[None]]
@@ -53,9 +54,13 @@ class ShadowService:
         except doc.ShadowError as error:
             await self._publish(request.topic("rejected"), _encode(error.payload(now)))
             return
+        except WrongRegion as error:  # AWS has no such code: 403, as for a request not allowed here
+            await self._publish(request.topic("rejected"), _encode(doc.ShadowError(403, error.message).payload(now)))
+            return
         await self._publish(request.topic("accepted"), _encode(answer))
 
     def get(self, thing: ThingName, name: ShadowName, payload: bytes = b"") -> Json:
+        self._check_here(thing)
         _, token = doc.parse_json(payload)
         return doc.get_response(self._current(thing, name), name or thing, token, int(time.time()))
 
@@ -63,6 +68,7 @@ class ShadowService:
         """Apply an update, publish ``/accepted``, ``/documents`` and ``/delta``; return the
         accepted document. A rejection raises ShadowError: over MQTT ``handle`` publishes it on
         ``/rejected``, over HTTP it becomes the status code (and, as in AWS, no MQTT message)."""
+        self._check_here(thing)
         now, hlc = int(time.time()), self._clock.now()
         result = doc.apply_update(self._current(thing, name), doc.parse_update(payload), now,
                                   hlc=hlc, region=self._region, horizon=self._horizon.current())
@@ -93,6 +99,7 @@ class ShadowService:
             await self._publish(request.topic("delta"), _encode(delta))
 
     async def delete(self, thing: ThingName, name: ShadowName, payload: bytes = b"") -> Json:
+        self._check_here(thing)
         _, token = doc.parse_json(payload)
         hlc = self._clock.now()
         deleted, answer, ops = doc.delete(self._current(thing, name), name or thing, token, int(time.time()),
@@ -101,11 +108,18 @@ class ShadowService:
         return answer
 
     def names(self, thing: ThingName) -> list[str]:
+        self._check_here(thing)
         return self._store.shadow_names(thing)
 
     def names_after(self, thing: ThingName, after: str, limit: int) -> list[str]:
         """A page of ``names`` (keys after ``after``, at most ``limit``) for the paged listing."""
+        self._check_here(thing)
         return self._store.shadow_names_after(thing, after, limit)
+
+    def _check_here(self, thing: str) -> None:
+        """A device's shadows are read and written only in its residency scope (WrongRegion, 421,
+        names where to ask): elsewhere they do not exist, and a write would put them there."""
+        Scope.decode(self._store.scope_of(thing)).require(thing, self._region)
 
     def _current(self, thing: str, name: str) -> doc.Shadow:
         return self._store.get_shadow(thing, name) or doc.Shadow()
