@@ -61,7 +61,9 @@ class Residency:
         now = Scope.of_thing(record.body)
         before = Scope.of_thing(previous.body) if previous is not None and previous.body is not None else None
         if not now.includes(self._region):
-            if before is None or before.includes(self._region):
+            if before is None:  # first seen here: only a stray replicated item can be here, in the store
+                self._store.purge_device(record.key)
+            elif before.includes(self._region):
                 self._leave(record.key, now)
         elif before is not None and not before.includes(self._region):
             self.on_enter(record.key)
