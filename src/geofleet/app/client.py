@@ -101,10 +101,14 @@ class FleetApp:
                 async for event in stream: ...
     """
 
-    def __init__(self, regions: Sequence[Region], token: str, root_ca: Path, timeout: float = 5.0) -> None:
+    def __init__(self, regions: Sequence[Region], token: str, root_ca: Path, timeout: float = 5.0, *,
+                 prefer: Sequence[str] = ()) -> None:
+        """``prefer``: regions to call first while they are usable, in that order (an application
+        running in one region asks its own); the others follow by round trip."""
         if not regions:
             raise InvalidRequest("no regions given: the application needs at least one region's URL")
         self.regions = list(regions)
+        self._prefer = {name: i for i, name in enumerate(prefer)}
         self._by_name = {r.name: r for r in self.regions}
         self._http = httpx.AsyncClient(verify=ssl.create_default_context(cafile=str(root_ca)), timeout=timeout,
                                        headers={"Authorization": f"Bearer {token}"})
@@ -126,8 +130,9 @@ class FleetApp:
     # -- finding regions -------------------------------------------------------------------
 
     async def rank(self) -> list[Region]:
-        """Usable regions, nearest (lowest round trip to ``/health``) first: the node's own rule
-        (``domain.region_health``) applied to what each region's ``/health`` answers now."""
+        """Usable regions, the preferred ones first, then nearest (lowest round trip to
+        ``/health``) first: the node's own rule (``domain.region_health``) applied to what each
+        region's ``/health`` answers now."""
         async def probe(region: Region) -> tuple[str, float, dict[str, Any] | None]:
             started = time.perf_counter()
             try:
@@ -138,7 +143,9 @@ class FleetApp:
             return region.name, time.perf_counter() - started, report if isinstance(report, dict) else None
 
         answers = await asyncio.gather(*(probe(r) for r in self.regions))
-        self._ranked = [self._by_name[name] for name in region_health.rank(answers)]
+        nearest = region_health.rank(answers)
+        nearest.sort(key=lambda name: self._prefer.get(name, len(self._prefer)))  # stable: by round trip after
+        self._ranked = [self._by_name[name] for name in nearest]
         return self._ranked
 
     async def _about(self, device: str, method: str, path: str, **kwargs: Any) -> Any:
