@@ -90,7 +90,7 @@ def efleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EdgeFleet]:
     try:
         fleet.wait_healthy()
         with AdminClient(fleet.data, US) as api:
-            key = api.call("POST", "/enrollment-groups/factory", json={"attributes": {"owner": "Jana Schmidt"}})["key"]
+            key = api.call("POST", "/enrollment-groups/factory", json={"attributes": {"owner": "Jana_Schmidt"}})["key"]
         wait_for(lambda: all(_has_group(fleet, r) for r in REGIONS), 10, "the enrollment group in every region")
         files = root / "devices"
         files.mkdir()
@@ -104,8 +104,8 @@ def _has_group(fleet: Fleet, region: str) -> bool:
         return any(g["name"] == "factory" for g in api.call("GET", "/enrollment-groups")["enrollmentGroups"])
 
 
-def _logged(edge: EdgeFleet, line: str) -> bool:
-    return line in (edge.fleet.data.root / "up.log").read_text(errors="replace")
+def _logged(edge: EdgeFleet, region: str, line: str) -> bool:
+    return line in edge.fleet.data.region(region).log.read_text(errors="replace")
 
 
 def test_a_german_device_is_admitted_in_eu_west_1_only(efleet: EdgeFleet) -> None:
@@ -114,7 +114,7 @@ def test_a_german_device_is_admitted_in_eu_west_1_only(efleet: EdgeFleet) -> Non
         assert not efleet.device(name, region).try_connect(), f"{region} is outside the device's scope"
         line = (f"refused {name} from 127.0.0.1: device {name} keeps its data in {EU} only (its residency scope), "
                 f"not in {region}")
-        wait_for(functools.partial(_logged, efleet, line), 10, f"{region}'s log line")
+        wait_for(functools.partial(_logged, efleet, region, line), 10, f"{region}'s log line")
     device = efleet.device(name, EU).connect()
     try:
         assert device.subscribe(f"cmd/{name}/#") == [1]
@@ -159,7 +159,7 @@ def test_every_route_about_the_devices_data_answers_421_outside_its_scope(efleet
             assert {k: r.status_code for k, r in in_scope.items()} == dict.fromkeys(in_scope, 200)
             assert in_scope["locate"].json()["region"] == EU
             assert in_scope["named shadows"].json()["results"] == ["cfg"]
-            assert in_scope["describe"].json()["attributes"]["owner"] == "Jana Schmidt"
+            assert in_scope["describe"].json()["attributes"]["owner"] == "Jana_Schmidt"
             device.wait_message(f"cmd/{name}/x")
             outside = {
                 "locate": http.get(f"{us}/v1/presence/{name}"),
