@@ -329,3 +329,36 @@ def _connected(edge: EdgeFleet, name: str, region: str) -> Device | None:
     except (ConnectionRefusedError, AssertionError, OSError):
         device.close()
         return None
+
+
+GATEWAY_POLICY = {"Version": "2012-10-17", "Statement": [
+    {"Effect": "Allow", "Action": "iot:Connect",
+     "Resource": "arn:aws:iot:*:*:client/${iot:Connection.Thing.ThingName}"},
+    {"Effect": "Allow", "Action": ["iot:Publish", "iot:Receive"], "Resource": "arn:aws:iot:*:*:topic/$aws/things/*"},
+    {"Effect": "Allow", "Action": "iot:Subscribe", "Resource": "arn:aws:iot:*:*:topicfilter/$aws/things/*"},
+]}
+
+
+def test_a_gateway_cannot_write_a_scoped_devices_shadow_outside_its_scope(efleet: EdgeFleet) -> None:
+    """A gateway (unscoped, admitted everywhere) whose policy reaches every thing's shadow: in
+    us-east-1 a German device's shadow is refused with AWS's 403, and nothing of it is stored."""
+    name = efleet.provision_german()
+    with efleet.fleet.admin(US) as api:
+        api.call("POST", "/policies/gateway", json={"policyDocument": json.dumps(GATEWAY_POLICY)})
+    gateway = efleet.fleet.new_name("gw")
+    geofleet("device", "create", gateway, "--data-dir", efleet.root, "--region", US, "--out",
+             str(efleet.fleet.devices_dir), "--policy", "gateway")
+    device = efleet.fleet.device(gateway, US).connect()
+    try:
+        device.subscribe(f"$aws/things/{name}/shadow/update/+")
+        answer = device.request(f"$aws/things/{name}/shadow/update",
+                                {"state": {"reported": {"temp": 30}}, "clientToken": "t-1"})
+        assert answer.topic.endswith("/rejected")
+        body = answer.json()
+        assert (body["code"], body["clientToken"]) == (403, "t-1")
+        assert body["message"] == (f"thing {name}'s shadows rest only in {EU} (its residency scope), not in {US}: "
+                                   "connect there")
+    finally:
+        device.close()
+    with efleet.http() as http:
+        assert http.get(f"{efleet.url(EU)}/things/{name}/shadow").status_code == 404, "no shadow was written"

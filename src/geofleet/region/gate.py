@@ -11,7 +11,9 @@ authorized"): its presence, shadow requests and publishes are its data, and woul
 device is its thing when its client id is the thing (with the certificate attached); a client
 id that is not a thing is judged by every thing its certificate is attached to, so a device
 cannot bring its data here under another name. Sessions already here when the scope moves away
-are closed by ``services.residency.Residency``.
+are closed by ``services.residency.Residency``. A shadow request about another thing (a gateway
+whose policy allows it) is answered on ``/rejected`` with 403 when that thing's scope leaves
+this region out: its shadow may not be written or read here.
 """
 
 from __future__ import annotations
@@ -29,10 +31,11 @@ from geofleet.broker.base import Broker, Connection, DisconnectReason
 from geofleet.domain.events import presence_payload, thing_payload
 from geofleet.domain.jitr import CaStatus
 from geofleet.domain.lru import BoundedCache
-from geofleet.domain.names import parse_shadow_request, presence_topic, thing_event_topic
+from geofleet.domain.names import ShadowRequest, parse_shadow_request, presence_topic, thing_event_topic
 from geofleet.domain.policy import Action, Principal, is_allowed, is_claim_client_id
 from geofleet.domain.records import CertificateStatus, Kind, Record
 from geofleet.domain.residency import Scope
+from geofleet.domain.shadow import ShadowError, parse_json
 from geofleet.region.health import ProbeIdentity
 from geofleet.services.presence import PresenceDirectory
 from geofleet.services.registry import Registry
@@ -191,12 +194,26 @@ class RegionGate:
         if topic.startswith("$aws/things/"):
             request = parse_shadow_request(topic)
             if request is not None:
-                await self._shadows.handle(request, payload)
+                if self._residency.here(request.thing):
+                    await self._shadows.handle(request, payload)
+                else:
+                    await self._refuse_elsewhere(request, payload)
         else:
             for handler in self._handlers:
                 if handler.handles(topic):
                     await handler.handle(connection, topic, payload)
                     return
+
+    async def _refuse_elsewhere(self, request: ShadowRequest, payload: bytes) -> None:
+        """``/rejected`` (AWS's 403) for a shadow request about a thing whose data may not rest here."""
+        try:
+            _, token = parse_json(payload)
+        except ShadowError:
+            token = None
+        where = ", ".join(self._residency.scope(request.thing).listed())
+        error = ShadowError(403, f"thing {request.thing}'s shadows rest only in {where} (its residency scope), "
+                                 f"not in {self._region}: connect there", token)
+        await self._publish(request.topic("rejected"), error.payload(int(time.time())))
 
     # -- events ----------------------------------------------------------------------------
 
