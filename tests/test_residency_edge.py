@@ -362,3 +362,34 @@ def test_a_gateway_cannot_write_a_scoped_devices_shadow_outside_its_scope(efleet
         device.close()
     with efleet.http() as http:
         assert http.get(f"{efleet.url(EU)}/things/{name}/shadow").status_code == 404, "no shadow was written"
+
+
+ANY_CLIENT_POLICY = {"Version": "2012-10-17", "Statement": [
+    {"Effect": "Allow", "Action": "iot:Connect", "Resource": "arn:aws:iot:*:*:client/*"}]}
+
+
+def test_a_device_cannot_bring_its_data_outside_its_scope_under_another_client_id(efleet: EdgeFleet) -> None:
+    """Its certificate is judged by the things it is attached to, whatever client id it sends
+    (here with a policy that lets it connect under any client id)."""
+    name = efleet.provision_german()
+    cert_id = efleet.principals(EU, name)[0]
+    with efleet.fleet.admin(EU) as api:
+        api.call("POST", "/policies/any-client", json={"policyDocument": json.dumps(ANY_CLIENT_POLICY)})
+        api.call("PUT", f"/policies/any-client/targets/{cert_id}")
+    wait_for(lambda: _policy_targets(efleet, US, "any-client") == [cert_id], 10, "the attachment in us-east-1")
+    alias = efleet.fleet.new_name("alias")
+    assert not Device(alias, efleet.fleet.port(US), efleet.files / "ca.pem", efleet.files / f"{name}.cert.pem",
+                      efleet.files / f"{name}.key.pem").try_connect()
+    line = (f"refused {alias} from 127.0.0.1: device {name} keeps its data in {EU} only (its residency scope), "
+            f"not in {US}")
+    wait_for(functools.partial(_logged, efleet, US, line), 10, "us-east-1's log line")
+    assert Device(alias, efleet.fleet.port(EU), efleet.files / "ca.pem", efleet.files / f"{name}.cert.pem",
+                  efleet.files / f"{name}.key.pem").try_connect(), "in its scope the policy decides"
+
+
+def _policy_targets(edge: EdgeFleet, region: str, policy: str) -> list[str]:
+    with edge.fleet.admin(region) as api:
+        try:
+            return list(api.call("GET", f"/policies/{policy}/targets")["targets"])
+        except GeofleetError:
+            return []
