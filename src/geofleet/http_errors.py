@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from geofleet.domain.errors import GeofleetError
+from geofleet.domain.residency import WrongRegion
 
 
 def error_response(error: GeofleetError) -> JSONResponse:
@@ -22,9 +23,8 @@ def error_response(error: GeofleetError) -> JSONResponse:
     retry_after = getattr(error, "retry_after", None)
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
     body: dict[str, object] = {"code": error.status, "message": error.message}
-    regions = getattr(error, "regions", None)
-    if regions is not None:
-        body["regions"] = list(regions)
+    if isinstance(error, WrongRegion):
+        body["regions"] = list(error.regions)
     return JSONResponse(body, status_code=error.status, headers=headers)
 
 
