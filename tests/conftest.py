@@ -35,7 +35,7 @@ REGIONS = ["us-east-1", "eu-west-1", "ap-southeast-1"]
 # ``@pytest.mark.e2e`` themselves; everything else is a unit test, and `make test-unit` runs
 # ``-m "not e2e"``. A module may mix both: the mark is per test, never per file.
 E2E_FIXTURES = frozenset({"fleet", "ffleet", "cfleet", "hfleet", "pfleet", "rfleet", "afleet", "real_region", "pair",
-                          "short_memory", "one_region", "broker"})
+                          "short_memory", "one_region", "broker", "efleet"})
 
 # What a unit test must not do: reach the network or start a process. The unit run checks it
 # (see ``_unit_stays_in_process``), so a test that starts a fleet without the mark fails there

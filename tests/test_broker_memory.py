@@ -33,6 +33,7 @@ from geofleet.region.health import ProbeIdentity
 from geofleet.services.guard import guard_action
 from geofleet.services.presence import PresenceDirectory
 from geofleet.services.registry import Registry
+from geofleet.services.residency import Residency
 from geofleet.services.rules.actions import builtin_kinds
 from geofleet.services.rules.engine import RulesEngine
 from geofleet.services.shadows import ShadowService
@@ -167,7 +168,8 @@ def test_the_policy_decision_cache_is_bounded(tmp_path: Path) -> None:
 
     jitr = JustInTime(default_config(), "r1", registry, guard, publish, broker.trust, None, DEFAULT_RETRY_S)
     gate = RegionGate(registry, shadows, presence, broker, [], [], probe, "r1", "000000000000",
-                      decision_cache_entries=1000, customer_cas=jitr, rules=rules)
+                      decision_cache_entries=1000, customer_cas=jitr, rules=rules,
+                      residency=Residency(store, registry.ledger, "r1"))
     connection = Connection("device", "s", "cert", "device", "127.0.0.1", 0)
     for n in range(5000):  # a device publishing to a new topic each time
         gate.authorize(connection, Action.PUBLISH, f"dt/device/{n}")

@@ -20,9 +20,10 @@ import typer
 from geofleet.client import CERTIFICATES, THINGS, AdminClient, Listing, fleet_app, named_shadows
 from geofleet.config import DataDir, FleetConfig, default_config
 from geofleet.domain.endpoints import HOME_ATTRIBUTE
-from geofleet.domain.errors import ConfigError, GeofleetError
+from geofleet.domain.errors import ConfigError, GeofleetError, RegionUnreachable
 from geofleet.domain.names import check_thing_name
 from geofleet.domain.policy import DEFAULT_POLICY_NAME
+from geofleet.domain.residency import WrongRegion
 from geofleet.pki.ca import key_pem, make_csr, new_key
 from geofleet.pki.files import write_private, write_public
 
@@ -413,13 +414,43 @@ def device_move(
     data_dir: DataDirOpt,
     region: RegionOpt,
     to: Annotated[str, typer.Option("--to", help="The device's new home region.")],
+    regions: Annotated[str | None, typer.Option(
+        "--regions", help="Its permitted regions from now on, comma-separated (where its data may rest); "
+                          "default: they stay, and --to must be one of them.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Move a device's home region; its attributes and shadows are in every region already."""
-    with _client(data_dir, region) as api:
-        moved = api.call("POST", f"/things/{name}/move", json={"region": to})
+    """Move a device's home region, and with --regions its permitted regions (its data follows).
+
+    Only a region in both its old and its new permitted regions may make the move: asked
+    elsewhere, the command follows the fleet's answer to such a region."""
+    body: dict[str, Any] = {"region": to}
+    if regions is not None:
+        body["regions"] = [r.strip() for r in regions.split(",") if r.strip()]
+    moved = _call_following(data_dir, region, "POST", f"/things/{name}/move", json=body)
     order = " > ".join(e["region"] for e in moved["endpoints"])
     _print(moved, as_json, f"device {name} now lives in {to}; endpoints: {order}")
+
+
+def _call_following(data_dir: Path, region: str, method: str, path: str, **kwargs: Any) -> Any:
+    """Call ``region``; when it answers WrongRegion (421), call the regions it names instead, the
+    first that answers (their URLs are in fleet.json)."""
+    try:
+        with _client(data_dir, region) as api:
+            return api.call(method, path, **kwargs)
+    except WrongRegion as wrong:
+        known = {r.name for r in DataDir(data_dir).config().regions}
+        named = [r for r in wrong.regions if r in known]
+        if not named:
+            raise
+        unreachable: list[str] = []
+        for other in named:
+            _progress(f"{region} may not do this for the device: asking {other}")
+            try:
+                with _client(data_dir, other) as api:
+                    return api.call(method, path, **kwargs)
+            except RegionUnreachable as error:
+                unreachable.append(error.message)
+        raise RegionUnreachable("; ".join(unreachable)) from None
 
 
 @device_app.command("bootstrap")

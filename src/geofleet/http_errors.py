@@ -14,13 +14,18 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from geofleet.domain.errors import GeofleetError
+from geofleet.domain.residency import WrongRegion
 
 
 def error_response(error: GeofleetError) -> JSONResponse:
-    """The response for a ``GeofleetError`` (with ``Retry-After`` when the error says when to retry)."""
+    """The response for a ``GeofleetError`` (with ``Retry-After`` when the error says when to retry,
+    and ``regions`` when it names where to ask instead: ``WrongRegion``, 421)."""
     retry_after = getattr(error, "retry_after", None)
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-    return JSONResponse({"code": error.status, "message": error.message}, status_code=error.status, headers=headers)
+    body: dict[str, object] = {"code": error.status, "message": error.message}
+    if isinstance(error, WrongRegion):
+        body["regions"] = list(error.regions)
+    return JSONResponse(body, status_code=error.status, headers=headers)
 
 
 def install_error_shape(app: FastAPI) -> None:

@@ -9,6 +9,11 @@
   it tries every region at once, and retries until ``timeout`` while the device reconnects.
   Exactly one region holds a device's session, so at most one delivers;
 - ``get_shadow``/``update_shadow`` go to the nearest healthy region (shadows are replicated);
+- a device with a residency scope (``geofleet:regions``) has its shadows and presence only in
+  its scope's regions: a region outside answers ``WrongRegion`` (421) naming them, and every
+  call about that device (``locate``, shadows, ``send``) follows to the nearest of those that
+  answers, then goes there directly (the scope is remembered, bounded, and re-learned when a
+  region says it moved);
 - ``events`` merges every region's stream of telemetry and lifecycle events into one
   (``stream.py``): live, for dashboards;
 - ``consumer`` reads every region's journal for a durable consumer (``consumer.py``): every
@@ -33,6 +38,13 @@ from geofleet.app.stream import EventStream, Region
 from geofleet.domain import region_health
 from geofleet.domain.errors import GeofleetError, InvalidRequest, NotFound, RegionUnreachable, answer
 from geofleet.domain.json_types import Json
+from geofleet.domain.lru import BoundedCache
+from geofleet.domain.residency import Scope, WrongRegion
+
+MAX_REDIRECTS = 3
+"""How many ``WrongRegion`` answers one call follows (a scope that keeps moving is an error)."""
+REMEMBERED_SCOPES = 4096
+"""Devices whose residency scope the application remembers (least recently used go first)."""
 
 
 class DeviceOffline(GeofleetError):
@@ -89,14 +101,20 @@ class FleetApp:
                 async for event in stream: ...
     """
 
-    def __init__(self, regions: Sequence[Region], token: str, root_ca: Path, timeout: float = 5.0) -> None:
+    def __init__(self, regions: Sequence[Region], token: str, root_ca: Path, timeout: float = 5.0, *,
+                 prefer: Sequence[str] = ()) -> None:
+        """``prefer``: regions to call first while they are usable, in that order (an application
+        running in one region asks its own); the others follow by round trip."""
         if not regions:
             raise InvalidRequest("no regions given: the application needs at least one region's URL")
         self.regions = list(regions)
+        self._prefer = {name: i for i, name in enumerate(prefer)}
         self._by_name = {r.name: r for r in self.regions}
         self._http = httpx.AsyncClient(verify=ssl.create_default_context(cafile=str(root_ca)), timeout=timeout,
                                        headers={"Authorization": f"Bearer {token}"})
         self._ranked: list[Region] | None = None
+        self._scopes: BoundedCache[str, list[str]] = BoundedCache(REMEMBERED_SCOPES)
+        """Devices whose data rests in some regions only, and those regions (learned from answers)."""
         self.duplicates_dropped = 0
         """Events the merged stream dropped as already seen (a QoS 1 resend that reached two regions)."""
 
@@ -112,8 +130,9 @@ class FleetApp:
     # -- finding regions -------------------------------------------------------------------
 
     async def rank(self) -> list[Region]:
-        """Usable regions, nearest (lowest round trip to ``/health``) first: the node's own rule
-        (``domain.region_health``) applied to what each region's ``/health`` answers now."""
+        """Usable regions, the preferred ones first, then nearest (lowest round trip to
+        ``/health``) first: the node's own rule (``domain.region_health``) applied to what each
+        region's ``/health`` answers now."""
         async def probe(region: Region) -> tuple[str, float, dict[str, Any] | None]:
             started = time.perf_counter()
             try:
@@ -124,8 +143,51 @@ class FleetApp:
             return region.name, time.perf_counter() - started, report if isinstance(report, dict) else None
 
         answers = await asyncio.gather(*(probe(r) for r in self.regions))
-        self._ranked = [self._by_name[name] for name in region_health.rank(answers)]
+        nearest = region_health.rank(answers)
+        nearest.sort(key=lambda name: self._prefer.get(name, len(self._prefer)))  # stable: by round trip after
+        self._ranked = [self._by_name[name] for name in nearest]
         return self._ranked
+
+    async def _about(self, device: str, method: str, path: str, **kwargs: Any) -> Any:
+        """A call about one device's data: to its scope's regions when known, else the nearest
+        region; a ``WrongRegion`` answer names the regions to ask, and is followed (a few times:
+        the scope may move while we follow it)."""
+        regions = self._scopes.get(device)
+        for _ in range(MAX_REDIRECTS):
+            try:
+                if regions is None:
+                    return await self._nearest(method, path, **kwargs)
+                return await self._among(regions, method, path, **kwargs)
+            except WrongRegion as exc:
+                if not exc.regions or exc.regions == regions:
+                    raise
+                regions = exc.regions
+                self._scopes.put(device, regions)
+        return await self._among(regions or [], method, path, **kwargs)
+
+    async def _among(self, names: Sequence[str], method: str, path: str, **kwargs: Any) -> Any:
+        """Call the nearest of the regions ``names`` that answers (ranked first, then the rest)."""
+        ranked = self._ranked if self._ranked else await self.rank()
+        listed = [r for r in ranked if r.name in names]
+        listed += [self._by_name[n] for n in names if n in self._by_name and self._by_name[n] not in listed]
+        if not listed:
+            raise RegionUnreachable(f"the fleet says to ask {', '.join(names)}, and this application was not given "
+                                    "any of those regions' URLs")
+        errors: list[str] = []
+        for region in listed:
+            try:
+                response = await self._http.request(method, f"{region.url}{path}", **kwargs)
+            except httpx.HTTPError as exc:
+                errors.append(f"{region.name}: {type(exc).__name__}")
+                continue
+            return answer(response)
+        raise RegionUnreachable(f"none of {', '.join(names)} answered: " + "; ".join(errors))
+
+    def _learn_scope(self, device: str, thing: Json) -> None:
+        """Remember where a device's data rests, from its thing (as a region in scope answers it)."""
+        scope = Scope.of_thing(thing)
+        if scope.regions is not None and scope.regions != frozenset(r.name for r in self.regions):
+            self._scopes.put(device, scope.listed())
 
     async def _nearest(self, method: str, path: str, **kwargs: Any) -> Any:
         """Call the nearest healthy region; on a transport error, re-rank and try the next."""
@@ -148,13 +210,13 @@ class FleetApp:
     async def locate(self, device: str) -> Whereabouts:
         """Where ``device`` is connected now (``connected`` False when offline); NotFound for a
         device that has never connected, or that does not exist (the message says which)."""
-        return Whereabouts.from_json(await self._nearest("GET", f"/v1/presence/{device}"))
+        return Whereabouts.from_json(await self._about(device, "GET", f"/v1/presence/{device}"))
 
     async def send(self, device: str, topic: str, payload: bytes | str, *, qos: int = 1,
                    timeout: float = 10.0) -> str:
         """Deliver to the device's live session; returns the region that delivered it."""
         data = payload.encode() if isinstance(payload, str) else payload
-        await self._nearest("GET", f"/things/{device}")  # NotFound for an unknown device
+        self._learn_scope(device, await self._about(device, "GET", f"/things/{device}"))  # NotFound: unknown
         deadline = time.monotonic() + timeout
         delay = 0.05
         last = "not connected anywhere"
@@ -167,8 +229,10 @@ class FleetApp:
                 delivered = await self._deliver(self._by_name[where.region], device, topic, data, qos)
                 if delivered:
                     return delivered
+            scope = self._scopes.get(device)
+            candidates = [r for r in self.regions if scope is None or r.name in scope]
             found = [r for r in await asyncio.gather(*(self._deliver(region, device, topic, data, qos)
-                                                       for region in self.regions)) if r]
+                                                       for region in candidates)) if r]
             if found:
                 return found[0]
             if where is not None and where.last_seen:
@@ -185,17 +249,23 @@ class FleetApp:
                                              params={"topic": topic, "qos": qos}, content=data)
         except httpx.HTTPError:
             return None
-        if response.status_code == 404:
+        if response.status_code in (404, 421):  # not connected there; or it may not be there at all
             return None
-        answer(response)  # anything else than 200 or 404 is the caller's error: raise it
+        answer(response)  # anything else than 200, 404 or 421 is the caller's error: raise it
         return region.name
 
     async def get_shadow(self, device: str, name: str = "") -> Json:
-        return dict(await self._nearest("GET", f"/things/{device}/shadow", params={"name": name}))
+        """The device's shadow (``name``: a named shadow), from a region that holds it."""
+        return dict(await self._about(device, "GET", f"/things/{device}/shadow", params={"name": name}))
 
     async def update_shadow(self, device: str, document: Json, name: str = "") -> Json:
-        return dict(await self._nearest("POST", f"/things/{device}/shadow", params={"name": name},
-                                        json=document))
+        """An AWS update document applied in a region that holds the shadow (it replicates from there)."""
+        return dict(await self._about(device, "POST", f"/things/{device}/shadow", params={"name": name},
+                                      json=document))
+
+    async def delete_shadow(self, device: str, name: str = "") -> Json:
+        """Delete the device's shadow, in a region that holds it."""
+        return dict(await self._about(device, "DELETE", f"/things/{device}/shadow", params={"name": name}))
 
     # -- the merged stream -----------------------------------------------------------------
 

@@ -99,6 +99,24 @@ def answer(response: HttpAnswer) -> Any:
     except ValueError:
         body = None
     message = body.get("message", response.text) if isinstance(body, dict) else response.text
+    if response.status_code == 421 and isinstance(body, dict):
+        raise _wrong_region(str(message), body.get("regions"))
     error = _BY_STATUS.get(response.status_code, GeofleetError)(str(message))
     error.status = response.status_code
     raise error
+
+
+MAX_NAMED_REGIONS = 64
+"""At most this many regions are read from a 421 answer (a fleet has a handful)."""
+MAX_REGION_NAME = 64
+
+
+def _wrong_region(message: str, regions: Any) -> GeofleetError:
+    """A 421 answer as ``WrongRegion`` with the regions it names (only well-formed names, at most
+    ``MAX_NAMED_REGIONS``: whoever follows them must not be sent anywhere by a malformed answer)."""
+    # Imported here: residency's WrongRegion builds on this module's GeofleetError.
+    from geofleet.domain.residency import WrongRegion
+
+    named = [r for r in regions if isinstance(r, str) and 0 < len(r) <= MAX_REGION_NAME] \
+        if isinstance(regions, list) else []
+    return WrongRegion(message, list(dict.fromkeys(named))[:MAX_NAMED_REGIONS])

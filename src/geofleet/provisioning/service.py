@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +22,7 @@ from cryptography.x509 import CertificateSigningRequest
 
 from geofleet.config import FleetConfig
 from geofleet.domain import enrollment
-from geofleet.domain.endpoints import HOME_ATTRIBUTE, REGIONS_ATTRIBUTE, failover_order
+from geofleet.domain.endpoints import HOME_ATTRIBUTE, REGIONS_ATTRIBUTE
 from geofleet.domain.errors import Conflict, GeofleetError, InvalidRequest, Unauthorized
 from geofleet.domain.geo import Location, NoRegionAllowed, Place, choose_home
 from geofleet.domain.guard import DEFAULT_STALE_MS
@@ -31,6 +31,7 @@ from geofleet.domain.names import ThingName, check_thing_name
 from geofleet.domain.network import client_address, parse_networks
 from geofleet.domain.placement import owner
 from geofleet.domain.records import CertificateStatus
+from geofleet.domain.rescoping import plan_move
 from geofleet.pki.ca import Authority, cert_pem, csr_common_name, load_csr, sign_csr
 from geofleet.services.guard import guard_action
 from geofleet.services.region_health import RegionHealth
@@ -155,14 +156,21 @@ class Provisioner:
             await self._call(guard_owner, "complete", {**claim, "answer": answer})
         return 201, answer
 
-    def move(self, thing: str, region: str) -> Json:
-        """Migrate a device's home (an operator's decision, like DPS re-provisioning): its
-        attributes and shadows are everywhere already; what changes is its endpoint order."""
-        self._fleet.region(region)  # ConfigError for an unknown region
+    def move(self, thing: str, region: str, regions: Sequence[str] | None = None) -> Json:
+        """Migrate a device's home (an operator's decision, like DPS re-provisioning). Without
+        ``regions`` its permitted regions (its residency scope) stay, and ``region`` must be one
+        of them; with ``regions`` they become its new scope. Only a region in both the old and
+        the new scope may write the move (``domain.rescoping``: WrongRegion names them); the
+        device's data then follows the scope (``services.residency``)."""
+        body = self._registry.things.describe(thing)  # NotFound for an unknown thing
         places = [Place(r.name, r.latitude, r.longitude) for r in self._fleet.regions]
-        order = tuple(failover_order(region, [p.name for p in places], places))
-        self._registry.things.update(thing, attributes={HOME_ATTRIBUTE: region, REGIONS_ATTRIBUTE: ",".join(order)})
-        return {"thingName": thing, "homeRegion": region, "endpoints": self.endpoints(order)}
+        plan = plan_move(thing, body, region, regions, places, self._region)
+        attributes: dict[str, str | None] = {HOME_ATTRIBUTE: plan.home}
+        if plan.regions_attribute is not None:
+            attributes[REGIONS_ATTRIBUTE] = plan.regions_attribute
+        self._registry.things.update(thing, attributes=attributes, expected_version=body["version"])
+        return {"thingName": thing, "homeRegion": plan.home, "regions": plan.scope.listed() or None,
+                "endpoints": self.endpoints(plan.order)}
 
     def write_device(self, thing: ThingName, group: Json, cert_id: str, order: tuple[str, ...], previous: str | None
                      ) -> None:

@@ -5,6 +5,15 @@ Policy decisions are cached per (certificate, client, action, topic) in a bounde
 publishing to a new topic each time must not grow memory); any change to a certificate, policy
 or attachment clears the cache, and a certificate that stops being ACTIVE
 has its live sessions closed at once, as have the devices of a customer CA that stops being ACTIVE.
+
+A device whose residency scope leaves this region out is refused at CONNECT (CONNACK "not
+authorized"): its presence, shadow requests and publishes are its data, and would rest here. The
+device is its thing when its client id is the thing (with the certificate attached); a client
+id that is not a thing is judged by every thing its certificate is attached to, so a device
+cannot bring its data here under another name. Sessions already here when the scope moves away
+are closed by ``services.residency.Residency``. A shadow request about another thing (a gateway
+whose policy allows it) is answered on ``/rejected`` with 403 when that thing's scope leaves
+this region out: its shadow may not be written or read here.
 """
 
 from __future__ import annotations
@@ -22,12 +31,15 @@ from geofleet.broker.base import Broker, Connection, DisconnectReason
 from geofleet.domain.events import presence_payload, thing_payload
 from geofleet.domain.jitr import CaStatus
 from geofleet.domain.lru import BoundedCache
-from geofleet.domain.names import parse_shadow_request, presence_topic, thing_event_topic
+from geofleet.domain.names import ShadowRequest, parse_shadow_request, presence_topic, thing_event_topic
 from geofleet.domain.policy import Action, Principal, is_allowed, is_claim_client_id
 from geofleet.domain.records import CertificateStatus, Kind, Record
+from geofleet.domain.residency import Scope
+from geofleet.domain.shadow import ShadowError, parse_json
 from geofleet.region.health import ProbeIdentity
 from geofleet.services.presence import PresenceDirectory
 from geofleet.services.registry import Registry
+from geofleet.services.residency import Residency
 from geofleet.services.shadows import ShadowService
 
 log = logging.getLogger(__name__)
@@ -79,7 +91,7 @@ class RegionGate:
     def __init__(self, registry: Registry, shadows: ShadowService, presence: PresenceDirectory, broker: Broker,
                  handlers: Sequence[TopicHandler], recorders: Sequence[PublishRecorder], probe: ProbeIdentity,
                  region: str, account: str, decision_cache_entries: int = DECISION_CACHE_ENTRIES, *,
-                 customer_cas: CustomerCas, rules: MessageRules) -> None:
+                 customer_cas: CustomerCas, rules: MessageRules, residency: Residency) -> None:
         self._registry = registry
         self._shadows = shadows
         self._directory = presence
@@ -95,6 +107,7 @@ class RegionGate:
         self._version = _now_ms()
         self._tasks: set[asyncio.Task[None]] = set()
         self._customer_cas = customer_cas
+        self._residency = residency
         registry.ledger.observe(self._registry_changed)
 
     @property
@@ -123,11 +136,26 @@ class RegionGate:
             log.info("refused %s from %s: certificate %s's CA %s is not ACTIVE", client_id, ip, cert_id, ca_id)
             return None
         thing = client_id if self._registry.principals.is_attached(client_id, cert_id) else None
+        elsewhere = self._out_of_scope(thing, cert_id)
+        if elsewhere is not None:
+            device, scope = elsewhere
+            log.info("refused %s from %s: device %s keeps its data in %s only (its residency scope), not in %s",
+                     client_id, ip, device, ", ".join(scope.listed()), self._region)
+            return None
         connection = Connection(client_id, str(uuid.uuid4()), cert_id, thing, ip, _now_ms())
         if not self.authorize(connection, Action.CONNECT, client_id):
             log.info("refused %s from %s: no policy of certificate %s allows iot:Connect", client_id, ip, cert_id)
             return None
         return connection
+
+    def _out_of_scope(self, thing: str | None, cert_id: str) -> tuple[str, Scope] | None:
+        """The device (and its scope) that may not be here: the connection's thing, or without
+        one, any thing the certificate is attached to; None when every one may."""
+        for device in [thing] if thing is not None else self._registry.principals.things_of(cert_id):
+            scope = self._residency.scope(device)
+            if not scope.includes(self._region):
+                return device, scope
+        return None
 
     def authorize(self, connection: Connection, action: Action, topic: str) -> bool:
         if connection.internal:
@@ -166,12 +194,26 @@ class RegionGate:
         if topic.startswith("$aws/things/"):
             request = parse_shadow_request(topic)
             if request is not None:
-                await self._shadows.handle(request, payload)
+                if self._residency.here(request.thing):
+                    await self._shadows.handle(request, payload)
+                else:
+                    await self._refuse_elsewhere(request, payload)
         else:
             for handler in self._handlers:
                 if handler.handles(topic):
                     await handler.handle(connection, topic, payload)
                     return
+
+    async def _refuse_elsewhere(self, request: ShadowRequest, payload: bytes) -> None:
+        """``/rejected`` (AWS's 403) for a shadow request about a thing whose data may not rest here."""
+        try:
+            _, token = parse_json(payload)
+        except ShadowError:
+            token = None
+        where = ", ".join(self._residency.scope(request.thing).listed())
+        error = ShadowError(403, f"thing {request.thing}'s shadows rest only in {where} (its residency scope), "
+                                 f"not in {self._region}: connect there", token)
+        await self._publish(request.topic("rejected"), error.payload(int(time.time())))
 
     # -- events ----------------------------------------------------------------------------
 

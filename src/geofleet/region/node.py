@@ -143,7 +143,7 @@ class RegionNode:
         self._registration_code = registration_code(data.fleet_secret())
         self.gate = RegionGate(self.registry, self.shadows, self.presence, self.broker, [self.fleet_provisioning],
                                [self.journal], probe.identity, name, fleet.account, customer_cas=self.jitr,
-                               rules=self.rules)
+                               rules=self.rules, residency=self.residency)
         access = AdminAccess(data.token())
         app = create_app(name, access, [*self._routers(name, access), dashboard_routes.router(name, fleet, access)])
         self._http = EmbeddedServer(uvicorn.Config(
@@ -159,15 +159,15 @@ class RegionNode:
         return [
             health_routes.router(self.health),
             concierge_routes.router(self.concierge),
-            presence_routes.router(name, self.presence, self.registry.things, self.health, access),
-            delivery_routes.router(name, self.broker, access),
+            presence_routes.router(name, self.presence, self.registry.things, self.residency, self.health, access),
+            delivery_routes.router(name, self.broker, self.residency, access),
             stream_routes.router(name, self.broker, access),
-            things_routes.router(self.registry, access),
+            things_routes.router(name, self.registry, self.residency, access),
             thing_types_routes.router(self.registry, access),
             certificates_routes.router(self.registry, access),
             ca_certificates_routes.router(self.registry.ca_certificates, self._registration_code, access),
             policies_routes.router(self.registry, access),
-            shadows_routes.router(self.shadows, access),
+            shadows_routes.router(self.shadows, self.residency, access),
             provisioning_routes.router(self.provisioner, access),
             enrollment_routes.router(self.registry, access),
             replication_routes.router(self.replication, access, [self.journal.metrics]),
@@ -176,9 +176,12 @@ class RegionNode:
         ]
 
     def _disconnect(self, device: str) -> None:
-        """Close a device's session here (it no longer may be here: its residency scope moved)."""
-        task = asyncio.ensure_future(self.broker.disconnect(lambda c: c.client_id == device,
-                                                            DisconnectReason.FORBIDDEN_ACCESS))
+        """Close a device's sessions here (it no longer may be here: its residency scope moved):
+        its thing's, and any its certificates opened under another client id (the gate refuses
+        both from now on)."""
+        certificates = set(self.registry.principals.of_thing(device))
+        task = asyncio.ensure_future(self.broker.disconnect(
+            lambda c: c.client_id == device or c.certificate_id in certificates, DisconnectReason.FORBIDDEN_ACCESS))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 

@@ -1,4 +1,7 @@
-"""``POST /v1/devices/<device>/messages``: deliver to a device's live session in this region."""
+"""``POST /v1/devices/<device>/messages``: deliver to a device's live session in this region.
+
+A device whose residency scope leaves this region out is never connected here (admission refuses
+it): 421 names the regions to ask rather than a 404 that would send the caller looking."""
 
 from __future__ import annotations
 
@@ -9,11 +12,12 @@ from geofleet.domain.errors import Conflict, InvalidRequest, NotFound
 from geofleet.domain.json_types import Json
 from geofleet.region.routes.access import AdminAccess
 from geofleet.region.routes.params import Device
+from geofleet.services.residency import Residency
 
 MAX_TOPIC_LENGTH = 256
 
 
-def router(region: str, broker: Broker, access: AdminAccess) -> APIRouter:
+def router(region: str, broker: Broker, residency: Residency, access: AdminAccess) -> APIRouter:
     routes = APIRouter(tags=["presence"], dependencies=access.guard)
 
     @routes.post("/v1/devices/{device}/messages")
@@ -21,6 +25,7 @@ def router(region: str, broker: Broker, access: AdminAccess) -> APIRouter:
         """Deliver to the device's live connection in this region (only there: no broadcast)."""
         if not topic or len(topic) > MAX_TOPIC_LENGTH or "+" in topic or "#" in topic:
             raise InvalidRequest(f"topic must be 1-{MAX_TOPIC_LENGTH} characters without wildcards")
+        residency.check_here(device)
         payload = await request.body()
         connection = broker.connection(device)
         if connection is None or connection.internal:

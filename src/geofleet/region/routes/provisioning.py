@@ -3,17 +3,22 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
 from geofleet.domain.json_types import Json
 from geofleet.domain.network import join_forwarded
+from geofleet.domain.rescoping import MAX_MOVE_REGIONS
 from geofleet.provisioning.service import Provisioner, ProvisionRequest, Timings
 from geofleet.region.routes.access import AdminAccess
 
 
 class MoveIn(BaseModel):
     region: str = Field(max_length=64)
+    regions: list[Annotated[str, Field(max_length=64)]] | None = Field(default=None, max_length=MAX_MOVE_REGIONS)
+    """The device's permitted regions from now on (its residency scope); None: they stay."""
 
 
 class ProvisionIn(BaseModel):
@@ -44,7 +49,9 @@ def router(provisioner: Provisioner, access: AdminAccess) -> APIRouter:
 
     @routes.post("/things/{name}/move", dependencies=access.guard)
     async def move_device(name: str, body: MoveIn) -> Json:
-        """Give a device a new home region; answers its new endpoint order."""
-        return provisioner.move(name, body.region)
+        """Give a device a new home region (and, with ``regions``, new permitted regions);
+        answers its new endpoint order. 421 with ``regions`` when only another region may make
+        this move (one in both the old and the new scope), 400 when none may in one step."""
+        return provisioner.move(name, body.region, body.regions)
 
     return routes

@@ -1,4 +1,11 @@
-"""``/things``: AWS IoT's things and their principals (attached certificates)."""
+"""``/things``: AWS IoT's things and their principals (attached certificates).
+
+A thing of a device whose residency scope leaves this region out is held here as its stub
+(``domain.residency``): describe, update and delete answer 421 with the regions to ask, since
+the stub is not the thing and an update built on it would erase its attributes everywhere. The
+listing shows stubs as they are (name, type, version, the global attributes): it says which
+devices exist and where they live, nothing more. A write that changes ``geofleet:regions`` must
+be made in a region of both the old and the new scope (``domain.rescoping``)."""
 
 from __future__ import annotations
 
@@ -9,9 +16,13 @@ from pydantic import BaseModel, Field
 
 from geofleet.domain.json_types import Json
 from geofleet.domain.paging import MAX_TOKEN_LENGTH, page_of
+from geofleet.domain.registry_rules import merge_attributes
+from geofleet.domain.rescoping import check_rescope
+from geofleet.domain.residency import Scope
 from geofleet.region.routes.access import UNSIZED_PAGE, AdminAccess, next_field
 from geofleet.region.routes.params import Thing
 from geofleet.services.registry import Registry
+from geofleet.services.residency import Residency
 
 MAX_THINGS_PAGE = 250
 """AWS ListThings' largest ``maxResults``."""
@@ -30,7 +41,7 @@ class ThingUpdate(BaseModel):
     expectedVersion: int | None = None
 
 
-def router(registry: Registry, access: AdminAccess) -> APIRouter:
+def router(region: str, registry: Registry, residency: Residency, access: AdminAccess) -> APIRouter:
     routes = APIRouter(tags=["things"], dependencies=access.guard)
 
     @routes.get("/things")
@@ -46,20 +57,29 @@ def router(registry: Registry, access: AdminAccess) -> APIRouter:
     @routes.post("/things/{thing}", status_code=201)
     async def create_thing(thing: Thing, body: ThingIn | None = None) -> Json:
         body = body or ThingIn()
+        residency.check_here(thing)
+        check_rescope(thing, Scope.everywhere(), Scope.of_thing({"attributes": body.attributes}), region)
         return registry.things.create(thing, body.thingTypeName, body.attributes)
 
     @routes.get("/things/{thing}")
     async def describe_thing(thing: Thing) -> Json:
+        residency.check_here(thing)
         return registry.things.describe(thing)
 
     @routes.patch("/things/{thing}")
     async def update_thing(thing: Thing, body: ThingUpdate) -> Json:
+        residency.check_here(thing)
+        if body.attributes is not None:
+            current = registry.things.describe(thing)
+            after = merge_attributes(current.get("attributes") or {}, body.attributes, body.merge)
+            check_rescope(thing, Scope.of_thing(current), Scope.of_thing({"attributes": after}), region)
         return registry.things.update(thing, attributes=body.attributes, merge=body.merge,
                                       type_name=body.thingTypeName, remove_type=body.removeThingType,
                                       expected_version=body.expectedVersion)
 
     @routes.delete("/things/{thing}", status_code=204)
     async def delete_thing(thing: Thing, expectedVersion: int | None = None) -> None:
+        residency.check_here(thing)
         registry.things.delete(thing, expectedVersion)
 
     @routes.get("/things/{thing}/principals")
