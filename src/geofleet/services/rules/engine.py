@@ -146,7 +146,7 @@ class RulesEngine:
                         if channel is None:
                             immediate.append((rule, match, kind_name, prepared))
                         else:
-                            self._store.enqueue(channel, prepared, message.timestamp_ms)
+                            self._store.enqueue(channel, prepared, message.timestamp_ms, message.client_id)
                             woken.add(channel)
                     except GeofleetError as error:
                         failures.setdefault(rule.name, []).append(failure(kind_name, _resource(fields),
@@ -203,7 +203,7 @@ class RulesEngine:
                 await self._broker.publish(str(prepared["topic"]), payload, int(prepared["qos"]))
             else:
                 with self._store.atomic():
-                    self._store.enqueue(channel, prepared, now_ms())
+                    self._store.enqueue(channel, prepared, now_ms(), message.client_id)
                 self._wake({channel})
         except GeofleetError as error:
             log.error("rule %s: its errorAction (%s) failed too: %s", rule, kind_name, error.message)
