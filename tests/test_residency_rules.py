@@ -17,6 +17,7 @@ outbox rows and dead letters, and only that device's.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import socket
@@ -29,20 +30,25 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from geofleet.broker.amqtt_broker import EmbeddedBroker
 from geofleet.domain.errors import GeofleetError
 from geofleet.domain.hlc import Clock
 from geofleet.domain.names import ThingName
 from geofleet.domain.residency import WrongRegion
+from geofleet.domain.rules import FleetContext
 from geofleet.domain.rules_sql import Message
 from geofleet.pki.ca import create_root
 from geofleet.services.registry import Registry
 from geofleet.services.residency import Residency
 from geofleet.services.rules.actions import Matched, builtin_kinds
+from geofleet.services.rules.admin import RuleAdmin
+from geofleet.services.rules.engine import RulesEngine
 from geofleet.store.journal import SqliteJournal
 from geofleet.store.rules_sqlite import RulesStore
 from geofleet.store.sqlite import SqliteStore
 from tests.conftest import REGIONS, Fleet
 from tests.helpers import examples, wait_for
+from tests.test_broker_memory import _write_pki
 from tests.test_http_hardening import peer_http
 from tests.test_rules import HTTP_ENV, create_rule, observed_fleet, observer, outbox, payloads
 
@@ -267,6 +273,61 @@ def test_a_forward_outside_the_publishers_scope_is_refused_naming_the_scope(
     assert prepare("unknown", A)["clientId"] == "unknown"  # not a thing: everywhere, as before
     registry.things.update("de-1", attributes={REGIONS_ATTRIBUTE: "eu-west-1,us-east-1"})
     assert prepare("de-1", A)["clientId"] == "de-1"
+
+
+def test_a_row_purged_while_it_was_being_delivered_is_not_brought_back_as_a_dead_letter() -> None:
+    store = RulesStore(":memory:")
+    row_id = store.enqueue("http", {"clientId": "de-1"}, 0, "de-1")
+    row = store.batch("http", 1, 1 << 20)[0]
+    assert store.purge_device("de-1") == 1  # while a sender awaited the webhook
+    assert store.dead_letter("http", row, "r", {"http": {"url": "u"}}, "gave up", 1) is False
+    assert store.dead_letters() == []
+    assert store.depth() == {}
+    assert row.id == row_id
+
+
+@pytest.fixture
+def engine(tmp_path: Path, residency: tuple[Registry, Residency]) -> tuple[Registry, RulesEngine, RulesStore]:
+    """eu-west-1's rules engine over a real store and registry; its broker is built, never started
+    (the rules below only queue durable actions)."""
+    registry, scopes = residency
+    files = _write_pki(tmp_path)
+    broker = EmbeddedBroker("127.0.0.1", 1, files["server"], files["server_key"], files["ca"])
+    rules_store = RulesStore(":memory:")
+    engine = RulesEngine(registry.ledger, rules_store, broker, builtin_kinds(frozenset(REGIONS), scopes), B, scopes)
+    admin = RuleAdmin(registry.ledger, FleetContext(frozenset(REGIONS), B))
+    admin.create("to_us", {"sql": "SELECT * FROM 'dt/+/t'", "actions": [{"forward": {"region": A}}],
+                           "errorAction": {"http": {"url": "https://errors.example/hook"}}})
+    return registry, engine, rules_store
+
+
+def _http_rows(store: RulesStore) -> list[dict[str, Any]]:
+    return [json.loads(base64.b64decode(row.body["payload"])) for row in store.batch("http", 100, 1 << 20)]
+
+
+def test_the_error_action_gets_aws_payload_naming_the_scope(engine: tuple[Registry, RulesEngine, RulesStore]) -> None:
+    registry, rules, store = engine
+    registry.things.create(ThingName("de-1"), attributes={REGIONS_ATTRIBUTE: "eu-west-1"})
+    asyncio.run(rules.process(Message("dt/de-1/t", b'{"x":1}', "de-1", "", 5)))
+    assert store.batch(f"forward:{A}", 10, 1 << 20) == []
+    assert _http_rows(store) == [{
+        "ruleName": "to_us", "topic": "dt/de-1/t", "clientId": "de-1", "base64OriginalPayload": "eyJ4IjoxfQ==",
+        "failures": [{"failedAction": "ForwardAction", "failedResource": A, "errorMessage": (
+            "device 'de-1' may keep its data only in eu-west-1 (its residency scope): its messages are not "
+            "forwarded to us-east-1")}]}]
+    assert [row.device for row in store.batch("http", 10, 1 << 20)] == ["de-1"]  # purged with its device
+    assert rules.counters["actionsFailed"] == 1
+
+
+def test_the_rules_do_not_act_on_a_message_of_a_device_whose_data_may_not_rest_here(
+        engine: tuple[Registry, RulesEngine, RulesStore]) -> None:
+    registry, rules, store = engine
+    registry.things.create(ThingName("us-1"), attributes={REGIONS_ATTRIBUTE: "us-east-1"})
+    registry.things.create(ThingName("free-1"))
+    asyncio.run(rules.process(Message("dt/us-1/t", b"{}", "us-1", "", 5)))  # a Last Will as eu-west-1 left its scope
+    assert (store.depth(), rules.counters["outOfScope"], rules.counters["matched"]) == ({}, 1, 0)
+    asyncio.run(rules.process(Message("dt/free-1/t", b"{}", "free-1", "", 5)))
+    assert [row.device for row in store.batch(f"forward:{A}", 10, 1 << 20)] == ["free-1"]
 
 
 # -- end to end: three regions, a device scoped to eu-west-1 -----------------------------------

@@ -114,7 +114,7 @@ class RegionNode:
                                    self._disconnect)
         regions = frozenset(r.name for r in fleet.regions)
         self.rules = RulesEngine(self.registry.ledger, self.rules_store, self.broker,
-                                 {**builtin_kinds(regions, self.residency), **aws_kinds()}, name)
+                                 {**builtin_kinds(regions, self.residency), **aws_kinds()}, name, self.residency)
         self.rule_admin = RuleAdmin(self.registry.ledger, FleetContext(regions, name, missing_aws_kinds()))
         forward_inbox = ForwardInbox(self.rules_store, self.broker, self.rules, self.residency, name)
         self.replication = Replication(data, fleet, name, self.store, self.registry.ledger, self.shadows,

@@ -178,13 +178,17 @@ class RulesStore:
         row = self._db.execute("SELECT MIN(due_ms) FROM rule_outbox WHERE channel = ?", (channel,)).fetchone()
         return None if row[0] is None else int(row[0])
 
-    def remove(self, channel: str, ids: list[int]) -> None:
+    def remove(self, channel: str, ids: list[int]) -> int:
+        """Delete these rows of ``channel``; how many were still there."""
+        removed = 0
         for row_id in ids:
             found = self._db.execute("DELETE FROM rule_outbox WHERE id = ? AND channel = ? RETURNING bytes",
                                      (row_id, channel)).fetchone()
             if found is not None:
+                removed += 1
                 count, size = self._sizes.get(channel, [1, found[0]])
                 self._sizes[channel] = [count - 1, size - found[0]]
+        return removed
 
     def retry_later(self, row_id: int, attempts: int, due_ms: int) -> None:
         self._db.execute("UPDATE rule_outbox SET attempts = ?, due_ms = ? WHERE id = ?", (attempts, due_ms, row_id))
@@ -195,16 +199,20 @@ class RulesStore:
     # -- dead letters ----------------------------------------------------------------------
 
     def dead_letter(self, channel: str, row: OutboxRow, rule: str, action: dict[str, Any], error: str,
-                    now_ms: int) -> None:
-        """Move ``row`` out of the outbox into the dead letters, in one transaction."""
+                    now_ms: int) -> bool:
+        """Move ``row`` out of the outbox into the dead letters, in one transaction. False (and
+        nothing written) when the row is no longer in the outbox: ``purge_device`` deleted it
+        while a sender was delivering it, and what was purged must not come back."""
         with self.atomic():
-            self.remove(channel, [row.id])
+            if not self.remove(channel, [row.id]):
+                return False
             self._db.execute("INSERT INTO rule_dead_letters (rule, action, body, error, attempts, failed_ms, device) "
                              "VALUES (?, ?, ?, ?, ?, ?, ?)",
                              (rule, json.dumps(action), json.dumps(row.body), error, row.attempts, now_ms,
                               row.device or _client_id(row.body)))
             self._db.execute("DELETE FROM rule_dead_letters WHERE id <= (SELECT MAX(id) FROM rule_dead_letters) - ?",
                              (self._max_dead,))
+        return True
 
     def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
         rows = self._db.execute("SELECT id, rule, action, body, error, attempts, failed_ms FROM rule_dead_letters "

@@ -229,8 +229,9 @@ class RetryingSender(_Wakeable):
                    else f"{failed.problem} (gave up after {attempts} attempts)")
         rule = str(body.get("rule", ""))
         kind, resource = self.describe(body)
-        self._store.dead_letter(self.channel, dataclasses.replace(row, attempts=attempts), rule,
-                                {kind: {_RESOURCE_FIELD.get(kind, "resource"): resource}}, message, now_ms())
+        if not self._store.dead_letter(self.channel, dataclasses.replace(row, attempts=attempts), rule,
+                                       {kind: {_RESOURCE_FIELD.get(kind, "resource"): resource}}, message, now_ms()):
+            return  # purged meanwhile (this region left its device's residency scope): nothing to report here
         self.dead += 1
         log.warning("rule %s: %s action to %s dead-lettered: %s", rule, kind, resource, message)
         error_action = body.get("errorAction")
