@@ -161,7 +161,9 @@ def test_the_policy_decision_cache_is_bounded(tmp_path: Path) -> None:
     broker = EmbeddedBroker("127.0.0.1", _free_port(), files["server"], files["server_key"], files["ca"])
     presence = PresenceDirectory(store, registry.ledger, clock, "r1", broker)
     probe = ProbeIdentity("probe-cert", "probe", "$geofleet/probe/r1")
-    rules = RulesEngine(registry.ledger, RulesStore(":memory:"), broker, builtin_kinds(frozenset({"r1"})), "r1")
+    residency = Residency(store, registry.ledger, "r1")
+    rules = RulesEngine(registry.ledger, RulesStore(":memory:"), broker, builtin_kinds(frozenset({"r1"}), residency),
+                        "r1", residency)
 
     async def guard(_key: str, action: str, body: Json) -> Json:  # the region owns every key here
         return guard_action(store, action, body)

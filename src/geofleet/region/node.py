@@ -110,19 +110,21 @@ class RegionNode:
             log.info("region %s: %d device session(s) ended with the previous process", name, ended)
         probe = BrokerProbe(authority, self.config, data.trust_bundle, paths.root)
         self.rules_store = RulesStore(paths.root / "rules.db")
+        self.residency = Residency(self.store, self.registry.ledger, name, [self.journal, self.rules_store],
+                                   self._disconnect)
         regions = frozenset(r.name for r in fleet.regions)
         self.rules = RulesEngine(self.registry.ledger, self.rules_store, self.broker,
-                                 {**builtin_kinds(regions), **aws_kinds()}, name)
+                                 {**builtin_kinds(regions, self.residency), **aws_kinds()}, name, self.residency)
         self.rule_admin = RuleAdmin(self.registry.ledger, FleetContext(regions, name, missing_aws_kinds()))
-        forward_inbox = ForwardInbox(self.rules_store, self.broker, self.rules)
-        self.residency = Residency(self.store, self.registry.ledger, name, [self.journal], self._disconnect)
+        forward_inbox = ForwardInbox(self.rules_store, self.broker, self.rules, self.residency, name)
         self.replication = Replication(data, fleet, name, self.store, self.registry.ledger, self.shadows,
                                        self.residency, lambda: self.health.local(), horizon, forward_inbox)
         aws_policy = RetryPolicy.from_env(os.environ, "GEOFLEET_RULES_AWS")
         self.rule_senders = RuleSenders(
             sorted(self.replication.peers), self.rules_store, self.rules, self.replication.call_peer,
             RetryPolicy.from_env(os.environ),
-            others=aws_senders(self.rules_store, self.rules, aws_policy, AwsClients.from_env(os.environ, aws_policy)))
+            others=aws_senders(self.rules_store, self.rules, aws_policy, AwsClients.from_env(os.environ, aws_policy)),
+            scopes=self.residency)
         self.health = Health(name, self.store, self.broker, probe, list(self.replication.peers),
                              self.replication.get_peer, self.replication.failing_links)
         self.concierge = Concierge(fleet, name, self.registry.things, self.health)

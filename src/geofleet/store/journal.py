@@ -123,15 +123,36 @@ class SqliteJournal:
 
     def purge_device(self, device: str) -> int:
         """Delete a device's entries (this region left its residency scope); a scan, as it is
-        rare and the journal is bounded. Consumers see a gap in the positions."""
+        rare and the journal is bounded. Consumers see a gap in the positions; purged entries are
+        not counted as ``dropped`` (retention did not drop them: they may no longer be here).
+
+        The entries after the first one purged get their running ``total_bytes`` recomputed in
+        the same transaction: ``held_bytes`` and the byte bound of ``prune`` read differences of
+        it, which would otherwise still count the purged payloads."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            gone = self._db.execute("DELETE FROM journal WHERE client_id = ?", (device,)).rowcount
+            row = self._db.execute("SELECT total_bytes - length(payload) FROM journal ORDER BY seq LIMIT 1").fetchone()
+            before_oldest = int(row[0]) if row else self._total
+            gone = [int(seq) for (seq,) in self._db.execute(
+                "DELETE FROM journal WHERE client_id = ? RETURNING seq", (device,)).fetchall()]
+            total = self._total
+            if gone:
+                first = min(gone)
+                row = self._db.execute("SELECT total_bytes FROM journal WHERE seq < ? ORDER BY seq DESC LIMIT 1",
+                                       (first,)).fetchone()
+                base = int(row[0]) if row else before_oldest
+                self._db.execute(
+                    "UPDATE journal SET total_bytes = running.total FROM (SELECT seq, ? + SUM(length(payload)) "
+                    "OVER (ORDER BY seq) AS total FROM journal WHERE seq > ?) AS running "
+                    "WHERE journal.seq = running.seq", (base, first))
+                row = self._db.execute("SELECT total_bytes FROM journal ORDER BY seq DESC LIMIT 1").fetchone()
+                total = int(row[0]) if row else base
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
-        return int(gone)
+        self._total = total
+        return len(gone)
 
     def dropped(self) -> int:
         """Entries retention has dropped since the journal was created."""

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from geofleet.domain.errors import InvalidRequest
 from geofleet.domain.rules_sql import Message, substitute
+from geofleet.services.rules.residency import Scopes, check_forward
 
 MAX_REPUBLISH_HOPS = 4
 """How many republishes one device message may go through (rule A republishes to rule B's topic,
@@ -73,10 +74,14 @@ class Republish:
 
 
 class Forward:
+    """Sends the message to another region's broker (and rules); only to a region of the
+    publishing device's residency scope (``services.rules.residency``)."""
+
     kind = "forward"
 
-    def __init__(self, regions: frozenset[str]) -> None:
+    def __init__(self, regions: frozenset[str], scopes: Scopes) -> None:
         self._regions = regions
+        self._scopes = scopes
 
     def channel(self, fields: Mapping[str, Any]) -> str | None:
         return f"forward:{fields['region']}"
@@ -85,6 +90,7 @@ class Forward:
         if fields.get("region") not in self._regions:  # a rule replicated from a region configured otherwise
             raise InvalidRequest(f"{fields.get('region')!r} is not a region this node forwards to")
         message = matched.message
+        check_forward(self._scopes, message.client_id, str(fields["region"]))
         topic = substitute(str(fields["topic"]), message) if fields.get("topic") else message.topic
         return {"rule": matched.rule, "topic": topic, "qos": int(fields.get("qos", 0)),
                 "payload": b64(matched.output), "clientId": message.client_id, "principal": message.principal,
@@ -104,7 +110,7 @@ class Http:
                 "original": b64(message.payload), "errorAction": matched.error_action}
 
 
-def builtin_kinds(regions: frozenset[str]) -> dict[str, ActionKind]:
-    """Every action kind of a node whose fleet has ``regions``."""
-    kinds: list[ActionKind] = [Republish(), Forward(regions), Http()]
+def builtin_kinds(regions: frozenset[str], scopes: Scopes) -> dict[str, ActionKind]:
+    """Every action kind of a node whose fleet has ``regions`` (``scopes``: its devices' residency)."""
+    kinds: list[ActionKind] = [Republish(), Forward(regions, scopes), Http()]
     return {k.kind: k for k in kinds}

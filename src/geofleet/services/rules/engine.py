@@ -13,6 +13,11 @@ Rules are compiled once (SQL parsed, FROM filters in a topic trie) and again whe
 changes, here or by replication: a message costs one trie lookup, whatever the number of rules
 that do not match it. A rule whose record cannot be compiled (written by a newer version, or for
 a region this node does not know) is skipped with a log line rather than breaking the others.
+
+Residency: the rules do not run on a message whose device may not keep its data in this region
+(a Last Will published as the region left the device's scope, a forward that raced a scope
+change): what they produce would rest here. Such messages are counted (``outOfScope``) and
+logged. A forward's target must be in the device's scope too (``services.rules.residency``).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from geofleet.domain.rules_sql import Message, Statement, evaluate, fields_of, p
 from geofleet.domain.topics import TopicFilterIndex
 from geofleet.services.ledger import Ledger
 from geofleet.services.rules.actions import MAX_REPUBLISH_HOPS, ActionKind, Matched, encode_output
+from geofleet.services.rules.residency import Scopes
 from geofleet.store.rules_sqlite import RulesStore
 
 log = logging.getLogger(__name__)
@@ -52,8 +58,10 @@ class CompiledRule:
 
 class RulesEngine:
     def __init__(self, ledger: Ledger, store: RulesStore, broker: Broker, kinds: Mapping[str, ActionKind],
-                 region: str) -> None:
+                 region: str, scopes: Scopes) -> None:
+        """``scopes``: the devices' residency scopes (which messages this region may act on)."""
         self._region = region
+        self._scopes = scopes
         self._ledger = ledger
         self._store = store
         self._broker = broker
@@ -64,7 +72,7 @@ class RulesEngine:
         self._stale = True
         self._wakers: dict[str, list[Any]] = {}
         self._failure_log: dict[str, tuple[float, int]] = {}
-        self.counters = {"evaluated": 0, "matched": 0, "actionsFailed": 0, "republishHopLimit": 0}
+        self.counters = {"evaluated": 0, "matched": 0, "actionsFailed": 0, "republishHopLimit": 0, "outOfScope": 0}
         ledger.observe(self._changed)
 
     # -- the rule set ----------------------------------------------------------------------
@@ -113,6 +121,12 @@ class RulesEngine:
             self._compile()
         if not self._rules:
             return
+        if not self._scopes.scope(message.client_id).includes(self._region):
+            self.counters["outOfScope"] += 1
+            self._log_limited("(residency)", f"rules: device {message.client_id!r} may not keep its "
+                              f"data in {self._region} (its residency scope): its message on {message.topic} is "
+                              "not acted on here")
+            return
         matched: list[tuple[CompiledRule, Matched]] = []
         filters = self._index.match(message.topic)
         fields = fields_of(message.payload) if filters else None  # decoded once for every rule
@@ -146,7 +160,7 @@ class RulesEngine:
                         if channel is None:
                             immediate.append((rule, match, kind_name, prepared))
                         else:
-                            self._store.enqueue(channel, prepared, message.timestamp_ms)
+                            self._store.enqueue(channel, prepared, message.timestamp_ms, message.client_id)
                             woken.add(channel)
                     except GeofleetError as error:
                         failures.setdefault(rule.name, []).append(failure(kind_name, _resource(fields),
@@ -166,16 +180,19 @@ class RulesEngine:
                 await self.run_error_action(rule_name, failed_rule.error_action, message, failed)
 
     def _log_failure(self, rule: str, topic: str, problem: str) -> None:
-        """At most one line per rule every ``FAILURE_LOG_INTERVAL_S`` (a device publishing fast
-        into a failing rule must not flood the log); the lines say how many were not logged."""
+        self._log_limited(rule, f"rule {rule}: action(s) failed for {topic}: {problem}")
+
+    def _log_limited(self, key: str, line: str) -> None:
+        """At most one line per key (a rule) every ``FAILURE_LOG_INTERVAL_S`` (a device publishing
+        fast into a failing rule must not flood the log); the lines say how many were not logged."""
         now = time.monotonic()
-        last, skipped = self._failure_log.get(rule, (0.0, 0))
+        last, skipped = self._failure_log.get(key, (0.0, 0))
         if now - last < FAILURE_LOG_INTERVAL_S:
-            self._failure_log[rule] = (last, skipped + 1)
+            self._failure_log[key] = (last, skipped + 1)
             return
-        self._failure_log[rule] = (now, 0)
-        more = f" ({skipped} more failure(s) since the last line)" if skipped else ""
-        log.warning("rule %s: action(s) failed for %s: %s%s", rule, topic, problem, more)
+        self._failure_log[key] = (now, 0)
+        more = f" ({skipped} more since the last line)" if skipped else ""
+        log.warning("%s%s", line, more)
 
     async def _run_immediate(self, kind: str, prepared: dict[str, Any], match: Matched) -> None:
         if kind != "republish":
@@ -203,7 +220,7 @@ class RulesEngine:
                 await self._broker.publish(str(prepared["topic"]), payload, int(prepared["qos"]))
             else:
                 with self._store.atomic():
-                    self._store.enqueue(channel, prepared, now_ms())
+                    self._store.enqueue(channel, prepared, now_ms(), message.client_id)
                 self._wake({channel})
         except GeofleetError as error:
             log.error("rule %s: its errorAction (%s) failed too: %s", rule, kind_name, error.message)

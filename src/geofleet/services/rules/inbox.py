@@ -8,6 +8,10 @@ as *forwarded*: their forward actions do not run, so a message never loops betwe
 The position moves after the items are handled; a batch whose answer was lost comes again and
 its items are recognised, so a subscriber sees each message once (at least once if this region
 dies between publishing an item and storing its position).
+
+An item about a device whose residency scope, as this region knows it, leaves this region out
+is refused (neither published nor run through the rules): the sender dead-letters it, as no
+retry would change the answer (``services.rules.residency``).
 """
 
 from __future__ import annotations
@@ -20,20 +24,26 @@ from typing import Any
 from geofleet.broker.base import Broker
 from geofleet.domain.errors import InvalidRequest
 from geofleet.domain.limits import MAX_CLIENT_ID_BYTES, payload_problem, topic_name_problem
+from geofleet.domain.residency import WrongRegion
 from geofleet.domain.rules_sql import Message
 from geofleet.services.rules.engine import RulesEngine
+from geofleet.services.rules.residency import Scopes, check_received
 from geofleet.store.rules_sqlite import RulesStore
 
 MAX_ITEMS = 1000
 
 
 class ForwardInbox:
-    def __init__(self, store: RulesStore, broker: Broker, engine: RulesEngine) -> None:
+    def __init__(self, store: RulesStore, broker: Broker, engine: RulesEngine, scopes: Scopes, region: str) -> None:
+        """``scopes``: the devices' residency scopes; ``region``: this region (the receiver)."""
         self._store = store
         self._broker = broker
         self._engine = engine
+        self._scopes = scopes
+        self._region = region
         self._locks: dict[str, asyncio.Lock] = {}
         self.received = 0
+        self.out_of_scope = 0
 
     async def receive(self, origin: str, body: dict[str, Any]) -> dict[str, Any]:
         """Take a batch from ``origin`` (already authenticated as that region); answers how far
@@ -50,6 +60,10 @@ class ForwardInbox:
                     continue
                 try:
                     message, qos = _check_item(item)
+                    check_received(self._scopes, message.client_id, self._region)
+                except WrongRegion as error:
+                    self.out_of_scope += 1
+                    refused.append({"seq": seq, "errorMessage": error.message})
                 except InvalidRequest as error:
                     refused.append({"seq": seq, "errorMessage": error.message})
                 else:

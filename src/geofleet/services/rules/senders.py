@@ -6,7 +6,9 @@ A forward sender pushes its channel's rows in order, in batches, over the peer c
 rows deleted. A region that is down simply leaves the rows in place: the sender retries with
 jittered backoff (at most ``FORWARD_BACKOFF_MAX_S`` apart) and empties the backlog when the
 region is back; nothing is sent twice except a batch whose answer was lost, which the receiver
-recognises (its position per origin and epoch).
+recognises (its position per origin and epoch). A row whose device's residency scope no longer
+includes the target (it was queued before a ``device move`` or a narrowed scope) is not sent: it
+is dead-lettered with the reason (``services.rules.residency``).
 
 The webhook sender POSTs each row's payload; a failure (connection error, timeout, a status
 other than 2xx) is retried with exponential backoff; after ``HttpPolicy.attempts`` tries the row
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -26,9 +29,11 @@ from typing import Any
 
 import httpx
 
+from geofleet.domain.residency import WrongRegion
 from geofleet.domain.rules import failure
 from geofleet.domain.rules_sql import Message
 from geofleet.services.rules.engine import RulesEngine, now_ms
+from geofleet.services.rules.residency import Scopes, check_forward
 from geofleet.store.rules_sqlite import OutboxRow, RulesStore
 
 log = logging.getLogger(__name__)
@@ -81,14 +86,16 @@ class _Wakeable:
 
 
 class ForwardSender(_Wakeable):
-    def __init__(self, target: str, store: RulesStore, post: PostToPeer) -> None:
+    def __init__(self, target: str, store: RulesStore, post: PostToPeer, scopes: Scopes) -> None:
         super().__init__()
         self.target = target
         self.channel = f"forward:{target}"
         self._store = store
         self._post = post
+        self._scopes = scopes
         self.paused = False
         self.sent = 0
+        self.out_of_scope = 0
         self.last_error: str | None = None
 
     async def run(self) -> None:
@@ -97,6 +104,9 @@ class ForwardSender(_Wakeable):
             rows = [] if self.paused else self._store.batch(self.channel, FORWARD_BATCH, FORWARD_BATCH_BYTES)
             if not rows:
                 await self.idle(IDLE_CHECK_S)
+                continue
+            rows = self._in_scope(rows)
+            if not rows:
                 continue
             try:
                 answer = await self._post(self.target, "/v1/forward", {
@@ -127,8 +137,26 @@ class ForwardSender(_Wakeable):
                 self._store.remove(self.channel, [row.id for row in done if row.id not in refused])
             self.sent += len(done) - len(refused)
 
+    def _in_scope(self, rows: list[OutboxRow]) -> list[OutboxRow]:
+        """The rows whose device may still have its data in the target; the others go to the
+        dead letters now (their device's scope changed after they were queued)."""
+        kept: list[OutboxRow] = []
+        for row in rows:
+            try:
+                check_forward(self._scopes, row.device or str(row.body.get("clientId", "")), self.target)
+            except WrongRegion as error:
+                self.out_of_scope += 1
+                log.warning("forward to %s: message %d of rule %s not sent: %s", self.target, row.id,
+                            row.body.get("rule"), error.message)
+                self._store.dead_letter(self.channel, row, str(row.body.get("rule", "")),
+                                        {"forward": {"region": self.target}}, error.message, now_ms())
+            else:
+                kept.append(row)
+        return kept
+
     def status(self) -> dict[str, Any]:
-        return {"target": self.target, "paused": self.paused, "sent": self.sent, "lastError": self.last_error}
+        return {"target": self.target, "paused": self.paused, "sent": self.sent, "outOfScope": self.out_of_scope,
+                "lastError": self.last_error}
 
 
 _RESOURCE_FIELD = {"http": "url", "sqs": "queueUrl", "sns": "targetArn"}
@@ -201,8 +229,9 @@ class RetryingSender(_Wakeable):
                    else f"{failed.problem} (gave up after {attempts} attempts)")
         rule = str(body.get("rule", ""))
         kind, resource = self.describe(body)
-        self._store.dead_letter(self.channel, OutboxRow(row.id, body, attempts, row.created_ms), rule,
-                                {kind: {_RESOURCE_FIELD.get(kind, "resource"): resource}}, message, now_ms())
+        if not self._store.dead_letter(self.channel, dataclasses.replace(row, attempts=attempts), rule,
+                                       {kind: {_RESOURCE_FIELD.get(kind, "resource"): resource}}, message, now_ms()):
+            return  # purged meanwhile (this region left its device's residency scope): nothing to report here
         self.dead += 1
         log.warning("rule %s: %s action to %s dead-lettered: %s", rule, kind, resource, message)
         error_action = body.get("errorAction")
@@ -245,9 +274,10 @@ class RuleSenders:
     """Every sender of a region, started and stopped together."""
 
     def __init__(self, targets: list[str], store: RulesStore, engine: RulesEngine, post: PostToPeer,
-                 policy: RetryPolicy, *, others: Sequence[RetryingSender]) -> None:
-        """``others``: the senders of further durable kinds (``sqs``, ``sns``), one per channel."""
-        self.forwards = {target: ForwardSender(target, store, post) for target in targets}
+                 policy: RetryPolicy, *, others: Sequence[RetryingSender], scopes: Scopes) -> None:
+        """``others``: the senders of further durable kinds (``sqs``, ``sns``), one per channel;
+        ``scopes``: the devices' residency scopes (a forward goes only where its device's data may rest)."""
+        self.forwards = {target: ForwardSender(target, store, post, scopes) for target in targets}
         self.http = HttpSender(store, engine, policy)
         self.others = list(others)
         self._store = store
