@@ -51,7 +51,7 @@ class Stack:
         self.shadows = ShadowService(self.store, self.clock, name, _no_publish, TombstoneHorizon(3600.0))
         self.residency = Residency(self.store, self.ledger, name, [self.journal])
         self.applier = Applier(self.ledger, self.shadows, self.residency)
-        self.view = PeerView(self.store, global_attributes)
+        self.view = PeerView(self.store, global_attributes, name)
 
     @property
     def files(self) -> RegionFiles:

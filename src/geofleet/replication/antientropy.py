@@ -19,7 +19,7 @@ from geofleet.store.base import Store
 def bucket_contents(store: Store, view: PeerView, peer: str, bucket: int, scope: str) -> dict[str, Any]:
     """One scope's items in one bucket, as ``peer`` may see them (the caller checked the scope)."""
     records, shadows = store.bucket_items(bucket, scope)
-    return {"records": [record_to_json(view.record(r, peer)) for r in records],
+    return {"records": [record_to_json(seen) for r in records if (seen := view.record(r, peer)) is not None],
             "shadows": [{"key": key, "leaves": leaves} for key, leaves in shadows]}
 
 

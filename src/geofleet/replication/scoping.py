@@ -19,9 +19,12 @@ from geofleet.store.base import Change, Store
 
 
 class PeerView:
-    def __init__(self, store: Store, global_attributes: tuple[str, ...] = ()) -> None:
+    def __init__(self, store: Store, global_attributes: tuple[str, ...] = (), region: str | None = None) -> None:
+        """``region``: this region (a thing it holds only as a stub is never relayed to a region
+        of the device's scope, see ``record``)."""
         self._store = store
         self._global_attributes = global_attributes
+        self._region = region
 
     def may_hold(self, device: str, peer: str) -> bool:
         return Scope.decode(self._store.scope_of(device)).includes(peer)
@@ -34,11 +37,18 @@ class PeerView:
         device = subject(change.kind, change.key, change.ref)
         return change if device is None or self.may_hold(device, peer) else None
 
-    def record(self, record: Record, peer: str) -> Record:
+    def record(self, record: Record, peer: str) -> Record | None:
         """A record of a bucket the peer may see (its scope includes the peer): a thing is its
-        stub if the peer is outside the device's scope."""
-        if record.kind is Kind.THING and not self.may_hold(record.key, peer):
+        stub if the peer is outside the device's scope. None for a thing this region holds only
+        as its stub and the peer is in the device's scope: the stub has the full version's HLC,
+        so the peer would take it for the full record and never replace it (digests compare
+        versions, not bodies); the peer gets the full record from a region of the scope."""
+        if record.kind is not Kind.THING or record.body is None:
+            return record
+        if not self.may_hold(record.key, peer):
             return replace(record, body=stub(record.body, self._global_attributes))
+        if self._region is not None and not self.may_hold(record.key, self._region):
+            return None
         return record
 
     def digests(self, peer: str) -> dict[str, dict[int, str]]:

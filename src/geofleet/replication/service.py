@@ -52,7 +52,7 @@ class Replication:
         self._retention_s = fleet.changelog_retention_s
         self._tombstones = horizon
         self._applier = Applier(records, shadows, residency)
-        self._view = PeerView(store, fleet.residency_global_attributes)
+        self._view = PeerView(store, fleet.residency_global_attributes, region)
         self._sync_requested = asyncio.Event()
         residency.on_enter = lambda _device: self._sync_requested.set()  # its data comes by anti-entropy
         self.feed = ChangeFeed()
