@@ -17,6 +17,7 @@ from geofleet.domain.residency import Scope
 from geofleet.replication.antientropy import bucket_contents, differing_scoped
 from geofleet.replication.apply import Applier, Publish
 from geofleet.replication.scoping import PeerView
+from geofleet.replication.server import MAX_BATCH, served_through
 from geofleet.replication.wire import change_to_json, check_leaves, parse_batch, parse_hlc, parse_record
 from geofleet.residency_audit import RegionFiles
 from geofleet.services.ledger import Ledger
@@ -29,7 +30,6 @@ from geofleet.store.sqlite import SqliteStore
 
 ACCOUNT = "000000000000"
 STREAM = "all"
-BATCH = 1000
 
 
 async def _no_publish(_topic: str, _payload: bytes) -> None:
@@ -93,8 +93,8 @@ async def pull(source: Stack, target: Stack) -> bool:
     """One ``/v1/changes`` round from ``source`` to ``target`` as ``replication/server.py`` serves
     it and ``replication/link.py`` applies it; True when ``target`` has caught up."""
     cursor = target.store.cursor(source.name, STREAM)
-    found = source.store.changes(cursor, BATCH)
-    answer = {"region": source.name, "head": source.store.head(), "through": found[-1].seq if found else cursor,
+    found, head = source.store.changes(cursor, MAX_BATCH), source.store.head()
+    answer = {"region": source.name, "head": head, "through": served_through(found, cursor, MAX_BATCH, head),
               "changes": [change_to_json(seen) for change in found
                           if (seen := source.view.change(change, target.name)) is not None]}
     batch = parse_batch(answer, source.name, cursor)

@@ -30,7 +30,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from geofleet.domain.presence import Session, entry_key
@@ -169,6 +169,12 @@ class World:
 
 
 @settings(max_examples=examples(THOROUGH), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@example(scopes=[Scope.of(["us-east-1", "ap-southeast-1"])],  # eu-west-1, outside, relayed its stub to us-east-1
+         steps=[Step("pull", region=2, other=1), Step("sync", region=1, other=0)])
+@example(scopes=[Scope.everywhere()],  # us-east-1 leaves the scope: its change log forgets the shadow write
+         steps=[Step("write", region=0, value=1), Step("pull", region=0, other=1),
+                Step("rescope", region=1, value=SCOPES.index(Scope.of(["eu-west-1"]))),
+                Step("pull", region=1, other=0)])
 @given(scopes=st.lists(st.sampled_from(SCOPES), min_size=1, max_size=3),
        steps=st.lists(_steps(), max_size=40))
 def test_no_region_stores_out_of_scope_and_every_scope_converges(scopes: list[Scope],
