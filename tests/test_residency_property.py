@@ -43,7 +43,7 @@ from tests.residency_stack import Stack, anti_entropy, pull
 REGIONS = ("us-east-1", "eu-west-1", "ap-southeast-1")
 SCOPES = [Scope.everywhere()] + [Scope.of(c) for n in (1, 2, 3) for c in itertools.combinations(REGIONS, n)]
 MAX_ROUNDS = 6
-THOROUGH = int(os.environ.get("RESIDENCY_EXAMPLES", "200"))
+THOROUGH = int(os.environ.get("RESIDENCY_EXAMPLES", "100"))
 """Examples under ``make test`` (a tenth under ``make test-unit``); more for a long hunt."""
 
 
