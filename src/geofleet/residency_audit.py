@@ -133,9 +133,12 @@ def device_scopes(stores: dict[str, Path]) -> dict[str, str]:
     defers to the ``scopes`` table of the stores holding it (the intersection, if they differ)."""
     newest: dict[str, tuple[str, str, str | None]] = {}   # device -> (hlc, origin, regions attribute or None)
     tables: dict[str, dict[str, str]] = {}
+    tombstones: dict[str, set[tuple[str, str, str]]] = {}
     for name, path in stores.items():
         with _readonly(path) as db:
             tables[name] = dict(db.execute("SELECT device, scope FROM scopes"))
+            tombstones[name] = set(db.execute("SELECT key, hlc, origin FROM records WHERE kind = ? AND body IS NULL",
+                                              (_THING,)))
             for device, hlc, origin, alive, regions in db.execute(
                     "SELECT key, hlc, origin, body IS NOT NULL, "
                     "json_extract(body, '$.attributes.\"geofleet:regions\"') FROM records WHERE kind = ?", (_THING,)):
@@ -153,7 +156,7 @@ def device_scopes(stores: dict[str, Path]) -> dict[str, str]:
             continue
         known = None
         for name, table in tables.items():
-            if device in table and _holds_thing(stores[name], device, hlc, origin):
+            if device in table and (device, hlc, origin) in tombstones[name]:
                 known = _narrowest(known, table[device])
         scopes[device] = known or EVERYWHERE
     return {device: scope for device, scope in scopes.items() if scope != EVERYWHERE}
@@ -168,12 +171,6 @@ def _narrowest(a: str | None, b: str) -> str:
     if second.regions is None:
         return a
     return Scope(first.regions & second.regions).encode() if first.regions & second.regions else a
-
-
-def _holds_thing(path: Path, device: str, hlc: str, origin: str) -> bool:
-    with _readonly(path) as db:
-        return db.execute("SELECT 1 FROM records WHERE kind = ? AND key = ? AND hlc = ? AND origin = ?",
-                          (_THING, device, hlc, origin)).fetchone() is not None
 
 
 def _audit_region(region: str, files: RegionFiles, excluded: list[tuple[str, str]], extra: tuple[str, ...],
