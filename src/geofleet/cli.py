@@ -52,6 +52,8 @@ app.add_typer(rule_app, name="rule")
 consumer_app = typer.Typer(no_args_is_help=True, help="Durable application consumers: every matching message, "
                                                       "at least once, from every region.")
 app.add_typer(consumer_app, name="consumer")
+residency_app = typer.Typer(no_args_is_help=True, help="Data residency: where devices' data rests.")
+app.add_typer(residency_app, name="residency")
 
 DataDirOpt = Annotated[Path, typer.Option("--data-dir", help="The fleet's data directory.")]
 RegionOpt = Annotated[str, typer.Option("--region", help="Which region to ask.")]
@@ -782,6 +784,18 @@ def rule_outbox(data_dir: DataDirOpt, region: RegionOpt, as_json: JsonOpt = Fals
             _print(letters, as_json, "\n".join(lines) or "(no dead letters)")
             return
         _print(api.call("GET", "/rules-outbox"), True)
+
+
+@residency_app.command("audit")
+def residency_audit(data_dir: DataDirOpt, as_json: JsonOpt = False) -> None:
+    """List every item a region stores although its device's residency scope leaves that region
+    out (reads the regions' files read-only; works while the fleet runs). Exit 1 if any."""
+    from geofleet.residency_audit import audit_data_dir
+
+    report = audit_data_dir(DataDir(data_dir))
+    _print(report.to_json(), as_json, report.text())
+    if not report.clean:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -141,3 +141,14 @@ class WrongRegion(GeofleetError):
         where = ", ".join(scope.listed())
         return cls(f"device {device!r} may keep its data only in {where} (its residency scope); {region} holds "
                    f"none of it: ask {where}", scope.listed())
+
+
+def holds_more_than_stub(body: dict[str, Any] | None, extra_global: Iterable[str] = ()) -> bool:
+    """Whether a thing body holds something a region outside its device's scope may not keep:
+    a field beyond ``STUB_FIELDS`` or an attribute that is not global (the residency audit's
+    rule for thing records and change-log entries)."""
+    if body is None:
+        return False
+    keep = {*GLOBAL_ATTRIBUTES, *extra_global}
+    attributes = body.get("attributes") or {}
+    return any(f not in STUB_FIELDS and f != "attributes" for f in body) or any(a not in keep for a in attributes)

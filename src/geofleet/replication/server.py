@@ -22,7 +22,7 @@ from geofleet.replication.peer_identity import PEER_COMMON_NAME
 from geofleet.replication.scoping import PeerView
 from geofleet.replication.wire import change_to_json
 from geofleet.services.guard import guard_action
-from geofleet.store.base import Store
+from geofleet.store.base import Change, Store
 
 MAX_BATCH = 1000
 MAX_WAIT_S = 30.0
@@ -78,6 +78,14 @@ class PeerIdentityMismatch(GeofleetError):
     code = "PeerIdentityMismatch"
 
 
+def served_through(found: list[Change], after: int, limit: int, head: int) -> int:
+    """How far a ``/v1/changes`` answer read the log: to ``head`` when it read fewer entries
+    than ``limit`` (nothing else is there: entries may be missing below the head, deleted
+    by a residency purge, or of the other stream), else to its last entry. Without the
+    head, a peer whose cursor sits below a deleted last entry would never catch up."""
+    return head if len(found) < limit else found[-1].seq
+
+
 def create_peer_app(region: str, peers: set[str], store: Store, view: PeerView, feed: ChangeFeed,
                     acknowledged: dict[str, int], health: Callable[[], Awaitable[dict[str, Any]]],
                     on_acknowledged: Callable[[], object] = lambda: None,
@@ -124,7 +132,8 @@ def create_peer_app(region: str, peers: set[str], store: Store, view: PeerView, 
         shown = [change_to_json(seen) for change in found if (seen := view.change(change, peer)) is not None]
         # ``through``: how far the log was read for this answer, so that the peer's cursor passes
         # changes it may not see (it learns a position, never what was there).
-        return {"region": region, "head": store.head(), "through": found[-1].seq if found else after,
+        head = store.head()
+        return {"region": region, "head": head, "through": served_through(found, after, limit, head),
                 "changes": shown}
 
     @app.get("/v1/head")

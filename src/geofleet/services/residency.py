@@ -37,6 +37,7 @@ class Residency:
                  disconnect: Callable[[str], None] = lambda _device: None) -> None:
         """``disconnect`` closes a device's live session in this region (the broker's)."""
         self._store = store
+        self._ledger = ledger
         self._region = region
         self._purgers = list(purgers)
         self._disconnect = disconnect
@@ -69,7 +70,8 @@ class Residency:
             self.on_enter(record.key)
 
     def _leave(self, device: str, scope: Scope) -> None:
-        gone = self._store.purge_device(device) + sum(p.purge_device(device) for p in self._purgers)
+        gone = self._store.purge_device(device, self._ledger.global_attributes)
+        gone += sum(p.purge_device(device) for p in self._purgers)
         self._disconnect(device)
         if gone:
             log.info("device %s now keeps its data in %s only: deleted %d item(s) of it in %s", device,

@@ -25,7 +25,7 @@ from geofleet.domain.guard import GuardEntry
 from geofleet.domain.hlc import HLC, ZERO
 from geofleet.domain.leaves import Leaves
 from geofleet.domain.records import Kind, Record
-from geofleet.domain.residency import EVERYWHERE, SHADOW_KIND, Scope, subject
+from geofleet.domain.residency import EVERYWHERE, SHADOW_KIND, Scope, stub, subject
 from geofleet.domain.shadow import Shadow
 from geofleet.store.base import Change
 from geofleet.store.sealing import Sealer
@@ -258,11 +258,22 @@ class SqliteStore:
                       "NOT NULL", (Kind.PRESENCE.value, device))]
         return items
 
-    def purge_device(self, device: str) -> int:
+    def purge_device(self, device: str, keep_attributes: tuple[str, ...] = ()) -> int:
         """Delete the device's scoped items here (its shadows and presence entries, tombstones
         included): this region left its scope. Nothing of them stays, not even a tombstone; the
-        thing's stub (which names the scope) is what keeps a late write from landing again."""
+        thing's stub (which names the scope) is what keeps a late write from landing again.
+
+        The change log goes the same way ("not even transiently in a change log"): entries of
+        its shadows and presence are deleted (peers in the scope that had not pulled them get
+        the data by anti-entropy from where it still rests), and its older thing entries keep
+        only their stub (``keep_attributes``: the fleet's extra global attributes). The entry of
+        the thing version that moved the scope stays whole when this region wrote it: it is how
+        the regions of the new scope learn the full version."""
         with self.atomic():
+            self._stub_logged_things(device, keep_attributes)
+            self._db.execute("DELETE FROM changelog WHERE kind = ? AND substr(key, 1, ?) = ?",
+                             (SHADOW_KIND, len(device) + 1, f"{device}|"))
+            self._db.execute("DELETE FROM changelog WHERE kind = ? AND ref = ?", (Kind.PRESENCE.value, device))
             if self._digests is not None:
                 for scope, bucket, item in self._scoped_items(device):
                     self._toggle(scope, bucket, item)
@@ -271,6 +282,16 @@ class SqliteStore:
                                      (Kind.PRESENCE.value, device)).rowcount
             self._db.execute("DELETE FROM pending WHERE kind = ? AND ref = ?", (Kind.PRESENCE.value, device))
         return gone
+
+    def _stub_logged_things(self, device: str, keep_attributes: tuple[str, ...]) -> None:
+        current = self._db.execute("SELECT hlc FROM records WHERE kind = ? AND key = ?",
+                                   (Kind.THING.value, device)).fetchone()
+        if current is None:
+            return
+        rows = self._db.execute("SELECT seq, body FROM changelog WHERE kind = ? AND key = ? AND hlc < ? AND body IS "
+                                "NOT NULL", (Kind.THING.value, device, current[0])).fetchall()
+        self._db.executemany("UPDATE changelog SET body = ? WHERE seq = ?",
+                             [(_dump(stub(_load(body), keep_attributes)), seq) for seq, body in rows])
 
     def _toggle(self, scope: str, bucket: int, item: int) -> None:
         if self._digests is None:
