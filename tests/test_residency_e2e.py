@@ -24,6 +24,7 @@ from geofleet.domain.errors import GeofleetError
 from geofleet.pki.ca import key_pem, make_csr, new_key
 from tests.conftest import REGIONS, Fleet
 from tests.helpers import Device, geofleet, wait_for
+from tests.test_provisioning import _has_group as has_group
 from tests.test_provisioning import post, request_body
 
 EU, US, AP = "eu-west-1", "us-east-1", "ap-southeast-1"
@@ -47,12 +48,7 @@ def rfleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Fleet, st
 
 
 def _has_group(fleet: Fleet, region: str) -> bool:
-    with AdminClient(fleet.data, region) as api:
-        try:
-            api.call("GET", "/enrollment-groups/factory")
-            return True
-        except GeofleetError:
-            return False
+    return has_group(fleet, region, "factory")
 
 
 def provision(fleet: Fleet, group_key: str, address: str, prefix: str, folder: Path, via: str = US
@@ -113,15 +109,17 @@ def test_a_german_device_keeps_shadow_attributes_and_presence_in_eu_west_1(
     british, _ = provision(fleet, key, LONDON, "gb", tmp_path)
     with AdminClient(fleet.data, EU) as api:
         wait_for(lambda: api.call("GET", f"/things/{german}") is not None, 10, "the thing in eu-west-1")
-        api.call("PATCH", f"/things/{german}", json={"attributes": {"owner": "Erika Mustermann"}})
+        api.call("PATCH", f"/things/{german}", json={"attributes": {"owner": "Erika_Mustermann"}})
     with device(fleet, german, EU, tmp_path).connect() as de, device(fleet, british, EU, tmp_path).connect() as gb:
+        de.subscribe(f"$aws/things/{german}/shadow/update/+")
+        gb.subscribe(f"$aws/things/{british}/shadow/update/+")
         de.request(f"$aws/things/{german}/shadow/update", {"state": {"reported": {"temp": 21}}})
         gb.request(f"$aws/things/{british}/shadow/update", {"state": {"reported": {"temp": 17}}})
         wait_for(lambda: all(stored(fleet, r, british)["shadows"] for r in REGIONS), 10,
                  "the British device's shadow everywhere (no rule: today's behaviour)")
         wait_for(lambda: all(stored(fleet, r, german)["thing"] for r in REGIONS), 10, "the German thing's stub")
         home = stored(fleet, EU, german)
-        assert (home["shadows"], home["presence"], home["attributes"]["owner"]) == (1, 1, "Erika Mustermann")
+        assert (home["shadows"], home["presence"], home["attributes"]["owner"]) == (1, 1, "Erika_Mustermann")
         for region in (US, AP):
             there = stored(fleet, region, german)
             assert (there["shadows"], there["presence"], there["logged"]) == (0, 0, 0), region
