@@ -174,14 +174,20 @@ class FleetApp:
             raise RegionUnreachable(f"the fleet says to ask {', '.join(names)}, and this application was not given "
                                     "any of those regions' URLs")
         errors: list[str] = []
-        for region in listed:
-            try:
-                response = await self._http.request(method, f"{region.url}{path}", **kwargs)
-            except httpx.HTTPError as exc:
-                errors.append(f"{region.name}: {type(exc).__name__}")
-                continue
+        response = await self._first_answer(listed, method, path, errors, **kwargs)
+        if response is not None:
             return answer(response)
         raise RegionUnreachable(f"none of {', '.join(names)} answered: " + "; ".join(errors))
+
+    async def _first_answer(self, regions: Sequence[Region], method: str, path: str, errors: list[str],
+                            **kwargs: Any) -> httpx.Response | None:
+        """The first of ``regions`` to answer (any status); transport errors go to ``errors``."""
+        for region in regions:
+            try:
+                return await self._http.request(method, f"{region.url}{path}", **kwargs)
+            except httpx.HTTPError as exc:
+                errors.append(f"{region.name}: {type(exc).__name__}")
+        return None
 
     def _learn_scope(self, device: str, thing: Json) -> None:
         """Remember where a device's data rests, from its thing (as a region in scope answers it)."""
@@ -194,12 +200,8 @@ class FleetApp:
         ranked = self._ranked if self._ranked else await self.rank()
         errors: list[str] = []
         for attempt in range(2):
-            for region in ranked:
-                try:
-                    response = await self._http.request(method, f"{region.url}{path}", **kwargs)
-                except httpx.HTTPError as exc:
-                    errors.append(f"{region.name}: {type(exc).__name__}")
-                    continue
+            response = await self._first_answer(ranked, method, path, errors, **kwargs)
+            if response is not None:
                 return answer(response)
             if attempt == 0:
                 ranked = await self.rank()
