@@ -88,6 +88,16 @@ class Stack:
         record = self.store.get(Kind.THING, device)
         return None if record is None else record.body
 
+    def pull_from(self, source: Stack, after: int = 0) -> int:
+        """One batch of ``source``'s change log as the peer view shows it to this region, applied
+        as ``replication/link.py`` does (without the wire); returns the new cursor."""
+        found = source.store.changes(after, MAX_BATCH)
+        shown = [seen for change in found if (seen := source.view.change(change, self.name)) is not None]
+        with self.store.atomic():
+            for change in shown:
+                self.applier.change(change)
+        return found[-1].seq if found else after
+
 
 async def pull(source: Stack, target: Stack) -> bool:
     """One ``/v1/changes`` round from ``source`` to ``target`` as ``replication/server.py`` serves

@@ -14,20 +14,15 @@ import pytest
 
 from geofleet.domain.digest import BUCKETS
 from geofleet.domain.hlc import Clock
-from geofleet.domain.horizon import TombstoneHorizon
 from geofleet.domain.names import ShadowName, ThingName
 from geofleet.domain.records import Kind, Record
 from geofleet.domain.residency import EVERYWHERE, SHADOW_KIND, Scope, WrongRegion, stub, subject
 from geofleet.domain.shadow import Shadow
 from geofleet.replication.antientropy import bucket_contents, differing_scoped
-from geofleet.replication.apply import Applier
-from geofleet.replication.scoping import PeerView
 from geofleet.replication.wire import BatchError, parse_batch
-from geofleet.services.ledger import Ledger
-from geofleet.services.residency import Residency
-from geofleet.services.shadows import ShadowService
 from geofleet.store.base import Change
 from geofleet.store.sqlite import SqliteStore
+from tests.residency_stack import Stack
 
 EU, US, AP = "eu-west-1", "us-east-1", "ap-southeast-1"
 
@@ -37,33 +32,6 @@ def thing_body(name: str, regions: str | None, **attributes: str) -> dict[str, A
     if regions is not None:
         attrs["geofleet:regions"] = regions
     return {"thingName": name, "thingId": f"id-{name}", "thingTypeName": None, "attributes": attrs, "version": 1}
-
-
-async def _no_publish(_topic: str, _payload: bytes, _qos: int = 1) -> None:
-    return None
-
-
-class Region:
-    """One region's stack in process: store, ledger, shadows, residency, applier, peer view."""
-
-    def __init__(self, root: Path, name: str) -> None:
-        self.name = name
-        self.store = SqliteStore(root / f"{name}.db")
-        self.clock = Clock()
-        self.ledger = Ledger(self.store, self.clock, name)
-        self.shadows = ShadowService(self.store, self.clock, name, _no_publish, TombstoneHorizon(3600))
-        self.residency = Residency(self.store, self.ledger, name)
-        self.applier = Applier(self.ledger, self.shadows, self.residency)
-        self.view = PeerView(self.store, name)
-
-    def pull_from(self, source: Region, after: int = 0) -> int:
-        """What replication/link.py does with one batch (the HTTP hop aside)."""
-        found = source.store.changes(after, 1000)
-        shown = [seen for change in found if (seen := source.view.change(change, self.name)) is not None]
-        with self.store.atomic():
-            for change in shown:
-                self.applier.change(change)
-        return found[-1].seq if found else after
 
 
 def test_scope_text_subjects_and_stub() -> None:
@@ -142,7 +110,7 @@ def test_a_store_from_before_residency_is_migrated(tmp_path: Path) -> None:
 
 
 def test_a_region_outside_the_scope_keeps_the_stub_but_logs_the_full_thing(tmp_path: Path) -> None:
-    us = Region(tmp_path, US)
+    us = Stack(tmp_path, US)
     body = thing_body("de", EU, owner="Erika")
     us.ledger.put(Kind.THING, "de", body)  # e.g. provisioning served in us-east-1
     kept = us.store.get(Kind.THING, "de")
@@ -152,7 +120,7 @@ def test_a_region_outside_the_scope_keeps_the_stub_but_logs_the_full_thing(tmp_p
 
 
 def test_the_peer_view_shows_a_peer_only_what_it_may_hold(tmp_path: Path) -> None:
-    eu, us = Region(tmp_path, EU), Region(tmp_path, US)
+    eu, us = Stack(tmp_path, EU), Stack(tmp_path, US)
     body = thing_body("de", EU, owner="Erika")
     eu.ledger.put(Kind.THING, "de", body)
     asyncio.run(eu.shadows.update(ThingName("de"), ShadowName(""), b'{"state":{"reported":{"x":1}}}'))
@@ -180,7 +148,7 @@ def test_the_peer_view_shows_a_peer_only_what_it_may_hold(tmp_path: Path) -> Non
 
 
 def test_a_receiver_drops_what_its_scope_excludes_whatever_the_sender_believed(tmp_path: Path) -> None:
-    eu, us = Region(tmp_path, EU), Region(tmp_path, US)
+    eu, us = Stack(tmp_path, EU), Stack(tmp_path, US)
     us.ledger.merge(Record(Kind.THING, "de", thing_body("de", EU), eu.clock.now(), EU))
     late = Change(1, eu.clock.now(), EU, SHADOW_KIND, "de|", "",
                   {"ops": {'["reported","x"]': [eu.clock.now().encode(), EU, False, 1]}})
@@ -193,7 +161,7 @@ def test_a_receiver_drops_what_its_scope_excludes_whatever_the_sender_believed(t
 
 
 def test_leaving_a_scope_deletes_the_device_data_and_entering_asks_for_a_sync(tmp_path: Path) -> None:
-    eu, us = Region(tmp_path, EU), Region(tmp_path, US)
+    eu, us = Stack(tmp_path, EU), Stack(tmp_path, US)
     entered: list[str] = []
     us.residency.on_enter = entered.append
     eu.ledger.put(Kind.THING, "de", thing_body("de", f"{EU},{US}", owner="Erika"))
@@ -215,7 +183,7 @@ def test_leaving_a_scope_deletes_the_device_data_and_entering_asks_for_a_sync(tm
 
 
 def test_shadows_are_refused_outside_the_scope(tmp_path: Path) -> None:
-    us = Region(tmp_path, US)
+    us = Stack(tmp_path, US)
     us.ledger.merge(Record(Kind.THING, "de", thing_body("de", EU), Clock().now(), EU))
     with pytest.raises(WrongRegion, match="eu-west-1"):
         us.shadows.get(ThingName("de"), ShadowName(""))
